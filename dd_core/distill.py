@@ -1,0 +1,108 @@
+"""The one distillation loop: runs a method step by step and yields snapshots.
+
+It honours a stop signal between steps, is deterministic for a seed on the CPU, runs on CUDA
+when present, and never hands back a corrupted set: a non-finite loss or image restores the
+last good images and ends the run with a message.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from .data import Dataset
+from .methods.base import Method
+from .synthetic import SyntheticSet, init_synthetic
+
+
+@dataclass
+class Snapshot:
+    """The state of a run after `step` steps."""
+
+    step: int
+    total_steps: int
+    synthetic: SyntheticSet  # a detached copy on the CPU; safe to keep
+    stats: dict[str, float]
+    elapsed: float  # seconds since the first step began
+    status: str  # "running", "done", "stopped" or "failed"
+    message: str = ""
+    history: list[dict] = field(default_factory=list)  # every step's stats so far
+
+    @property
+    def finished(self) -> bool:
+        return self.status != "running"
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.step / self.elapsed if self.elapsed > 0 else 0.0
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _finite(stats: dict[str, float], images: torch.Tensor) -> bool:
+    return all(math.isfinite(v) for v in stats.values()) and bool(torch.isfinite(images).all())
+
+
+def distill(dataset: Dataset, method: Method, *, method_name: str, ipc: int, steps: int, seed: int = 0,
+            init: str = "real", initial: SyntheticSet | None = None, snapshot_every: int = 10,
+            snapshot_seconds: float | None = None, stop: threading.Event | None = None,
+            device: torch.device | None = None) -> Iterator[Snapshot]:
+    """Run `method` for `steps` steps; yield a Snapshot every `snapshot_every` steps (or every
+    `snapshot_seconds` of work, whichever comes first) and a final one whose status says how it ended."""
+    device = device or default_device()
+    torch.manual_seed(seed)  # anything a method draws outside its own generator is reproducible too
+    syn = initial.clone() if initial is not None else init_synthetic(dataset, ipc, init=init, seed=seed)
+    syn.method, syn.seed, syn.config = method_name, seed, method.config()
+    method.setup(dataset, syn, seed=seed, device=device)
+    good = method.images().cpu().clone()
+    history: list[dict] = []
+    t0 = time.perf_counter()
+    last_yield = t0
+
+    def snapshot(step: int, status: str, message: str = "") -> Snapshot:
+        out = syn.clone()
+        out.images, out.steps = good.clone(), step
+        return Snapshot(step, steps, out, dict(history[-1]) if history else {}, time.perf_counter() - t0,
+                        status, message, list(history))
+
+    yield snapshot(0, "running", "initialised")
+    if not method.learns_images:
+        steps = min(steps, 1)  # a coreset is chosen in one step
+    for step in range(1, steps + 1):
+        if stop is not None and stop.is_set():
+            yield snapshot(step - 1, "stopped", f"stopped at step {step - 1} of {steps}")
+            return
+        try:
+            stats = method.step()
+        except RuntimeError as err:  # e.g. out of memory: keep what we have
+            method.restore(good)
+            yield snapshot(step - 1, "failed", f"step {step} failed ({err}); kept the images of step {step - 1}")
+            return
+        images = method.images()
+        if not _finite(stats, images):
+            method.restore(good)
+            yield snapshot(step - 1, "failed", f"step {step} gave a non-finite loss or image {stats}; "
+                                               f"kept the images of step {step - 1}. Try a lower learning rate.")
+            return
+        good = images.cpu().clone()
+        history.append({"step": step, **stats})
+        now = time.perf_counter()
+        due = step % snapshot_every == 0 or (snapshot_seconds is not None and now - last_yield >= snapshot_seconds)
+        if due and step < steps:
+            last_yield = now
+            yield snapshot(step, "running")
+    yield snapshot(steps, "done", f"finished {steps} steps")
+
+
+def run_to_end(dataset: Dataset, method: Method, **kw) -> Snapshot:
+    """Run a distillation headless and return its final snapshot."""
+    last = None
+    for last in distill(dataset, method, **kw):
+        pass
+    return last

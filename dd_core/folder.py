@@ -1,0 +1,113 @@
+"""A user's own images in ImageFolder layout, as a `Dataset`.
+
+Accepted layouts:
+  <root>/train/<class>/*.png|jpg  and  <root>/test/<class>/*   (the official split is kept)
+  <root>/<class>/*                                             (split by `test_fraction`, stratified, seeded)
+Every image is converted to RGB or L (whichever the first image is) and resized to a common size.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import Dataset, normalize
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+MAX_SIDE = 64  # pixels; larger images are resized down to keep distillation interactive
+
+
+class FolderError(ValueError):
+    """A folder dataset that cannot be read; the message says what to fix."""
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _read(paths: list[Path], size: tuple[int, int], mode: str) -> torch.Tensor:
+    from PIL import Image
+
+    out = np.empty((len(paths), size[0], size[1], 3 if mode == "RGB" else 1), dtype=np.uint8)
+    for i, p in enumerate(paths):
+        with Image.open(p) as im:
+            im = im.convert(mode)
+            if im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.BILINEAR)
+            arr = np.asarray(im)
+        out[i] = arr if arr.ndim == 3 else arr[..., None]
+    return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)  # (n, c, h, w)
+
+
+def _collect(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
+    paths, labels = [], []
+    for c, name in enumerate(classes):
+        found = _images_in(root / name) if (root / name).is_dir() else []
+        paths += found
+        labels += [c] * len(found)
+    return paths, labels
+
+
+def load_folder(path: str, *, test_fraction: float = 0.2, seed: int = 0, size: int | None = None) -> Dataset:
+    return _load_folder_cached(str(Path(path).expanduser().resolve()), test_fraction, seed, size)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_folder_cached(path: str, test_fraction: float, seed: int, size: int | None) -> Dataset:
+    root = Path(path)
+    if not root.is_dir():
+        raise FolderError(f"folder dataset {path!r} does not exist; give a folder with one sub-folder per class "
+                          f"(or train/ and test/ each holding one sub-folder per class)")
+    split_given = (root / "train").is_dir() and (root / "test").is_dir()
+    train_root = root / "train" if split_given else root
+    classes = [d.name for d in _class_dirs(train_root)]
+    if len(classes) < 2:
+        raise FolderError(f"folder dataset {path!r} needs at least two class sub-folders with images; found {len(classes)}")
+    paths, labels = _collect(train_root, classes)
+    if not paths:
+        raise FolderError(f"folder dataset {path!r} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if split_given:
+        test_paths, test_labels = _collect(root / "test", classes)
+    else:
+        rng = np.random.default_rng(seed)
+        labels_np = np.asarray(labels)
+        test_mask = np.zeros(len(labels), dtype=bool)
+        for c in range(len(classes)):  # stratified: the same fraction of every class goes to test
+            idx = np.flatnonzero(labels_np == c)
+            n_test = int(round(len(idx) * test_fraction))
+            test_mask[rng.permutation(idx)[:n_test]] = True
+        test_paths = [p for p, m in zip(paths, test_mask) if m]
+        test_labels = [l for l, m in zip(labels, test_mask) if m]
+        paths = [p for p, m in zip(paths, test_mask) if not m]
+        labels = [l for l, m in zip(labels, test_mask) if not m]
+    if not test_paths:
+        raise FolderError(f"folder dataset {path!r} has no test images; add test/<class>/ images or more images per class")
+
+    from PIL import Image
+
+    with Image.open(paths[0]) as first:
+        mode = "L" if first.mode in ("L", "1", "I;16", "I") else "RGB"
+        side = min(max(first.size), MAX_SIDE) if size is None else size
+    shape = (side, side)
+    x_train, x_test = _read(paths, shape, mode), _read(test_paths, shape, mode)
+    # Normalization statistics from the train split, per channel.
+    mean = tuple(round(v, 4) for v in x_train.mean(dim=(0, 2, 3)).tolist())
+    std = tuple(round(max(v, 1e-3), 4) for v in x_train.std(dim=(0, 2, 3)).tolist())
+    note = "train/ and test/ folders as given" if split_given else f"stratified split, test fraction {test_fraction}, seed {seed}"
+    return Dataset(
+        name=f"folder:{root.name}",
+        x_train=normalize(x_train, mean, std),
+        y_train=torch.tensor(labels, dtype=torch.int64),
+        x_test=normalize(x_test, mean, std),
+        y_test=torch.tensor(test_labels, dtype=torch.int64),
+        classes=tuple(classes),
+        mean=mean,
+        std=std,
+        split_note=f"ImageFolder {note}; resized to {side}x{side} {mode}",
+    )

@@ -1,0 +1,91 @@
+"""What every distillation method is: a dataclass of hyperparameters with setup() and step()."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..registry import Registry
+
+METHODS: Registry = Registry("method")
+
+
+@dataclass
+class Method:
+    """Base of all methods. Fields are hyperparameters; state set by setup() ends in `_`."""
+
+    # Class-level description, shown by the CLI and the app.
+    family: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    learns_images: ClassVar[bool] = True  # coresets select real images and learn nothing
+
+    def setup(self, real, syn, *, seed: int, device: torch.device) -> None:
+        """Create state for distilling `real` into `syn` (a SyntheticSet); syn.images may be replaced."""
+        raise NotImplementedError
+
+    def step(self) -> dict[str, float]:
+        """One outer iteration; updates the synthetic images in place; returns finite floats."""
+        raise NotImplementedError
+
+    def images(self) -> torch.Tensor:
+        """The current synthetic images (n, c, h, w), detached."""
+        return self.images_.detach()
+
+    def restore(self, images: torch.Tensor) -> None:
+        """Put back the last good images after a failed step (and reset optimizer momentum)."""
+        with torch.no_grad():
+            self.images_.copy_(images.to(self.images_.device))
+        opt = getattr(self, "opt_", None)
+        if opt is not None:
+            opt.state.clear()
+
+    # -- presets -------------------------------------------------------------------------------
+
+    @classmethod
+    def preset(cls, name: str, *, dataset: str, ipc: int) -> dict:
+        """Field overrides for a named preset ('paper' or 'fast') on a dataset and IPC."""
+        return {}
+
+    @classmethod
+    def default_steps(cls, name: str, *, dataset: str, ipc: int) -> int:
+        return 1000
+
+    @classmethod
+    def from_preset(cls, name: str = "fast", *, dataset: str, ipc: int, **overrides) -> "Method":
+        if name not in ("paper", "fast"):
+            raise ValueError(f"unknown preset {name!r}; valid presets are: fast, paper")
+        return cls(**{**cls.preset(name, dataset=dataset, ipc=ipc), **overrides})
+
+    def config(self) -> dict:
+        """The hyperparameters, for provenance."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def hyperparameters(cls) -> list[dataclasses.Field]:
+    """The user-facing fields of a method class (what the UI and CLI expose)."""
+    return [f for f in dataclasses.fields(cls) if not f.name.endswith("_")]
+
+
+def field_help(f: dataclasses.Field) -> str:
+    return f.metadata.get("help", "")
+
+
+def hp(default, help: str):
+    """A hyperparameter field with its help text (unit and reason)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def make_method(name: str, *, preset: str = "fast", dataset: str, ipc: int, **overrides) -> Method:
+    cls = METHODS.get(name)
+    valid = {f.name for f in hyperparameters(cls)}
+    unknown = set(overrides) - valid
+    if unknown:
+        raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)} for {name}; valid ones are: {', '.join(sorted(valid))}")
+    return cls.from_preset(preset, dataset=dataset, ipc=ipc, **overrides)
+
+
+def is_small(dataset: str) -> bool:
+    """8x8 digits: tiny images, where a fast preset can afford the paper's network."""
+    return dataset == "digits"

@@ -1,0 +1,49 @@
+"""Drawing real images by class, and the per-class means that matching methods compare."""
+from __future__ import annotations
+
+import torch
+
+
+class RealSampler:
+    """Draws `n` real images of a class (or of every class at once) from the training tensors."""
+
+    def __init__(self, real, device: torch.device):
+        self.x = real.x_train  # (N, c, h, w), stays on the CPU; batches are moved per draw
+        self.by_class = [real.indices_of(c) for c in range(real.num_classes)]
+        self.device = device
+
+    def indices(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        idx = self.by_class[c]
+        if n >= len(idx):
+            return idx[torch.randperm(len(idx), generator=generator)]
+        return idx[torch.randperm(len(idx), generator=generator)[:n]]
+
+    def batch(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        return self.x[self.indices(c, n, generator)].to(self.device)  # (n, c, h, w)
+
+    def all_classes(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """n images of every class, concatenated class by class, and their class ids."""
+        idx = [self.indices(c, n, generator) for c in range(len(self.by_class))]
+        groups = torch.cat([torch.full((len(i),), c, dtype=torch.long) for c, i in enumerate(idx)])
+        return self.x[torch.cat(idx)].to(self.device), groups.to(self.device)
+
+
+def class_means(features: torch.Tensor, groups: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(n, d) features and (n,) class ids -> (classes, d) mean feature of each class."""
+    sums = torch.zeros(num_classes, features.shape[1], dtype=features.dtype, device=features.device)
+    sums = sums.index_add(0, groups, features)
+    counts = torch.bincount(groups, minlength=num_classes).clamp(min=1).to(features.dtype)
+    return sums / counts[:, None]
+
+
+def frozen(net: torch.nn.Module) -> torch.nn.Module:
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+def embed_chunked(net, x: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+    """Embed without gradients in chunks: activations of a few hundred 32x32x128 images stay in
+    cache on a CPU, whereas thousands at once spill to memory and run several times slower."""
+    with torch.no_grad():
+        return torch.cat([net.embed(x[i:i + chunk]) for i in range(0, len(x), chunk)])

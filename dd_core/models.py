@@ -1,0 +1,163 @@
+"""Networks: the DD ConvNet family, an MLP and a small ResNet, one builder each, registered.
+
+Every network has `embed(x) -> (n, feat_dim)` (the features before the classifier, what
+distribution matching compares) and `forward(x) -> (n, classes)` logits.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .registry import Registry
+
+MODELS: Registry = Registry("model")
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "instancenorm":
+        # The reference "instance norm" is GroupNorm with one group per channel, affine.
+        return nn.GroupNorm(channels, channels, affine=True)
+    if kind == "batchnorm":
+        return nn.BatchNorm2d(channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}; valid norms are: batchnorm, instancenorm, none")
+
+
+class ConvNet(nn.Module):
+    """The ConvNet of the DC/DSA/DM papers: depth x [conv3x3 -> norm -> ReLU -> avgpool2]."""
+
+    def __init__(self, *, channels: int, num_classes: int, image_size: tuple[int, int],
+                 width: int = 128, depth: int = 3, norm: str = "instancenorm"):
+        super().__init__()
+        h, w = image_size
+        # The reference code pads the first conv by 3 for 28x28 input (28 -> 32), so three
+        # poolings end at 4x4 and the feature is 2048-d, as for CIFAR.
+        first_pad = 3 if (h, w) == (28, 28) else 1
+        h, w = h + 2 * (first_pad - 1), w + 2 * (first_pad - 1)
+        layers: list[nn.Module] = []
+        c_in = channels
+        for d in range(depth):
+            layers += [nn.Conv2d(c_in, width, 3, padding=first_pad if d == 0 else 1), _norm(norm, width), nn.ReLU(inplace=True)]
+            if min(h, w) >= 2:  # tiny inputs (8x8 digits) stop pooling at 1x1
+                layers.append(nn.AvgPool2d(2, 2))
+                h, w = h // 2, w // 2
+            c_in = width
+        self.features = nn.Sequential(*layers)
+        self.feat_dim = width * h * w
+        self.classifier = nn.Linear(self.feat_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)  # (n, feat_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+class MLP(nn.Module):
+    """A 3-layer perceptron on flattened pixels (the DC papers' MLP baseline)."""
+
+    def __init__(self, *, channels: int, num_classes: int, image_size: tuple[int, int], width: int = 128):
+        super().__init__()
+        d_in = channels * image_size[0] * image_size[1]
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(d_in, width), nn.ReLU(inplace=True),
+                                  nn.Linear(width, width), nn.ReLU(inplace=True))
+        self.feat_dim = width
+        self.classifier = nn.Linear(width, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+class _Block(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: str):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.n1 = _norm(norm, c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.n2 = _norm(norm, c_out)
+        self.skip = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False), _norm(norm, c_out))
+
+    def forward(self, x):
+        out = F.relu(self.n1(self.conv1(x)))
+        return F.relu(self.n2(self.conv2(out)) + self.skip(x))
+
+
+class ResNet(nn.Module):
+    """A small ResNet (three stages of one basic block) for cross-architecture evaluation."""
+
+    def __init__(self, *, channels: int, num_classes: int, image_size: tuple[int, int],
+                 width: int = 64, norm: str = "batchnorm"):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(channels, width, 3, 1, 1, bias=False), _norm(norm, width), nn.ReLU(inplace=True))
+        self.stages = nn.Sequential(_Block(width, width, 1, norm), _Block(width, 2 * width, 2, norm),
+                                    _Block(2 * width, 4 * width, 2, norm))
+        self.feat_dim = 4 * width
+        self.classifier = nn.Linear(self.feat_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self.stages(self.stem(x)), 1).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+@MODELS.register("convnet")
+def convnet(**kw) -> nn.Module:
+    """ConvNet-3, width 128, instance norm: the standard DD network."""
+    return ConvNet(**kw)
+
+
+@MODELS.register("convnet_d2")
+def convnet_d2(**kw) -> nn.Module:
+    """ConvNet-2: two blocks, for 8x8 inputs where a third pooling has nothing left to pool."""
+    return ConvNet(depth=2, **kw)
+
+
+@MODELS.register("convnet_w32")
+def convnet_w32(**kw) -> nn.Module:
+    """ConvNet-3 at width 32: a quarter of the channels, for fast CPU presets."""
+    return ConvNet(width=32, **kw)
+
+
+@MODELS.register("convnet_bn")
+def convnet_bn(**kw) -> nn.Module:
+    """ConvNet-3 with batch norm, as a cross-architecture check."""
+    return ConvNet(norm="batchnorm", **kw)
+
+
+@MODELS.register("mlp")
+def mlp(**kw) -> nn.Module:
+    return MLP(**kw)
+
+
+@MODELS.register("resnet")
+def resnet(**kw) -> nn.Module:
+    return ResNet(**kw)
+
+
+def build_model(name: str, *, channels: int, num_classes: int, image_size, seed: int | None = None,
+                device: str | torch.device = "cpu") -> nn.Module:
+    """Build a registered network; with a seed, its initial weights are reproducible."""
+    builder = MODELS.get(name)
+    if seed is None:
+        net = builder(channels=channels, num_classes=num_classes, image_size=tuple(image_size))
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = builder(channels=channels, num_classes=num_classes, image_size=tuple(image_size))
+    return net.to(device)
+
+
+def model_for(dataset, name: str = "convnet", **kw) -> nn.Module:
+    return build_model(name, channels=dataset.channels, num_classes=dataset.num_classes,
+                       image_size=dataset.image_size, **kw)
+
+
+def num_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())

@@ -1,0 +1,114 @@
+"""Networks trained on the whole real training set ("squeeze"): the teacher for soft labels, the
+feature extractor for coresets and the feature-space map. Cached per dataset and architecture,
+in memory and on disk, and always reported with their test accuracy."""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .data import Dataset
+from .models import model_for
+
+# Per dataset: (architecture, epochs). Small enough to train on a 2-core CPU in about a minute.
+RECIPES = {
+    "digits": ("convnet", 30),
+    "mnist": ("convnet_w32", 2),
+    "fashion_mnist": ("convnet_w32", 3),
+}
+DEFAULT_RECIPE = ("convnet_w32", 5)
+_memory: dict[str, "Teacher"] = {}
+_lock = threading.Lock()
+
+
+@dataclass
+class Teacher:
+    """A trained network and how good it is."""
+
+    net: torch.nn.Module
+    arch: str
+    epochs: int
+    test_accuracy: float  # fraction in [0, 1]
+    seconds: float
+
+    def describe(self) -> str:
+        return (f"{self.arch} trained {self.epochs} epochs on the whole training set "
+                f"(test accuracy {self.test_accuracy:.3f})")
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("DD_CACHE_DIR")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "distillery"
+
+
+def _key(dataset: Dataset, arch: str, epochs: int, seed: int) -> str:
+    # Folder datasets share names across users' folders: key on the data itself as well.
+    digest = hashlib.sha1(dataset.x_train[:: max(1, len(dataset.x_train) // 512)].numpy().tobytes()).hexdigest()[:10]
+    return f"{dataset.name.replace(':', '_').replace('/', '_')}-{arch}-e{epochs}-s{seed}-{digest}"
+
+
+def train_on_real(dataset: Dataset, arch: str, epochs: int, seed: int, device, batch_size: int = 128) -> torch.nn.Module:
+    """Plain supervised training: SGD lr 0.01 (x0.1 at half), momentum 0.9, wd 5e-4, batch 128."""
+    net = model_for(dataset, arch, seed=seed, device=device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    g = torch.Generator().manual_seed(seed)
+    n = len(dataset.x_train)
+    net.train()
+    for epoch in range(epochs):
+        if epoch == epochs // 2 and epochs > 1:
+            for group in opt.param_groups:
+                group["lr"] = 0.001
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n, batch_size):
+            idx = perm[i:i + batch_size]
+            loss = F.cross_entropy(net(dataset.x_train[idx].to(device)), dataset.y_train[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    net.eval()
+    return net
+
+
+def get_teacher(dataset: Dataset, *, arch: str | None = None, epochs: int | None = None, seed: int = 0,
+                device=None) -> Teacher:
+    """The cached trained network for a dataset (trained now if not cached)."""
+    from .evaluate import test_accuracy
+
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    default_arch, default_epochs = RECIPES.get(dataset.name, DEFAULT_RECIPE)
+    arch, epochs = arch or default_arch, epochs or default_epochs
+    key = _key(dataset, arch, epochs, seed)
+    with _lock:  # one training per key, even with several users asking at once
+        if key in _memory:
+            return _memory[key]
+        path = cache_dir() / "teachers" / f"{key}.pt"
+        t0 = time.perf_counter()
+        net = model_for(dataset, arch, seed=seed, device=device)
+        if path.is_file():
+            net.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+            net.eval()
+        else:
+            net = train_on_real(dataset, arch, epochs, seed, device)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save(net.state_dict(), tmp)
+            tmp.replace(path)
+        for p in net.parameters():
+            p.requires_grad_(False)
+        teacher = Teacher(net, arch, epochs, test_accuracy(net, dataset, device), time.perf_counter() - t0)
+        net.eval()
+        _memory[key] = teacher
+        return teacher
+
+
+@torch.no_grad()
+def features(net: torch.nn.Module, x: torch.Tensor, device, chunk: int = 512) -> torch.Tensor:
+    """(n, c, h, w) -> (n, d) embeddings on the CPU."""
+    net.eval()
+    return torch.cat([net.embed(x[i:i + chunk].to(device)).cpu() for i in range(0, len(x), chunk)])
