@@ -1,0 +1,202 @@
+"""Command line: `python -m dd_core distill | evaluate | labels | list`.
+
+Bad input exits with status 2 and one line that says what to do; never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+
+def _threads() -> None:
+    # Use every core deliberately; torch and numba both otherwise guess.
+    torch.set_num_threads(int(os.environ.get("DD_THREADS", os.cpu_count() or 1)))
+
+
+def _progress(total: int, desc: str, quiet: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", disable=quiet, file=sys.stderr, dynamic_ncols=True)
+
+
+def _parse_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def cmd_distill(args) -> int:
+    from .data import load_dataset
+    from .distill import distill
+    from .methods import METHODS, make_method
+
+    from .synthetic import check_ipc
+
+    dataset = load_dataset(args.dataset)
+    check_ipc(dataset, args.ipc)
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    method = make_method(args.method, preset=args.preset, dataset=dataset.name, ipc=args.ipc,
+                         **{k: _parse_value(v) for k, v in overrides.items()})
+    steps = args.steps if args.steps is not None else METHODS.get(args.method).default_steps(
+        args.preset, dataset=dataset.name, ipc=args.ipc)
+    bar = _progress(steps, f"{args.method} {dataset.name} ipc={args.ipc}", args.quiet)
+    last = None
+    for last in distill(dataset, method, method_name=args.method, ipc=args.ipc, steps=steps, seed=args.seed,
+                        init=args.init, snapshot_every=max(1, steps // 100)):
+        bar.n = last.step
+        bar.set_postfix({k: f"{v:.4g}" for k, v in last.stats.items() if k != "step"})
+        bar.refresh()
+    bar.close()
+    syn = last.synthetic
+    syn.extra_meta["preset"] = args.preset
+    syn.extra_meta["seconds"] = f"{last.elapsed:.2f}"
+    syn.save(args.out)
+    if args.grid:
+        syn.save_grid(args.grid)
+    print(json.dumps({"out": str(args.out), "status": last.status, "message": last.message, "steps": last.step,
+                      "seconds": round(last.elapsed, 2), "final": last.stats}))
+    return 0 if last.status in ("done", "stopped") else 1
+
+
+def cmd_evaluate(args) -> int:
+    from .data import load_dataset
+    from .evaluate import evaluate, protocol
+    from .metrics import dd_ranking
+    from .synthetic import SyntheticSet, init_synthetic
+
+    syn = SyntheticSet.load(args.file)
+    dataset = load_dataset(args.dataset or syn.dataset)
+    check_compatible(syn, dataset)
+    overrides = {k: v for k, v in (("num_models", args.models), ("epochs", args.epochs), ("model", args.arch)) if v}
+    config = protocol(args.protocol, **overrides)
+    bar = _progress(1000, "evaluate", args.quiet or args.json)
+
+    def progress(frac, text):
+        bar.n = int(frac * 1000)
+        bar.set_description(text)
+        bar.refresh()
+
+    result = evaluate(syn.images, syn.labels, dataset, config, progress=progress)
+    out = {"file": str(args.file), "dataset": dataset.name, "method": syn.method, "ipc": syn.ipc, **result.as_dict()}
+    if args.baseline:
+        rnd = init_synthetic(dataset, max(syn.ipc, 1), init="real", seed=syn.seed)
+        base = evaluate(rnd.images, rnd.labels, dataset, config, progress=progress)
+        out["random_mean"], out["random_std"] = base.mean, base.std
+        if args.whole is not None:
+            out.update(dd_ranking(result.mean, base.mean, args.whole))
+    bar.close()
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{syn.method} on {dataset.name}, IPC {syn.ipc}: accuracy {result.mean:.4f} +- {result.std:.4f} "
+              f"({config.describe()})")
+    return 0
+
+
+def cmd_labels(args) -> int:
+    try:
+        from .tradeoff import labels_command
+    except ImportError:
+        print("the labels trade-off is not available in this build", file=sys.stderr)
+        return 2
+    return labels_command(args.file, args.protocol, args.stores, args.models, args.json)
+
+
+def cmd_list(args) -> int:
+    from .data import dataset_names
+    from .labels import LABEL_STORES
+    from .methods import METHODS
+    from .methods.base import field_help, hyperparameters
+    from .models import MODELS
+
+    print("datasets:", ", ".join(dataset_names()))
+    print("models:", ", ".join(MODELS.names()))
+    print("label stores:", ", ".join(LABEL_STORES.names()))
+    print("methods:")
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        print(f"  {name}: {cls.paper}")
+        for f in hyperparameters(cls):
+            print(f"      --set {f.name}={f.default!r}  {field_help(f)}")
+    return 0
+
+
+def check_compatible(syn, dataset) -> None:
+    """A synthetic set can only be evaluated on the dataset it was distilled from (same shape, classes)."""
+    if tuple(syn.images.shape[1:]) != tuple(dataset.x_train.shape[1:]) or syn.num_classes != dataset.num_classes:
+        raise ValueError(f"this synthetic set has images {tuple(syn.images.shape[1:])} and {syn.num_classes} classes "
+                         f"but {dataset.name} has {tuple(dataset.x_train.shape[1:])} and {dataset.num_classes}; "
+                         f"evaluate it on {syn.dataset!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dd_core", description="Distillery: dataset distillation engine")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("distill", help="distill a dataset into a synthetic set")
+    d.add_argument("--dataset", default="digits", help="dataset name or folder:<path> (see `list`)")
+    d.add_argument("--method", default="dm")
+    d.add_argument("--ipc", type=int, default=10, help="images per class")
+    d.add_argument("--steps", type=int, default=None, help="outer iterations (default: the preset's)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--preset", default="fast", choices=["fast", "paper"])
+    d.add_argument("--init", default="real", choices=["real", "noise"])
+    d.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a hyperparameter")
+    d.add_argument("--out", default="synthetic.safetensors")
+    d.add_argument("--grid", default=None, help="also save a PNG grid here")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_distill)
+
+    e = sub.add_parser("evaluate", help="train fresh networks on a synthetic set and report test accuracy")
+    e.add_argument("file")
+    e.add_argument("--protocol", default="fast", choices=["fast", "paper"])
+    e.add_argument("--models", type=int, default=None, help="number of evaluation networks")
+    e.add_argument("--epochs", type=int, default=None)
+    e.add_argument("--arch", default=None, help="evaluation network (cross-architecture)")
+    e.add_argument("--dataset", default=None, help="default: the dataset recorded in the file")
+    e.add_argument("--baseline", action="store_true", help="also evaluate a random real subset of the same IPC")
+    e.add_argument("--whole", type=float, default=None, help="whole-dataset accuracy (fraction) for DD-Ranking scores")
+    e.add_argument("--json", action="store_true")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    lab = sub.add_parser("labels", help="bytes vs accuracy of every label store for one synthetic set")
+    lab.add_argument("file")
+    lab.add_argument("--protocol", default="fast", choices=["fast", "paper"])
+    lab.add_argument("--stores", nargs="*", default=None)
+    lab.add_argument("--models", type=int, default=None)
+    lab.add_argument("--json", action="store_true")
+    lab.set_defaults(func=cmd_labels)
+
+    ls = sub.add_parser("list", help="list datasets, models, methods and their hyperparameters")
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data import DatasetUnavailable
+    from .registry import UnknownNameError
+    from .synthetic import SyntheticFileError
+
+    args = build_parser().parse_args(argv)
+    _threads()
+    t0 = time.perf_counter()
+    try:
+        code = args.func(args)
+    except (UnknownNameError, DatasetUnavailable, SyntheticFileError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    if not getattr(args, "json", False) and not getattr(args, "quiet", False):
+        print(f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    return code
