@@ -1,0 +1,126 @@
+"""Distill and evaluate a list of (dataset, method, IPC) settings; one JSON line per setting.
+
+    DD_DATA_ROOT=<data> python -m benchmarks.reproduce --dataset digits --methods random dm --ipcs 1 10 \
+        --protocol fast --models 3 --out bench_out/digits.jsonl
+    python -m benchmarks.reproduce --table bench_out/digits.jsonl      # markdown table of the results
+
+Each line records the distillation budget (preset, steps, every hyperparameter), the evaluation
+protocol, every network's final accuracy, and the seconds spent on each part.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from dd_core.data import load_dataset
+from dd_core.distill import run_to_end
+from dd_core.evaluate import evaluate, protocol
+from dd_core.methods import METHODS, make_method
+
+# Published accuracies (%, ConvNet-3, final epoch, hard labels) from the reference table.
+PUBLISHED = {
+    ("mnist", 1): {"random": 64.9, "herding": 89.2, "dc": 91.7, "dsa": 88.7, "dm": 89.7},
+    ("mnist", 10): {"random": 95.1, "herding": 93.7, "dc": 97.4, "dsa": 97.8, "dm": 97.5},
+    ("fashion_mnist", 1): {"random": 51.4, "herding": 67.0, "dc": 70.5, "dsa": 70.6},
+    ("fashion_mnist", 10): {"random": 73.8, "herding": 71.1, "dc": 82.3, "dsa": 84.6},
+}
+
+
+def code_version() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def run_one(dataset, method_name: str, ipc: int, args) -> dict:
+    overrides = {}
+    for kv in args.set:
+        key, value = kv.split("=", 1)
+        if "." in key:  # method.field=value applies to one method only
+            only, key = key.split(".", 1)
+            if only != method_name:
+                continue
+        overrides[key] = json.loads(value) if value[:1] in "0123456789-[{tf" and value not in ("true", "false") else value
+        if value in ("true", "false"):
+            overrides[key] = value == "true"
+    method = make_method(method_name, preset=args.preset, dataset=dataset.name, ipc=ipc, **overrides)
+    steps = args.steps if args.steps is not None else METHODS.get(method_name).default_steps(
+        args.preset, dataset=dataset.name, ipc=ipc)
+    t0 = time.perf_counter()
+    snap = run_to_end(dataset, method, method_name=method_name, ipc=ipc, steps=steps, seed=args.seed,
+                      snapshot_every=10**9)
+    distill_s = time.perf_counter() - t0
+    config = protocol(args.protocol, num_models=args.models, **({"epochs": args.epochs} if args.epochs else {}))
+    result = evaluate(snap.synthetic.images, snap.synthetic.labels, dataset, config)
+    if args.save_dir:
+        Path(args.save_dir).mkdir(parents=True, exist_ok=True)
+        snap.synthetic.save(Path(args.save_dir) / f"{dataset.name}-{method_name}-ipc{ipc}.safetensors")
+    published = PUBLISHED.get((dataset.name, ipc), {}).get(method_name)
+    return {
+        "dataset": dataset.name, "method": method_name, "ipc": ipc, "preset": args.preset, "steps": snap.step,
+        "status": snap.status, "hyperparameters": method.config(), "seed": args.seed,
+        "distill_seconds": round(distill_s, 1), "eval": result.as_dict(), "published_percent": published,
+        "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+        "code_version": code_version(),
+    }
+
+
+def table(paths: list[str]) -> str:
+    rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
+    out = ["| dataset | method | IPC | preset, steps | distill s | eval protocol | accuracy % (mean ± std, n) "
+           "| eval s | published % | diff |", "|" + " --- |" * 10]
+    for r in rows:
+        e = r["eval"]
+        mean, std = 100 * e["accuracy_mean"], 100 * e["accuracy_std"]
+        pub = r.get("published_percent")
+        diff = f"{mean - pub:+.1f}" if pub is not None else "-"
+        out.append(f"| {r['dataset']} | {r['method']} | {r['ipc']} | {r['preset']}, {r['steps']} | "
+                   f"{r['distill_seconds']:.0f} | {e['protocol']} ({e['protocol_detail'].split(': ', 1)[1].split(', ')[4]}) | "
+                   f"{mean:.1f} ± {std:.1f} ({len(e['accuracies'])}) | {e['seconds']:.0f} | "
+                   f"{pub if pub is not None else '-'} | {diff} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--methods", nargs="*", default=["random", "dm"])
+    p.add_argument("--ipcs", nargs="*", type=int, default=[1, 10])
+    p.add_argument("--preset", default="fast", choices=["fast", "paper"])
+    p.add_argument("--steps", type=int, default=None, help="distillation steps (default: the preset's)")
+    p.add_argument("--set", action="append", default=[], metavar="[METHOD.]FIELD=VALUE")
+    p.add_argument("--protocol", default="fast", choices=["fast", "paper"])
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--models", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--save-dir", default=None)
+    p.add_argument("--out", default=None, help="append JSON lines here")
+    p.add_argument("--table", nargs="*", default=None, help="print a markdown table of these result files")
+    args = p.parse_args()
+    if args.table:
+        print(table(args.table))
+        return
+    torch.set_num_threads(args.threads)
+    dataset = load_dataset(args.dataset)
+    for ipc in args.ipcs:
+        for name in args.methods:
+            row = run_one(dataset, name, ipc, args)
+            line = json.dumps(row)
+            print(line, flush=True)
+            if args.out:
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                with open(args.out, "a") as f:
+                    f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
