@@ -119,6 +119,12 @@ def convnet_d2(**kw) -> nn.Module:
     return ConvNet(depth=2, **kw)
 
 
+@MODELS.register("convnet_d4")
+def convnet_d4(**kw) -> nn.Module:
+    """ConvNet-4: four blocks, the DD papers' choice for 64x64 inputs (Tiny ImageNet)."""
+    return ConvNet(depth=4, **kw)
+
+
 @MODELS.register("convnet_w32")
 def convnet_w32(**kw) -> nn.Module:
     """ConvNet-3 at width 32: a quarter of the channels, for fast CPU presets."""
@@ -154,8 +160,27 @@ def build_model(name: str, *, channels: int, num_classes: int, image_size, seed:
     return net.to(device)
 
 
-def model_for(dataset, name: str = "convnet", **kw) -> nn.Module:
-    return build_model(name, channels=dataset.channels, num_classes=dataset.num_classes,
+def default_model(image_size) -> str:
+    """The DD convention: ConvNet depth follows resolution so the last feature map is about 4x4
+    (depth 3 for 28-32 px, 4 for 64 px); 8x8 digits get depth 2 (2x2), since a third pooling
+    would leave a single pixel."""
+    side = min(image_size)
+    if side <= 16:
+        return "convnet_d2"
+    return "convnet" if side <= 32 else "convnet_d4"
+
+
+def resolve_model(name: str, dataset) -> str:
+    """'auto' -> the default network for the dataset's resolution; any other name is checked."""
+    if name == "auto":
+        return default_model(dataset.image_size)
+    MODELS.get(name)  # raises with the valid names
+    return name
+
+
+def model_for(dataset, name: str | None = None, **kw) -> nn.Module:
+    """Build a network for a dataset's shape; name None means the default for its resolution."""
+    return build_model(name or default_model(dataset.image_size), channels=dataset.channels, num_classes=dataset.num_classes,
                        image_size=dataset.image_size, **kw)
 
 

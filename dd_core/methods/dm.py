@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from ..augment import dsa_for, fyi_flip
-from ..models import build_model
+from ..models import build_model, resolve_model
 from .base import METHODS, Method, hp, is_small
 from .sampling import RealSampler, class_means, embed_chunked, frozen
 
@@ -19,7 +19,8 @@ class DM(Method):
     family = "distribution matching"
     paper = "Zhao & Bilen, Dataset Condensation with Distribution Matching, WACV 2023"
 
-    model: str = hp("convnet", "network whose random embeddings are matched (ConvNet-3 width 128 in the paper)")
+    model: str = hp("auto", "network whose random embeddings are matched; auto = the DD ConvNet for the "
+                            "resolution (ConvNet-3 width 128 at 28-32 px, as in the paper)")
     lr_img: float = hp(1.0, "SGD learning rate of the synthetic pixels (1; 10 when IPC >= 100)")
     momentum: float = hp(0.5, "SGD momentum of the synthetic pixels")
     batch_real: int = hp(256, "real images per class per step")
@@ -41,6 +42,7 @@ class DM(Method):
         self.gen_ = torch.Generator().manual_seed(seed)
         self.real_ = RealSampler(real, device)
         self.dsa_ = dsa_for(real.name) if self.dsa else None
+        self.net_name_ = resolve_model(self.model, real)
         self.shape_ = dict(channels=real.channels, num_classes=real.num_classes, image_size=real.image_size)
         self.device_ = device
         self.images_ = syn.images.detach().to(device).requires_grad_(True)
@@ -50,7 +52,7 @@ class DM(Method):
     def sample(self):
         """Draw what one step needs, in a fixed order: the network, the real batch, the augmentation."""
         net_seed = int(torch.randint(2**31 - 1, (1,), generator=self.gen_))
-        net = frozen(build_model(self.model, **self.shape_, seed=net_seed, device=self.device_))
+        net = frozen(build_model(self.net_name_, **self.shape_, seed=net_seed, device=self.device_))
         x_real, g_real = self.real_.all_classes(self.batch_real, self.gen_)
         params = self.dsa_.sample(self.shape_["num_classes"], self.gen_) if self.dsa_ else None
         return net, x_real, g_real, params
