@@ -1,0 +1,75 @@
+"""Distillery: an interactive lab for dataset distillation (Gradio app over dd_core).
+
+Importing this module builds `demo` and nothing else: no server, no dataset, no training.
+`python app.py` launches it; warm-ups (numba/UMAP compilation, the digits feature network)
+run in a low-priority background process so the page is usable at once.
+"""
+from __future__ import annotations
+
+from components import runtime
+
+runtime.configure()  # threads and numba's cache folder, before anything computes
+
+import importlib.util  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gradio as gr  # noqa: E402
+
+from components import api, distill_tab, evaluate_tab, feature_tab, learn_tab  # noqa: E402
+from components.sessions import drop_session  # noqa: E402
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+# All compute-heavy events share one pool sized for the machine (see components/runtime.py).
+COMPUTE = dict(concurrency_id="compute", concurrency_limit=runtime.POOL)
+INTRO = ("# ⚗️ Distillery\nCompress a dataset into a handful of synthetic images per class, watch them learn, "
+         "and measure how well they train a fresh network. Press **Distill** to start; read how each method "
+         "works under **Learn**.")
+
+
+def _labels_tab(current_set: gr.State) -> None:
+    """The Labels & storage tab, written separately; skipped if its module is absent."""
+    if importlib.util.find_spec("components.labels_tab") is None:
+        return
+    from components import labels_tab
+
+    with gr.Tab("Labels & storage", id="labels"):
+        labels_tab.render(current_set)
+
+
+def build() -> gr.Blocks:
+    with gr.Blocks(title="Distillery", delete_cache=(600, 1800)) as demo:
+        current_set = gr.State(None)  # path of this session's current synthetic set (.safetensors)
+        gr.Markdown(INTRO, elem_id="intro")
+        with gr.Tabs():
+            with gr.Tab("Distill", id="distill") as distill_t:
+                tab = distill_tab.build(current_set, COMPUTE)
+            with gr.Tab("Feature space", id="features") as features_t:
+                live_timer = feature_tab.build(features_t, COMPUTE)
+            with gr.Tab("Evaluate", id="evaluate") as evaluate_t:
+                evaluate_tab.build(current_set, COMPUTE)
+            with gr.Tab("Learn", id="learn") as learn_t:
+                learn_tab.build(tab.method.value)
+            _labels_tab(current_set)
+        for other in (distill_t, evaluate_t, learn_t):  # the live map only redraws while it is seen
+            other.select(lambda: gr.Timer(active=False), outputs=live_timer, queue=False, api_visibility="private")
+        gr.Markdown(f"<small>{runtime.device_note()}. {runtime.LIMITS.describe()} "
+                    f"API: see “Use via API” below.</small>", elem_classes=["note"])
+        api.attach(tab, COMPUTE)
+        demo.unload(drop_session)
+    demo.queue(max_size=runtime.QUEUE_SIZE)
+    return demo
+
+
+demo = build()
+
+
+def launch(**kw):
+    """Launch with the app's styling (gradio 6 takes css/theme at launch)."""
+    return demo.launch(css_paths=[ASSETS / "app.css"], theme=gr.themes.Soft(), **kw)
+
+
+if __name__ == "__main__":
+    from components import warmup
+
+    warmup.start()
+    launch()

@@ -1,0 +1,76 @@
+"""The named API endpoints, for gradio_client and `curl`: /distill, /evaluate (and /stop, wired in
+the Distill tab). They run in the same compute pool and per-session state as the page.
+
+    from gradio_client import Client, handle_file
+    client = Client("http://127.0.0.1:7860/")
+    job = client.submit("digits", "dm", 10, 200, 0, api_name="/distill")
+    for progress, _ in job: print(progress["step"], progress["status"])
+    progress, set_file = job.result()
+    result = client.predict(handle_file(set_file), api_name="/evaluate")
+    print(result["accuracy_mean"], result["accuracy_std"])
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import gradio as gr
+
+from dd_core.synthetic import SyntheticSet
+
+from . import distill_run, evaluate_run, inputs
+from .sessions import session_for
+
+
+def _progress(tick: distill_run.Tick) -> dict:
+    snap = tick.snapshot
+    out = {"status": tick.phase, "message": tick.text.replace("**", "")}
+    if snap is not None:
+        out.update(step=snap.step, total_steps=snap.total_steps, elapsed=round(snap.elapsed, 3),
+                   steps_per_second=round(snap.steps_per_second, 3), stats=snap.stats)
+    return out
+
+
+def distill_api(dataset: str, method: str, ipc, steps, seed, request: gr.Request = None) -> Iterator[tuple]:
+    """Distill `dataset` ("digits", "mnist", ... or "folder:<path>") with `method`; streams a progress
+    dict per update; the last update also carries the synthetic set as a .safetensors file."""
+    try:
+        req = distill_run.check_request(dataset, "", method, ipc, steps, seed)
+    except inputs.UserError as err:
+        raise gr.Error(str(err), print_exception=False) from None
+    session = session_for(request)
+    for tick in distill_run.run(session, req):
+        if tick.phase == "error":
+            raise gr.Error(tick.text, print_exception=False)
+        files = session.run.files if tick.finished and session.run is not None else {}
+        yield _progress(tick), (str(files["safetensors"]) if "safetensors" in files else None)
+
+
+def evaluate_api(set_file, protocol: str = "fast", num_models=1, model: str = "", request: gr.Request = None) -> dict:
+    """Train fresh networks on a synthetic set (.safetensors) and report mean/std test accuracy (fractions)."""
+    try:
+        syn = SyntheticSet.load(set_file) if set_file else None
+        if syn is None:
+            raise inputs.UserError("Give a synthetic set (.safetensors) saved by Distillery.")
+        n = inputs.as_int(num_models, "Number of networks")
+        result = evaluate_run.evaluate_set(session_for(request), syn, protocol=protocol, num_models=n,
+                                           model=model or None)
+    except Exception as err:  # noqa: BLE001 - the client gets a message, never a traceback
+        raise gr.Error(inputs.user_message(err), print_exception=False) from None
+    return result.as_dict()
+
+
+def attach(tab, compute: dict) -> None:
+    """Hidden components and the two endpoints; inputs reuse the Distill tab's own widgets."""
+    with gr.Group(visible=False):
+        progress = gr.JSON(label="progress")
+        set_out = gr.File(label="synthetic set (.safetensors)")
+        set_in = gr.File(label="synthetic set (.safetensors)", file_types=[".safetensors"])
+        protocol = gr.Radio(["fast", "paper"], value="fast", label="protocol")
+        num_models = gr.Number(1, label="networks", precision=0)
+        model = gr.Textbox("", label="architecture (empty: the protocol's)")
+        result = gr.JSON(label="result")
+        go_distill, go_eval = gr.Button(), gr.Button()
+    go_distill.click(distill_api, inputs=[tab.dataset, tab.method, tab.ipc, tab.steps, tab.seed],
+                     outputs=[progress, set_out], api_name="distill", **compute)
+    go_eval.click(evaluate_api, inputs=[set_in, protocol, num_models, model], outputs=result, api_name="evaluate",
+                  **compute)

@@ -1,0 +1,120 @@
+"""One distillation run for one session: checks, loading, the engine loop with caps, kept
+snapshots and files. Yields `Tick`s; the Distill tab and the /distill API each render them.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from dd_core.distill import Snapshot, distill
+from dd_core.methods import METHODS, make_method
+
+from . import inputs
+from .exports import save_current, write_exports
+from .runtime import LIMITS
+from .sessions import RunRecord, Session
+
+SNAPSHOT_SECONDS = 0.5  # work between two UI updates; a stop takes effect within this
+SAVE_SECONDS = 2.0  # how often the current set is written to disk for the Labels tab
+
+
+@dataclass
+class Tick:
+    """What a run has to say at one moment."""
+
+    phase: str  # loading, warming, distilling, done, stopped, failed, error
+    text: str  # the status line
+    snapshot: Snapshot | None = None
+    saved: Path | None = None  # a freshly saved current set (.safetensors), if any
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("done", "stopped", "failed", "error")
+
+
+@dataclass(frozen=True)
+class Request:
+    """A checked request: what the engine needs, in engine terms."""
+
+    dataset: str
+    method: str
+    ipc: int
+    steps: int
+    seed: int
+    preset: str = "fast"
+    overrides: dict | None = None
+
+
+def check_request(dataset_choice, folder, method, ipc, steps, seed, preset="fast", overrides=None) -> Request:
+    """Everything that can be checked before loading data; raises UserError."""
+    name = inputs.dataset_name(dataset_choice, folder)
+    method = inputs.check_method(method)
+    ipc = inputs.check_ipc_value(ipc)
+    steps = inputs.check_steps(steps)
+    seed = inputs.check_seed(seed)
+    if preset not in ("fast", "paper"):
+        raise inputs.UserError(f"Unknown preset {preset!r}; choose fast or paper.")
+    return Request(name, method, ipc, steps, seed, preset, dict(overrides or {}))
+
+
+def _stop_text(snap: Snapshot, capped: str) -> str:
+    kept = "Everything made so far is kept."
+    if capped:
+        return f"Stopped at step {snap.step} of {snap.total_steps}: {capped}. {kept}"
+    return f"Stopped at step {snap.step} of {snap.total_steps} (you pressed Stop). {kept}"
+
+
+def run(session: Session, req: Request) -> Iterator[Tick]:
+    """Validate against the data, then distill; never raises for a user's mistake."""
+    session.stop.clear()
+    yield Tick("loading", f"Loading dataset **{req.dataset}**…")
+    try:
+        dataset = inputs.open_dataset(req.dataset)
+        inputs.check_ipc_value(req.ipc, dataset)
+        method = make_method(req.method, preset=req.preset, dataset=dataset.name, ipc=req.ipc, **req.overrides)
+    except Exception as err:  # noqa: BLE001 - every failure becomes a message in the page
+        yield Tick("error", inputs.user_message(err))
+        return
+    learns = METHODS.get(req.method).learns_images
+    session.run = record = RunRecord(req.dataset, req.method, req.ipc, req.steps, req.seed, dataset_name=dataset.name)
+    yield Tick("warming", "Warming up: building the networks and the first batch…" if learns else
+               "Selecting real images (herding and k-center train a feature network on first use; cached afterwards)…")
+    capped, last_save = "", 0.0
+    try:
+        for snap in distill(dataset, method, method_name=req.method, ipc=req.ipc, steps=req.steps, seed=req.seed,
+                            snapshot_every=10**9, snapshot_seconds=SNAPSHOT_SECONDS, stop=session.stop):
+            record.final, record.history = snap.synthetic, snap.history
+            record.keep(snap.step, snap.synthetic.images)
+            if not snap.finished and snap.elapsed > LIMITS.max_seconds and not session.stop.is_set():
+                capped = f"reached this machine's limit of {LIMITS.max_seconds / 60:.0f} minutes per run"
+                session.stop.set()
+            if session.closed:
+                return
+            if snap.finished:
+                break
+            saved = None
+            if time.perf_counter() - last_save >= SAVE_SECONDS:
+                saved, last_save = save_current(session), time.perf_counter()
+            phase = "warming" if snap.step == 0 else "distilling"
+            text = ("Warming up: the first step builds the networks…" if snap.step == 0 else
+                    f"Distilling with **{req.method}** on **{dataset.name}**, IPC {req.ipc}…")
+            yield Tick(phase, text, snap, saved)
+    except Exception as err:  # noqa: BLE001
+        record.status, record.message = "failed", inputs.user_message(err)
+        if record.final is not None:
+            record.keep_last(record.final.steps, record.final.images)
+            write_exports(session)
+        yield Tick("error", record.message, None, save_current(session))
+        return
+    record.keep_last(snap.step, snap.synthetic.images)
+    record.status = snap.status
+    if snap.status == "stopped":
+        record.message = _stop_text(snap, capped)
+    elif snap.status == "failed":
+        record.message = f"Ended early: {snap.message}"
+    else:
+        record.message = f"Done: {snap.step} steps in {snap.elapsed:.1f} s ({snap.steps_per_second:.1f} steps/s)."
+    write_exports(session)
+    yield Tick(snap.status, record.message, snap, save_current(session))

@@ -1,0 +1,213 @@
+"""Distill tab: choose a dataset and a method, press Distill, watch the synthetic images learn.
+
+Handlers are plain functions of values; `build()` lays out the widgets and wires them.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import gradio as gr
+
+from dd_core.methods import METHODS
+
+from . import distill_run, inputs, method_params
+from .exports import labelled_grid
+from .figures import loss_figure
+from .learn_tab import method_markdown
+from .runtime import LIMITS
+from .sessions import Session, session_for
+
+PLOT_SECONDS = 1.5  # the loss curve is redrawn at most this often; the grid every snapshot
+DEFAULT_DATASET, DEFAULT_METHOD, DEFAULT_IPC = "digits", "dm", 10
+OUTPUTS = ("status", "grid", "stats", "loss", "current_set", "scrub", "dl_set", "dl_png", "dl_zip", "dl_gif",
+           "distill_btn", "stop_btn")
+DOWNLOADS = {"dl_set": "safetensors", "dl_png": "png", "dl_zip": "zip", "dl_gif": "gif"}
+
+
+def pack(**values) -> tuple:
+    """Outputs in OUTPUTS order; anything not given is left as it is on the page."""
+    unknown = set(values) - set(OUTPUTS)
+    assert not unknown, unknown
+    return tuple(values.get(k, gr.skip()) for k in OUTPUTS)
+
+
+def status_line(phase: str, text: str) -> str:
+    icon = {"loading": "…", "warming": "…", "distilling": "⚗", "done": "✓", "stopped": "■",
+            "failed": "⚠", "error": "⚠"}.get(phase, "")
+    return f"{icon} {text}"
+
+
+def stats_line(snap, req: distill_run.Request) -> str:
+    sps = snap.steps_per_second
+    left = (snap.total_steps - snap.step) / sps if sps > 0 else float("nan")
+    left = min(left, max(0.0, LIMITS.max_seconds - snap.elapsed))
+    eta = f"about {left:.0f} s left" if snap.step and not snap.finished else f"{snap.elapsed:.1f} s elapsed"
+    return f"step **{snap.step}** / {snap.total_steps} · {sps:.1f} steps/s · {eta}"
+
+
+def _finished_updates(session: Session) -> dict:
+    run = session.run
+    files = run.files if run is not None else {}
+    out = {k: gr.update(value=str(files[kind]), visible=True) if kind in files else gr.update(visible=False)
+           for k, kind in DOWNLOADS.items()}
+    n = len(run.kept) if run is not None else 0
+    out["scrub"] = gr.update(minimum=0, maximum=max(1, n - 1), value=max(0, n - 1), visible=n > 1,
+                             label=f"Scrub through the {n} kept snapshots")
+    out["distill_btn"], out["stop_btn"] = gr.update(interactive=True), gr.update(interactive=False)
+    return out
+
+
+def ui_updates(session: Session, req: distill_run.Request) -> Iterator[tuple]:
+    """Run `req` for `session` and yield page updates (a plain generator; no server needed)."""
+    last_plot = 0.0
+    for tick in distill_run.run(session, req):
+        out = {"status": status_line(tick.phase, tick.text)}
+        if tick.phase == "loading":
+            out.update(distill_btn=gr.update(interactive=False), stop_btn=gr.update(interactive=True),
+                       scrub=gr.update(visible=False), loss=loss_figure([]),
+                       **{k: gr.update(visible=False) for k in DOWNLOADS})
+        snap = tick.snapshot
+        if snap is not None:
+            out["grid"] = labelled_grid(snap.synthetic)
+            out["stats"] = stats_line(snap, req)
+            if tick.finished or time.perf_counter() - last_plot >= PLOT_SECONDS:
+                out["loss"], last_plot = loss_figure(snap.history), time.perf_counter()
+        if tick.saved is not None:
+            out["current_set"] = str(tick.saved)
+        if tick.finished:
+            out.update(_finished_updates(session))
+            if tick.phase == "error":
+                gr.Warning(tick.text)
+        yield pack(**out)
+
+
+def error_updates(message: str) -> tuple:
+    gr.Warning(message)
+    return pack(status=status_line("error", message), distill_btn=gr.update(interactive=True),
+                stop_btn=gr.update(interactive=False))
+
+
+def request_stop(request: gr.Request = None) -> str:
+    session = session_for(request)
+    running = session.run is not None and session.run.status == "running"
+    session.stop.set()
+    return status_line("stopped", "Stopping at the end of the current step…") if running else gr.skip()
+
+
+def scrub(index, request: gr.Request = None):
+    """The grid as it was at kept snapshot `index`, and which step that was."""
+    run = session_for(request).run
+    syn = run.set_at(int(index or 0)) if run is not None else None
+    if syn is None:
+        return gr.skip(), gr.skip()
+    return labelled_grid(syn), f"showing step **{syn.steps}** of this run"
+
+
+def settings_changed(method, preset, dataset, folder, ipc, widgets, *, update_steps: bool):
+    """Show the chosen method's widgets with the preset's values, its explanation and default steps."""
+    if method not in METHODS:
+        return [gr.skip()] * (len(METHODS.names()) + len(widgets) + 2)
+    try:
+        name = inputs.dataset_name(dataset, folder)
+    except inputs.UserError:
+        name = str(dataset)
+    try:
+        ipc = max(1, inputs.as_int(ipc, "IPC"))
+    except inputs.UserError:
+        ipc = DEFAULT_IPC
+    visible = [gr.update(visible=m == method) for m in METHODS.names()]
+    values = method_params.preset_values(method, preset or "fast", name, ipc, widgets)
+    steps = gr.skip()
+    if update_steps:
+        steps = min(METHODS.get(method).default_steps(preset or "fast", dataset=name, ipc=ipc), LIMITS.max_steps)
+    return visible + values + [steps, method_markdown(method)]
+
+
+@dataclass
+class DistillTab:
+    """The widgets other tabs and the API attach to."""
+
+    dataset: gr.Dropdown
+    folder: gr.Textbox
+    method: gr.Dropdown
+    ipc: gr.Number
+    steps: gr.Number
+    seed: gr.Number
+    status: gr.Markdown
+    grid: gr.Image
+    distill_event: object
+
+
+def build(current_set: gr.State, compute: dict) -> DistillTab:
+    """The Distill tab's widgets, inside the caller's gr.Tab. `compute` holds the pool settings."""
+    methods = METHODS.names()
+    default_method = DEFAULT_METHOD if DEFAULT_METHOD in methods else methods[0]
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=320, elem_id="distill-controls"):
+            dataset = gr.Dropdown(inputs.dataset_choices(), value=DEFAULT_DATASET, label="Dataset",
+                                  info="digits is built in (8x8); the others download on first use",
+                                  elem_id="dataset")
+            folder = gr.Textbox(label="Image folder", visible=False, elem_id="folder",
+                                placeholder="a folder with one sub-folder of images per class")
+            method = gr.Dropdown(methods, value=default_method, label="Method", elem_id="method")
+            with gr.Row():
+                ipc = gr.Number(DEFAULT_IPC, label="IPC", info="images per class", precision=0, elem_id="ipc",
+                                min_width=80)
+                steps = gr.Number(min(METHODS.get(default_method).default_steps("fast", dataset=DEFAULT_DATASET,
+                                                                               ipc=DEFAULT_IPC), LIMITS.max_steps),
+                                  label="Steps", precision=0, elem_id="steps", min_width=80)
+                seed = gr.Number(0, label="Seed", precision=0, elem_id="seed", min_width=80)
+            preset = gr.Radio(["fast", "paper"], value="fast", label="Preset",
+                              info="fast: settings that run on a CPU; paper: the published settings")
+            with gr.Accordion("Method hyperparameters", open=False):
+                groups, widgets = method_params.build_all(default_method)
+            with gr.Row():
+                go = gr.Button("Distill", variant="primary", elem_id="distill-btn")
+                stop = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop-btn")
+            gr.Markdown(LIMITS.describe(), elem_classes=["note"])
+            with gr.Accordion("About this method", open=True):
+                about = gr.Markdown(method_markdown(default_method), elem_id="about-method")
+        with gr.Column(scale=3, min_width=360):
+            status = gr.Markdown("Press **Distill** to start.", elem_id="status")
+            stats = gr.Markdown("", elem_id="stats")
+            grid = gr.Image(label="Synthetic images (a row per class)", show_label=False, type="pil", format="png",
+                            interactive=False, elem_id="grid", height=420, buttons=["fullscreen"])
+            scrub_slider = gr.Slider(0, 1, value=0, step=1, visible=False, label="Scrub through the kept snapshots",
+                                     elem_id="scrub")
+            scrub_note = gr.Markdown("")
+            with gr.Row():
+                dl = {k: gr.DownloadButton(label, visible=False, elem_id=k, size="sm")
+                      for k, label in (("dl_set", "Synthetic set (.safetensors)"), ("dl_png", "PNG grid"),
+                                       ("dl_zip", "ImageFolder (.zip)"), ("dl_gif", "Evolution (GIF)"))}
+            loss = gr.Plot(loss_figure([]), label="Loss", elem_id="loss")
+
+    components = dict(status=status, grid=grid, stats=stats, loss=loss, current_set=current_set, scrub=scrub_slider,
+                      distill_btn=go, stop_btn=stop, **dl)
+    outputs = [components[k] for k in OUTPUTS]
+
+    def on_distill(dataset_v, folder_v, method_v, ipc_v, steps_v, seed_v, preset_v, *hp_values,
+                   request: gr.Request = None):
+        try:
+            overrides = method_params.overrides(method_v, widgets, list(hp_values)) if method_v in METHODS else {}
+            req = distill_run.check_request(dataset_v, folder_v, method_v, ipc_v, steps_v, seed_v, preset_v, overrides)
+        except inputs.UserError as err:
+            yield error_updates(str(err))
+            return
+        yield from ui_updates(session_for(request), req)
+
+    event = go.click(on_distill, inputs=[dataset, folder, method, ipc, steps, seed, preset] + [w.component for w in widgets],
+                     outputs=outputs, show_progress_on=[status], api_visibility="private", **compute)
+    stop.click(request_stop, outputs=status, queue=False, api_name="stop")
+    scrub_slider.input(scrub, inputs=scrub_slider, outputs=[grid, scrub_note], queue=False, api_visibility="private",
+                       trigger_mode="always_last")
+
+    settings = [method, preset, dataset, folder, ipc]
+    changed_outputs = list(groups.values()) + [w.component for w in widgets] + [steps, about]
+    for trigger, update_steps in ((method, True), (preset, True), (dataset, True), (ipc, False)):
+        trigger.change(lambda *v, u=update_steps: settings_changed(*v, widgets, update_steps=u), inputs=settings,
+                       outputs=changed_outputs, queue=False, api_visibility="private")
+    dataset.change(lambda d: gr.update(visible=d == inputs.FOLDER_CHOICE), inputs=dataset, outputs=folder,
+                   queue=False, api_visibility="private")
+    return DistillTab(dataset, folder, method, ipc, steps, seed, status, grid, event)

@@ -1,0 +1,136 @@
+"""Evaluating a synthetic set for a session: fresh networks, the random-subset baseline at the same
+IPC, the whole-dataset reference, and the DD-Ranking scores; with a stop signal and the CPU cap.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from dd_core import metrics
+from dd_core.evaluate import EvalConfig, EvalResult, evaluate, protocol as make_protocol
+from dd_core.models import MODELS
+from dd_core.synthetic import SyntheticSet, init_synthetic
+from dd_core.teacher import get_teacher
+
+from . import inputs
+from .runtime import LIMITS
+from .sessions import Session
+
+MAX_MODELS = 5
+# Published whole-dataset accuracies (ConvNet-3, fractions), shown beside our own measurement.
+PUBLISHED_WHOLE = {"mnist": 0.996, "fashion_mnist": 0.935, "cifar10": 0.848}
+_baselines: dict[tuple, EvalResult] = {}  # read-only once computed: derived from real data only
+_baseline_lock = threading.Lock()
+
+
+@dataclass
+class Report:
+    """Everything the Evaluate tab shows for one evaluation."""
+
+    synthetic: EvalResult
+    baseline: EvalResult | None
+    whole: float | None  # test accuracy of a network trained on the whole training set
+    whole_note: str
+    scores: dict[str, float] | None  # IOR, HLR, LRS when baseline and whole exist
+
+
+def config_for(protocol: str, num_models, model: str | None) -> EvalConfig:
+    if protocol not in ("fast", "paper"):
+        raise inputs.UserError(f"Unknown protocol {protocol!r}; choose fast or paper.")
+    n = inputs.as_int(num_models, "Number of networks")
+    if not 1 <= n <= MAX_MODELS:
+        raise inputs.UserError(f"Number of networks must be between 1 and {MAX_MODELS} (got {n}).")
+    overrides = {"num_models": n}
+    if model:
+        if model not in MODELS:
+            raise inputs.UserError(f"Unknown architecture {model!r}; choose one of: {', '.join(MODELS.names())}.")
+        overrides["model"] = model
+    return make_protocol(protocol, **overrides)
+
+
+def dataset_of(session: Session, syn: SyntheticSet):
+    """The real dataset a set was distilled from (a folder set needs the session that made it)."""
+    name = syn.dataset
+    run = session.run
+    if name.startswith("folder:"):
+        if run is not None and run.dataset_name == name:
+            name = run.dataset
+        else:
+            raise inputs.UserError(f"This set was distilled from the image folder {name[7:]!r}; evaluate it in the "
+                                   f"session that made it (the folder's full path is not stored in the file).")
+    return inputs.open_dataset(name)
+
+
+def labels_of(syn: SyntheticSet):
+    """The set's label store (soft labels and the like) when its file carries one, else its hard labels."""
+    from dd_core import labels
+
+    load = getattr(labels, "load_store", None)  # the label-store loader, where the engine has it
+    return load(syn) if load is not None else syn.labels
+
+
+def set_bytes(syn: SyntheticSet, store) -> int:
+    """Bytes to reproduce training on the set: the images as stored plus everything its labels need."""
+    images = syn.images.numel() * syn.images.element_size()
+    if hasattr(store, "nbytes"):
+        return images + int(store.nbytes())
+    return images + len(syn.labels) * (1 if syn.num_classes <= 256 else 2)  # one class index each
+
+
+def _capped(stop: threading.Event) -> threading.Timer:
+    timer = threading.Timer(LIMITS.max_seconds, stop.set)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def evaluate_set(session: Session, syn: SyntheticSet, *, protocol: str = "fast", num_models=1,
+                 model: str | None = None, progress: Callable[[float, str], None] | None = None) -> EvalResult:
+    """Train fresh networks on `syn` alone; honours the session's Evaluate stop and the time cap."""
+    config = config_for(protocol, num_models, model)
+    dataset = dataset_of(session, syn)
+    session.eval_stop.clear()
+    timer = _capped(session.eval_stop)
+    try:
+        return evaluate(syn.images, labels_of(syn), dataset, config, progress=progress, stop=session.eval_stop)
+    finally:
+        timer.cancel()
+
+
+def baseline(session: Session, syn: SyntheticSet, config: EvalConfig,
+             progress: Callable[[float, str], None] | None = None) -> EvalResult:
+    """Random real images at the same IPC, evaluated with the same recipe; cached for everyone."""
+    dataset = dataset_of(session, syn)
+    ipc = max(1, len(syn.labels) // max(1, syn.num_classes))
+    key = (dataset.name, dataset.split_note, ipc, config)
+    with _baseline_lock:
+        if key in _baselines:
+            return _baselines[key]
+    subset = init_synthetic(dataset, ipc, init="real", seed=0, method="random")
+    session.eval_stop.clear()
+    timer = _capped(session.eval_stop)
+    try:
+        result = evaluate(subset.images, subset.labels, dataset, config, progress=progress, stop=session.eval_stop)
+    finally:
+        timer.cancel()
+    if not result.stopped:
+        with _baseline_lock:
+            _baselines[key] = result
+    return result
+
+
+def whole_reference(session: Session, syn: SyntheticSet) -> tuple[float, str]:
+    """Test accuracy of the cached network trained on the whole training set, and what it is."""
+    dataset = dataset_of(session, syn)
+    teacher = get_teacher(dataset)
+    note = teacher.describe()
+    if dataset.name in PUBLISHED_WHOLE:
+        note += f"; the papers report {PUBLISHED_WHOLE[dataset.name]:.3f} for ConvNet-3 trained to convergence"
+    return teacher.test_accuracy, note
+
+
+def scores(synthetic: EvalResult, base: EvalResult | None, whole: float | None) -> dict[str, float] | None:
+    if base is None or whole is None or not synthetic.accuracies or not base.accuracies:
+        return None
+    return metrics.dd_ranking(synthetic.mean, base.mean, whole)

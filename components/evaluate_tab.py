@@ -1,0 +1,164 @@
+"""Evaluate tab: train fresh networks on the current synthetic set (or an uploaded one), compare it
+with random real images at the same IPC and with the whole dataset, and pin runs to a table."""
+from __future__ import annotations
+
+import csv
+from typing import Callable, Iterator
+
+import gradio as gr
+
+from dd_core.models import MODELS
+from dd_core.synthetic import SyntheticSet
+
+from . import evaluate_run, inputs
+from .runtime import LIMITS
+from .sessions import Session, session_for
+
+SOURCES = ("this session's set", "an uploaded file")
+SAME_ARCH = "the protocol's (convnet)"
+TABLE_COLUMNS = ["method", "dataset", "IPC", "labels", "bytes", "accuracy", "std", "networks", "protocol",
+                 "architecture", "steps", "IOR", "HLR", "LRS"]
+
+
+def _acc(result) -> str:
+    if result is None or not result.accuracies:
+        return "—"
+    return f"{result.mean:.3f} ± {result.std:.3f}"
+
+
+def report_markdown(syn: SyntheticSet, rep: evaluate_run.Report, bytes_: int, labels: str) -> str:
+    s, b = rep.synthetic, rep.baseline
+    ipc = len(syn.labels) // max(1, syn.num_classes)
+    rows = ["| | test accuracy (mean ± std) | networks |", "| --- | --- | --- |",
+            f"| **synthetic** ({syn.method}, IPC {ipc}, {labels} labels) | **{_acc(s)}** | {len(s.accuracies)} |"]
+    if b is not None:
+        rows.append(f"| random real images, IPC {ipc} | {_acc(b)} | {len(b.accuracies)} |")
+    if rep.whole is not None:
+        rows.append(f"| whole training set | {rep.whole:.3f} | 1 ({rep.whole_note}) |")
+    lines = ["\n".join(rows), "", f"Protocol: {s.config.describe()}. Accuracies are fractions of the test set; "
+             f"the final epoch is reported. Set size: {bytes_:,} bytes."]
+    if rep.scores:
+        sc = rep.scores
+        lines.append(f"\n**IOR** {sc['IOR']:+.3f} (improvement over random, higher is better) · "
+                     f"**HLR** {sc['HLR']:+.3f} (gap to the whole set, lower is better) · "
+                     f"**LRS** {sc['LRS']:.3f} (DD-Ranking score in [0, 1], higher is better)")
+    if s.stopped or (b is not None and b.stopped):
+        lines.append(f"\n⏹️ Stopped early (Stop pressed or the {LIMITS.max_seconds / 60:.0f}-minute limit): "
+                     f"only finished networks are counted.")
+    return "\n".join(lines)
+
+
+def table_row(syn: SyntheticSet, rep: evaluate_run.Report, bytes_: int, labels: str) -> dict:
+    s, sc = rep.synthetic, rep.scores or {}
+    return {"method": syn.method, "dataset": syn.dataset, "IPC": len(syn.labels) // max(1, syn.num_classes),
+            "labels": labels, "bytes": bytes_, "accuracy": round(s.mean, 4) if s.accuracies else None,
+            "std": round(s.std, 4), "networks": len(s.accuracies), "protocol": s.config.protocol,
+            "architecture": s.config.model, "steps": syn.steps,
+            **{k: round(sc[k], 4) if k in sc else None for k in ("IOR", "HLR", "LRS")}}
+
+
+def run_evaluation(session: Session, syn: SyntheticSet, protocol: str, num_models, arch: str | None, compare: bool,
+                   progress: Callable[[float, str], None] | None = None) -> Iterator[tuple[str, str]]:
+    """Yield (status, results markdown) while evaluating; a plain generator."""
+    progress = progress or (lambda frac, text: None)
+    stages = 2 if compare else 1
+
+    def stage(i: int, name: str):
+        return lambda frac, text: progress((i + frac) / stages, f"{name}: {text}")
+
+    yield "⏳ Evaluating: training fresh networks on the synthetic images…", ""
+    store = evaluate_run.labels_of(syn)
+    result = evaluate_run.evaluate_set(session, syn, protocol=protocol, num_models=num_models, model=arch,
+                                       progress=stage(0, "synthetic set"))
+    labels, bytes_ = getattr(store, "name", "hard"), evaluate_run.set_bytes(syn, store)
+    rep = evaluate_run.Report(result, None, None, "", None)
+    yield "⏳ Evaluating: the random-subset baseline…" if compare else "✅ Done.", report_markdown(syn, rep, bytes_, labels)
+    if compare and not result.stopped:
+        rep.baseline = evaluate_run.baseline(session, syn, result.config, progress=stage(1, "random baseline"))
+        yield "⏳ Evaluating: the whole-dataset reference…", report_markdown(syn, rep, bytes_, labels)
+        rep.whole, rep.whole_note = evaluate_run.whole_reference(session, syn)
+        rep.scores = evaluate_run.scores(rep.synthetic, rep.baseline, rep.whole)
+    session.last_eval = table_row(syn, rep, bytes_, labels)
+    yield "✅ Done. Press **Pin** to add this run to the comparison table.", report_markdown(syn, rep, bytes_, labels)
+
+
+def pick_set(session: Session, source: str, upload) -> SyntheticSet:
+    if source == SOURCES[1]:
+        if not upload:
+            raise inputs.UserError("Upload a synthetic set (.safetensors) first, or evaluate this session's set.")
+        return SyntheticSet.load(upload)
+    syn = session.current()
+    if syn is None:
+        raise inputs.UserError("This session has no synthetic set yet: distill one in the Distill tab, "
+                               "or upload a .safetensors file.")
+    return syn
+
+
+def pin(request: gr.Request = None):
+    """Add the latest evaluation to the session's comparison table; returns the table and its CSV."""
+    session = session_for(request)
+    if session.last_eval is None:
+        gr.Warning("Evaluate a set first; then pin it.")
+        return gr.skip(), gr.skip()
+    session.pinned.append(session.last_eval)
+    session.last_eval = None
+    path = session.new_file("comparison", ".csv")
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(session.pinned)
+    rows = [[r[c] for c in TABLE_COLUMNS] for r in session.pinned]
+    return gr.update(value=rows), gr.update(value=str(path), visible=True)
+
+
+def stop_evaluation(request: gr.Request = None):
+    session_for(request).eval_stop.set()
+    return "⏹️ Stopping after the current epoch…"
+
+
+def build(current_set: gr.State, compute: dict) -> None:
+    """The Evaluate tab's widgets, inside the caller's gr.Tab."""
+    gr.Markdown("Train fresh networks on the synthetic images alone and test them on the real test set. "
+                "A good set beats random real images at the same IPC and comes close to the whole dataset.")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=300):
+            source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Evaluate", elem_id="eval-source")
+            upload = gr.File(label="Synthetic set (.safetensors)", file_types=[".safetensors"], visible=False,
+                             elem_id="eval-upload")
+            protocol = gr.Radio(["fast", "paper"], value="fast", label="Protocol",
+                                info="fast: 300 epochs; paper: 1000 epochs (DC/DSA/DM), both with DSA")
+            num_models = gr.Slider(1, evaluate_run.MAX_MODELS, value=1, step=1, label="Networks",
+                                   info="mean and std over this many fresh networks")
+            arch = gr.Dropdown([SAME_ARCH] + MODELS.names(), value=SAME_ARCH, label="Architecture",
+                               info="another architecture tests how well the set transfers")
+            compare = gr.Checkbox(True, label="Compare with random real images and the whole dataset",
+                                  info="the random baseline is computed once per dataset and IPC, then cached")
+            with gr.Row():
+                go = gr.Button("Evaluate", variant="primary", elem_id="eval-btn")
+                stop = gr.Button("Stop", variant="stop", elem_id="eval-stop")
+        with gr.Column(scale=3, min_width=360):
+            status = gr.Markdown("", elem_id="eval-status")
+            results = gr.Markdown("", elem_id="eval-results")
+            pin_btn = gr.Button("Pin to comparison table", size="sm", elem_id="pin-btn")
+    table = gr.Dataframe(headers=TABLE_COLUMNS, value=[], label="Comparison table (this session)",
+                         interactive=False, elem_id="comparison", wrap=True)
+    csv_btn = gr.DownloadButton("Download the table (CSV)", visible=False, size="sm", elem_id="comparison-csv")
+
+    def on_evaluate(source_v, upload_v, protocol_v, n_v, arch_v, compare_v, _current, request: gr.Request = None,
+                    progress=gr.Progress()):
+        session = session_for(request)
+        try:
+            syn = pick_set(session, source_v, upload_v)
+            yield from run_evaluation(session, syn, protocol_v, n_v, None if arch_v == SAME_ARCH else arch_v,
+                                      bool(compare_v), progress=lambda frac, text: progress(frac, desc=text))
+        except Exception as err:  # noqa: BLE001 - shown in the page, never as a traceback
+            message = inputs.user_message(err)
+            gr.Warning(message)
+            yield f"⚠️ {message}", gr.skip()
+
+    source.change(lambda s: gr.update(visible=s == SOURCES[1]), inputs=source, outputs=upload, queue=False,
+                  api_visibility="private")
+    go.click(on_evaluate, inputs=[source, upload, protocol, num_models, arch, compare, current_set],
+             outputs=[status, results], show_progress_on=[status], api_visibility="private", **compute)
+    stop.click(stop_evaluation, outputs=status, queue=False, api_visibility="private")
+    pin_btn.click(pin, outputs=[table, csv_btn], queue=False, api_visibility="private")

@@ -1,0 +1,79 @@
+"""Files a person can download from a run: the set (.safetensors), a PNG grid, an ImageFolder zip
+and a GIF of the images evolving over the kept snapshots."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from .sessions import RunRecord, Session
+
+GIF_FRAME_MS = 250  # per kept snapshot
+GIF_HOLD_MS = 1500  # the last frame stays on screen a little longer
+
+
+def evolution_gif(run: RunRecord, path: Path) -> Path | None:
+    """One frame per kept snapshot, each the composed grid of that moment."""
+    frames = []
+    for i in range(len(run.kept)):
+        syn = run.set_at(i)
+        if syn is not None:
+            frames.append(syn.grid_image().convert("RGB"))
+    if not frames:
+        return None
+    size = frames[-1].size
+    frames = [f if f.size == size else f.resize(size, Image.NEAREST) for f in frames]
+    durations = [GIF_FRAME_MS] * (len(frames) - 1) + [GIF_HOLD_MS]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0, optimize=False)
+    return path
+
+
+def save_current(session: Session, keep: int = 3) -> Path | None:
+    """Save the session's latest set under a fresh name (so a gr.State holding the path changes);
+    older saves beyond the last `keep` are deleted, leaving a reader time to finish."""
+    syn = session.current()
+    if syn is None or session.closed:
+        return None
+    path = syn.save(session.new_file("current", ".safetensors"))
+    saves = sorted(session.folder.glob("current-*.safetensors"))
+    for old in saves[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def write_exports(session: Session) -> dict[str, Path]:
+    """All downloads of the session's run; returns kind -> path (empty if the page was closed)."""
+    run = session.run
+    if run is None or run.final is None or session.closed:
+        return {}
+    syn = run.final
+    stem = f"{run.method}-{run.dataset_name.replace(':', '_').replace('/', '_')}-ipc{run.ipc}-step{syn.steps}"
+    folder = session.folder / f"export-{session.saves + 1:04d}"
+    session.saves += 1
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"safetensors": syn.save(folder / f"{stem}.safetensors"), "png": syn.save_grid(folder / f"{stem}.png")}
+    (folder / f"{stem}-imagefolder.zip").write_bytes(syn.imagefolder_zip())
+    files["zip"] = folder / f"{stem}-imagefolder.zip"
+    gif = evolution_gif(run, folder / f"{stem}-evolution.gif")
+    if gif is not None:
+        files["gif"] = gif
+    run.files = files
+    return files
+
+
+def labelled_grid(syn, *, target: int = 480, margin: int = 56) -> Image.Image:
+    """The set's grid (a row per class) enlarged to about `target` pixels, class names on the left."""
+    from PIL import ImageDraw, ImageFont
+
+    grid = syn.grid_image(upscale=1)
+    scale = max(1, target // max(grid.size))
+    grid = grid.resize((grid.size[0] * scale, grid.size[1] * scale), Image.NEAREST).convert("RGB")
+    out = Image.new("RGB", (grid.size[0] + margin, grid.size[1]), "white")
+    out.paste(grid, (margin, 0))
+    draw = ImageDraw.Draw(out)
+    row = grid.size[1] / max(1, syn.num_classes)
+    if row >= 9:  # too many classes for readable names: leave the margin blank
+        font = ImageFont.load_default(size=max(9, min(16, int(row * 0.6))))
+        for k, name in enumerate(syn.classes):
+            draw.text((margin - 4, int(k * row + row / 2)), str(name)[:8], fill=(40, 40, 40), font=font, anchor="rm")
+    return out

@@ -1,0 +1,110 @@
+"""Feature space tab: real and synthetic images on a 2-D map of a network's features.
+
+PCA appears at once; UMAP (fitted once per dataset on at most ~4000 real points, then shared
+read-only) replaces it when ready. While a run is going, the map follows it live with PCA.
+"""
+from __future__ import annotations
+
+import gradio as gr
+
+from . import feature_view, inputs
+from .figures import map_figure
+from .sessions import session_for
+
+KINDS = [("trained on the real data", "trained"), ("random, as DM sees it", "random")]
+LIVE_SECONDS = 2.0  # the live map is redrawn this often during a run
+TABLE_HEADERS = ["#", "class", "nearest real class", "distance"]
+
+
+def _figure(view: feature_view.MapView, paths: bool):
+    title = f"{view.projection} of {view.note.split(' (')[0]} · step {view.step}"
+    return map_figure(view, title=title, revision=f"map-{view.dataset_spec}-{view.projection}", show_paths=paths)
+
+
+def _caption(view: feature_view.MapView) -> str:
+    return (f"{view.projection} fitted on {len(view.real_labels):,} real images (faint) — {view.note}. Large outlined "
+            f"markers: the synthetic images; lines: their path over {len(view.path_steps)} snapshots. UMAP places "
+            f"new points near their nearest real neighbours, so check the distances in the table.")
+
+
+def draw(kind: str, projection: str, paths: bool, request: gr.Request = None):
+    """Yield (status, figure, caption, nearest rows): PCA first, then UMAP if asked for."""
+    session = session_for(request)
+    try:
+        if session.current() is None:
+            raise inputs.UserError("No synthetic set in this session yet: distill one in the Distill tab first.")
+        yield ("⏳ Computing features (the trained network is trained once per dataset, then cached)…",
+               gr.skip(), gr.skip(), gr.skip())
+        view = feature_view.compute_view(session, kind, "PCA", paths=paths)
+        session.feature_view = view
+        rows = feature_view.nearest_rows(view)
+        if projection == "UMAP":
+            yield ("⏳ PCA shown; fitting UMAP on the real features (the first time takes a while)…",
+                   _figure(view, paths), _caption(view), rows)
+            view = feature_view.compute_view(session, kind, "UMAP", paths=paths)
+            session.feature_view = view
+        yield "✅ Map drawn. Hover a point for its class and step; pick a row to see its nearest real image.", \
+            _figure(view, paths), _caption(view), rows
+    except Exception as err:  # noqa: BLE001 - a message in the page, never a traceback
+        yield f"⚠️ {inputs.user_message(err)}", gr.skip(), gr.skip(), gr.skip()
+
+
+def live_tick(kind: str, paths: bool, request: gr.Request = None):
+    """During a run (once the map has been drawn), redraw it with PCA; after it, draw the final step once."""
+    session = session_for(request)
+    view, run = session.feature_view, session.run
+    if view is None or run is None or run.final is None or view.step == run.final.steps:
+        return gr.skip(), gr.skip()
+    try:
+        view = feature_view.compute_view(session, kind, "PCA", paths=paths)
+    except Exception:  # noqa: BLE001 - a live redraw that fails just waits for the next tick
+        return gr.skip(), gr.skip()
+    session.feature_view = view
+    return _figure(view, paths), feature_view.nearest_rows(view)
+
+
+def show_pair(evt: gr.SelectData, request: gr.Request = None):
+    session = session_for(request)
+    view = session.feature_view
+    if view is None:
+        return gr.skip()
+    try:
+        index = int(evt.row_value[0]) if evt.row_value else int(evt.index[0])
+        return feature_view.pair_image(session, view, index)
+    except Exception as err:  # noqa: BLE001
+        gr.Warning(inputs.user_message(err))
+        return gr.skip()
+
+
+def build(tab: gr.Tab, compute: dict) -> gr.Timer:
+    """The tab's widgets inside `tab`; returns the live timer so other tabs can pause it."""
+    with gr.Row():
+        kind = gr.Radio(KINDS, value="trained", label="Feature network", elem_id="feature-kind")
+        projection = gr.Radio(["UMAP", "PCA"], value="UMAP", label="Projection",
+                              info="PCA is instant; UMAP shows neighbourhoods better")
+        paths = gr.Checkbox(True, label="Show each image's path across snapshots")
+        follow = gr.Checkbox(True, label="Follow a running distillation live (PCA)")
+        go = gr.Button("Draw map", variant="primary", elem_id="map-btn", scale=0)
+    status = gr.Markdown("Distill a set, then open this tab or press **Draw map**.", elem_id="map-status")
+    plot = gr.Plot(label="Feature space", elem_id="feature-map")
+    caption = gr.Markdown("", elem_classes=["note"])
+    with gr.Row(equal_height=False):
+        table = gr.Dataframe(headers=TABLE_HEADERS, value=[], label="Distance of each synthetic image to its nearest "
+                             "real image (in these features); pick a row", interactive=False, elem_id="nearest",
+                             max_height=320)
+        pair = gr.Image(label="Synthetic image and its nearest real image", type="pil", format="png",
+                        interactive=False, elem_id="nearest-pair", height=240)
+    timer = gr.Timer(LIVE_SECONDS, active=False)
+
+    outs = [status, plot, caption, table]
+    go.click(draw, inputs=[kind, projection, paths], outputs=outs, show_progress_on=[status],
+             api_visibility="private", **compute)
+    tab.select(draw, inputs=[kind, projection, paths], outputs=outs, show_progress_on=[status],
+               api_visibility="private", **compute).then(
+        lambda f: gr.Timer(active=bool(f)), inputs=follow, outputs=timer, queue=False, api_visibility="private")
+    follow.change(lambda f: gr.Timer(active=bool(f)), inputs=follow, outputs=timer, queue=False,
+                  api_visibility="private")
+    timer.tick(live_tick, inputs=[kind, paths], outputs=[plot, table], show_progress="hidden",
+               api_visibility="private", concurrency_id="live", concurrency_limit=2)
+    table.select(show_pair, outputs=pair, api_visibility="private", queue=False)
+    return timer

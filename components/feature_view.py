@@ -1,0 +1,107 @@
+"""The feature-space view of a session's run: where its synthetic images sit among the real ones,
+the path each took across the kept snapshots, and each one's nearest real image."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from dd_core import embed
+
+from . import evaluate_run, inputs
+from .sessions import Session
+
+MAX_PATH_POINTS = 12  # snapshots per path: enough to see the drift, few enough to transform fast
+
+
+@dataclass
+class MapView:
+    """Everything a map figure and the nearest-real table need (arrays are numpy)."""
+
+    classes: tuple[str, ...]
+    projection: str  # "PCA" or "UMAP"
+    note: str  # what the features are
+    step: int
+    real_xy: np.ndarray  # (n_real, 2)
+    real_labels: np.ndarray  # (n_real,)
+    syn_xy: np.ndarray  # (n_syn, 2)
+    syn_labels: np.ndarray  # (n_syn,)
+    path_xy: np.ndarray | None  # (snapshots, n_syn, 2)
+    path_steps: list[int]
+    nearest_dist: np.ndarray  # (n_syn,)
+    nearest_idx: np.ndarray  # (n_syn,) training-set index of the nearest real image
+    nearest_label: np.ndarray  # (n_syn,)
+    dataset_spec: str  # what load_dataset needs to show the nearest real image
+
+
+def _path_snapshots(session: Session) -> list[tuple[int, torch.Tensor]]:
+    """Up to MAX_PATH_POINTS kept snapshots, evenly spread, ending at the current images."""
+    run = session.run
+    kept = list(run.kept)
+    final = run.final
+    if not kept or kept[-1][0] != final.steps:
+        kept.append((final.steps, final.images))
+    if len(kept) > MAX_PATH_POINTS:
+        picks = np.linspace(0, len(kept) - 1, MAX_PATH_POINTS).round().astype(int)
+        kept = [kept[i] for i in sorted(set(picks.tolist()))]
+    return kept
+
+
+def real_map_for(session: Session, kind: str):
+    syn = session.current()
+    if syn is None:
+        raise inputs.UserError("No synthetic set in this session yet: distill one in the Distill tab first.")
+    dataset = evaluate_run.dataset_of(session, syn)
+    return dataset, embed.real_map(dataset, kind)
+
+
+def compute_view(session: Session, kind: str, projection: str, *, paths: bool = True) -> MapView:
+    """Project the session's current set (and its path) with the real map's PCA or UMAP."""
+    dataset, m = real_map_for(session, kind)
+    syn = session.current()
+    snaps = _path_snapshots(session) if paths else [(syn.steps, syn.images)]
+    n = len(syn.labels)
+    feats = m.embed(torch.cat([images for _, images in snaps]))  # (snapshots * n, d)
+    if projection == "UMAP":
+        embed.fit_umap(m)
+        real_xy, xy = m.umap_xy, m.umap(feats)
+    else:
+        real_xy, xy = m.pca_xy, m.pca(feats)
+    xy = xy.reshape(len(snaps), n, 2)
+    dist, idx = m.nearest(feats[-n:])
+    return MapView(dataset.classes, projection, m.note, syn.steps, real_xy, m.labels, xy[-1], syn.labels.numpy(),
+                   xy if len(snaps) > 1 else None, [s for s, _ in snaps], dist, idx,
+                   dataset.y_train[torch.from_numpy(idx)].numpy(), session.run.dataset)
+
+
+def nearest_rows(view: MapView) -> list[list]:
+    """One row per synthetic image: its class, its nearest real image's class, their distance."""
+    order = range(len(view.syn_labels))
+    return [[int(i), view.classes[view.syn_labels[i]], view.classes[view.nearest_label[i]],
+             round(float(view.nearest_dist[i]), 3)] for i in order]
+
+
+def _show(img: torch.Tensor, side: int) -> Image.Image:
+    arr = (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    pil = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).convert("RGB")
+    return pil.resize((side, side), Image.NEAREST)
+
+
+def pair_image(session: Session, view: MapView, index: int, side: int = 160) -> Image.Image:
+    """Synthetic image `index` beside its nearest real image, captioned."""
+    syn = session.current()
+    index = int(index)
+    if not 0 <= index < len(syn.labels):
+        raise inputs.UserError(f"There is no synthetic image #{index}; choose 0 to {len(syn.labels) - 1}.")
+    dataset = inputs.open_dataset(view.dataset_spec)
+    real = dataset.denormalize(dataset.x_train[int(view.nearest_idx[index])][None])[0]
+    out = Image.new("RGB", (2 * side + 30, side + 36), "white")
+    out.paste(_show(syn.denormalized()[index], side), (10, 30))
+    out.paste(_show(real, side), (side + 20, 30))
+    draw = ImageDraw.Draw(out)
+    draw.text((10, 8), f"synthetic #{index} ({view.classes[view.syn_labels[index]]})", fill=(30, 30, 30))
+    draw.text((side + 20, 8), f"nearest real ({view.classes[view.nearest_label[index]]}), "
+                              f"d={view.nearest_dist[index]:.2f}", fill=(30, 30, 30))
+    return out

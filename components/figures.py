@@ -1,0 +1,99 @@
+"""Plotly figures of the app: the loss curve and the feature-space map.
+
+Every figure sets `layout.uirevision`, so a person's zoom survives the next update.
+"""
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+MAX_CURVE_POINTS = 600  # a longer history is strided; redrawing thousands of points delays clicks
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf"]  # one colour per class, cycled past ten classes
+
+
+def class_colour(c: int) -> str:
+    return PALETTE[c % len(PALETTE)]
+
+
+def _layout(fig: go.Figure, *, title: str, revision: str, height: int) -> go.Figure:
+    fig.update_layout(title=dict(text=title, x=0.01, font=dict(size=14)), height=height, uirevision=revision,
+                      margin=dict(l=50, r=10, t=36, b=36), template="plotly_white",
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1))
+    return fig
+
+
+def _smooth(ys: list[float], span: int = 20) -> list[float]:
+    """Exponential moving average with a span of about `span` points."""
+    alpha, out, avg = 2 / (span + 1), [], ys[0]
+    for y in ys:
+        avg = alpha * y + (1 - alpha) * avg
+        out.append(avg)
+    return out
+
+
+def loss_figure(history: list[dict], *, revision: str = "loss") -> go.Figure:
+    """Every statistic a method reports, against the step; log scale when all values are positive."""
+    fig = go.Figure()
+    stride = max(1, len(history) // MAX_CURVE_POINTS)
+    rows = history[::stride]
+    if rows and rows[-1] is not history[-1]:
+        rows = rows + [history[-1]]
+    keys = [k for k in (rows[0] if rows else {}) if k != "step"]
+    steps = [r["step"] for r in rows]
+    positive = True
+    for i, k in enumerate(keys):
+        ys = [r.get(k) for r in rows]
+        positive &= all(y is not None and y > 0 for y in ys)
+        colour = PALETTE[i % len(PALETTE)]
+        fig.add_trace(go.Scatter(x=steps, y=ys, mode="lines", name=k, line=dict(width=1, color=colour), opacity=0.35))
+        if len(ys) >= 10 and all(y is not None for y in ys):  # per-step losses are noisy: show the trend
+            fig.add_trace(go.Scatter(x=steps, y=_smooth(ys), mode="lines", name=f"{k} (smoothed)",
+                                     line=dict(width=2.5, color=colour)))
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(type="log" if positive and keys else "linear")
+    if not rows:
+        fig.add_annotation(text="the loss appears here once the run starts", showarrow=False,
+                           xref="paper", yref="paper", x=0.5, y=0.5, font=dict(color="#888"))
+    return _layout(fig, title="", revision=revision, height=280)
+
+
+def map_figure(view, *, title: str, revision: str, show_paths: bool = True) -> go.Figure:
+    """Real points faint, synthetic points large and outlined in their class colour, and the path
+    each synthetic image took across the kept snapshots. `view` is a feature_view.MapView."""
+    fig = go.Figure()
+    classes = view.classes
+    for c, name in enumerate(classes):
+        mask = view.real_labels == c
+        if mask.any():
+            fig.add_trace(go.Scattergl(
+                x=view.real_xy[mask, 0], y=view.real_xy[mask, 1], mode="markers", name=f"real {name}",
+                legendgroup=str(c), showlegend=False, hovertemplate=f"real · class {name}<extra></extra>",
+                marker=dict(size=4, color=class_colour(c), opacity=0.22)))
+    if show_paths and view.path_xy is not None and view.path_xy.shape[0] > 1:
+        for c, name in enumerate(classes):
+            members = [i for i in range(len(view.syn_labels)) if view.syn_labels[i] == c]
+            xs, ys, text = [], [], []
+            for i in members:
+                xs += list(view.path_xy[:, i, 0]) + [None]
+                ys += list(view.path_xy[:, i, 1]) + [None]
+                text += [f"#{i} · class {name} · step {s}" for s in view.path_steps] + [None]
+            if members:
+                fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", legendgroup=str(c), showlegend=False,
+                                         name=f"path {name}", text=text, hovertemplate="%{text}<extra>path</extra>",
+                                         line=dict(width=1, color=class_colour(c)), marker=dict(size=3),
+                                         opacity=0.6))
+    for c, name in enumerate(classes):
+        members = np.flatnonzero(view.syn_labels == c)
+        if len(members):
+            hover = [f"synthetic #{i} · class {name} · step {view.step}<br>nearest real: class "
+                     f"{classes[view.nearest_label[i]]}, distance {view.nearest_dist[i]:.2f}" for i in members]
+            fig.add_trace(go.Scatter(
+                x=view.syn_xy[members, 0], y=view.syn_xy[members, 1], mode="markers", name=str(name),
+                legendgroup=str(c), text=hover, hovertemplate="%{text}<extra></extra>",
+                marker=dict(size=13, color=class_colour(c), line=dict(width=2, color="#222"), symbol="circle")))
+    fig.update_xaxes(showticklabels=False, title_text="")
+    fig.update_yaxes(showticklabels=False, title_text="", scaleanchor="x", scaleratio=1)
+    fig = _layout(fig, title=title, revision=revision, height=560)
+    fig.update_layout(legend=dict(title_text="class (synthetic)", orientation="v", x=1.02, xanchor="left", y=1))
+    return fig

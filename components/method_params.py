@@ -1,0 +1,90 @@
+"""A method's hyperparameter widgets, generated from its dataclass fields and their help text.
+
+Every registered method gets a (hidden) group of widgets built once; choosing a method shows its
+group. Values flow one way: widgets -> `overrides(...)` -> make_method(**overrides).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import gradio as gr
+
+from dd_core.methods import METHODS
+from dd_core.methods.base import field_help, hyperparameters
+from dd_core.models import MODELS
+
+from .inputs import UserError
+
+
+@dataclasses.dataclass
+class ParamWidget:
+    method: str
+    name: str
+    kind: type  # bool, int, float or str: the type of the field's default
+    component: gr.components.Component
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def _widget(f: dataclasses.Field, value) -> gr.components.Component:
+    label, info = f.name, field_help(f) or None
+    if isinstance(value, bool):
+        return gr.Checkbox(value=value, label=label, info=info)
+    if isinstance(value, int):
+        return gr.Number(value=value, label=label, info=info, precision=0)
+    if isinstance(value, float):
+        return gr.Number(value=value, label=label, info=info)
+    if f.name == "model" or f.name.endswith("_model"):  # a network name: offer the registered ones
+        return gr.Dropdown(choices=MODELS.names(), value=value, label=label, info=info, allow_custom_value=True)
+    return gr.Textbox(value="" if value is None else str(value), label=label, info=info)
+
+
+def build_all(selected: str) -> tuple[dict[str, gr.Group], list[ParamWidget]]:
+    """A group of widgets per registered method (only `selected` visible) and the flat widget list."""
+    groups: dict[str, gr.Group] = {}
+    widgets: list[ParamWidget] = []
+    for name in METHODS.names():
+        fields = hyperparameters(METHODS.get(name))
+        with gr.Group(visible=name == selected) as group:
+            if not fields:
+                gr.Markdown(f"*{name} has no hyperparameters.*")
+            for f in fields:
+                value = _default(f)
+                widgets.append(ParamWidget(name, f.name, type(value), _widget(f, value)))
+        groups[name] = group
+    return groups, widgets
+
+
+def overrides(method: str, widgets: list[ParamWidget], values: list) -> dict:
+    """The chosen method's field values from the flat widget values, converted and checked."""
+    out = {}
+    for w, value in zip(widgets, values):
+        if w.method != method:
+            continue
+        if w.kind is bool:
+            out[w.name] = bool(value)
+        elif w.kind in (int, float):
+            if value is None or value == "":
+                raise UserError(f"{method}: {w.name} needs a number.")
+            try:
+                out[w.name] = w.kind(value)
+            except (TypeError, ValueError):
+                raise UserError(f"{method}: {w.name} must be a {w.kind.__name__} (got {value!r}).") from None
+        else:
+            out[w.name] = str(value)
+    return out
+
+
+def preset_values(method: str, preset: str, dataset: str, ipc: int, widgets: list[ParamWidget]) -> list:
+    """Widget updates showing the preset's value of every field of `method` (others untouched)."""
+    cls = METHODS.get(method)
+    defaults = {f.name: _default(f) for f in hyperparameters(cls)}
+    values = {**defaults, **cls.preset(preset, dataset=dataset, ipc=ipc)}
+    return [gr.update(value=values[w.name]) if w.method == method and w.name in values else gr.skip()
+            for w in widgets]

@@ -1,0 +1,67 @@
+"""How the app uses this machine: device, threads, the shared compute pool and the per-run caps.
+
+Read once at start-up. Every compute-heavy event (distill, evaluate, feature map) joins one
+concurrency pool of `POOL` slots, and each slot gets `cores // POOL` torch threads, so that two
+runs at once share the cores instead of oversubscribing them (OpenMP spin-waits make that slow).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return max(1, int(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on one run; stated in the UI so nobody is surprised when a run stops."""
+
+    max_steps: int  # distillation steps per run
+    max_seconds: float  # wall-clock seconds per distillation or evaluation
+    max_ipc: int  # images per class a user may ask for
+
+    def describe(self) -> str:
+        return (f"Runs on this machine stop after {self.max_steps:,} steps or {self.max_seconds / 60:.0f} minutes, "
+                f"keeping everything made so far; IPC at most {self.max_ipc}.")
+
+
+CUDA = torch.cuda.is_available()
+CORES = os.cpu_count() or 1
+# Slots of the shared compute pool: two on a small CPU (so a second user is not blocked by a long
+# run), about one per four cores on a larger one, two on a GPU.
+POOL = _env_int("DISTILLERY_WORKERS", 2 if (CUDA or CORES <= 4) else CORES // 4)
+THREADS = _env_int("DISTILLERY_THREADS", max(1, CORES // POOL))
+LIMITS = (Limits(max_steps=20_000, max_seconds=30 * 60, max_ipc=100) if CUDA
+          else Limits(max_steps=_env_int("DISTILLERY_MAX_STEPS", 3000),
+                      max_seconds=float(_env_int("DISTILLERY_MAX_SECONDS", 300)), max_ipc=50))
+QUEUE_SIZE = 16  # waiting events beyond this are refused with "queue full" instead of waiting for ever
+
+
+def cache_root() -> Path:
+    root = os.environ.get("DD_CACHE_DIR")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "distillery"
+
+
+def configure() -> None:
+    """Set threads and numba's cache folder; call before anything computes or imports umap."""
+    torch.set_num_threads(THREADS)
+    numba_dir = cache_root() / "numba"
+    try:
+        numba_dir.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("NUMBA_CACHE_DIR", str(numba_dir))
+    except OSError:  # read-only home: numba then compiles in memory each start
+        pass
+
+
+def device_note() -> str:
+    if CUDA:
+        return f"GPU: {torch.cuda.get_device_name(0)}"
+    return f"CPU: {CORES} cores, {POOL} runs at a time with {THREADS} thread(s) each"
