@@ -123,8 +123,9 @@ def train_network(images: torch.Tensor, labels: LabelStore, dataset: Dataset, co
     best = 0.0 if config.report == "best" else None
     epoch_now = 0
     net.train()
+    # A store that labelled one recorded schedule (dynamic labels) makes every network replay it.
     for epoch, idx, views in training_views(images, epochs=config.epochs, batch_size=config.batch_size,
-                                            augment=augment, seed=seed + 1):
+                                            augment=augment, seed=labels.view_seed(seed + 1)):
         if epoch != epoch_now:  # an epoch ended
             sched.step()
             if best is not None:
@@ -150,6 +151,7 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor | LabelStore, dataset: D
     """Train `config.num_models` fresh networks on the synthetic set; report final test accuracy."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     store = labels if isinstance(labels, LabelStore) else HardLabels(labels, dataset.num_classes)
+    store.check_config(config, dataset)  # e.g. dynamic labels made for another number of epochs
     t0 = time.perf_counter()
     accs: list[float] = []
     for k in range(config.num_models):

@@ -3,8 +3,16 @@
 A store answers `targets(idx, views, epoch) -> (n, classes)` probability rows for the synthetic
 images `idx` seen as the (possibly augmented) `views` in evaluation epoch `epoch`, and reports
 the exact bytes needed to reproduce those targets. One soft cross-entropy trains on all of them.
+
+Every store is built by its registered class's `build(syn, dataset, teacher, config, **options)`
+and travels inside the synthetic-set file: tensors named `label_store.<key>` in
+`SyntheticSet.extra` and strings named the same way in `SyntheticSet.extra_meta`, with
+`extra_meta["label_store"]` naming the store. The stores beyond hard labels live in
+`label_stores/`, one file per family.
 """
 from __future__ import annotations
+
+import hashlib
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +20,16 @@ import torch.nn.functional as F
 from .registry import Registry
 
 LABEL_STORES: Registry = Registry("label store")
+PREFIX = "label_store."
+
+# What it takes to replay an augmentation schedule: its seed (int64), the number of epochs and
+# the batch size (int32 each). The op set follows from the dataset's name and is not counted.
+AUG_RECORD_BYTES = 8 + 4 + 4
+SEED_BYTES = 8  # one int64 seed
+
+
+class TeacherRequired(ValueError):
+    """A label store that needs a trained teacher network was asked for without one."""
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -23,9 +41,13 @@ class LabelStore:
     """Base: class-probability targets for a batch plus the bytes they cost."""
 
     name = "base"
+    needs_teacher = False
+    # option name -> (default, help); a spec such as "soft:dtype=int8,topk=2" sets them
+    OPTIONS: dict[str, tuple[object, str]] = {}
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
+        self.teacher_note = ""  # the teacher behind the targets and its test accuracy, if any
 
     def targets(self, idx: torch.Tensor, views: torch.Tensor, epoch: int) -> torch.Tensor:
         raise NotImplementedError
@@ -35,6 +57,31 @@ class LabelStore:
 
     def formula(self) -> str:
         """How nbytes() is computed, in words and symbols, for the trade-off table."""
+        raise NotImplementedError
+
+    def uncounted(self) -> str:
+        """What the targets also depend on but nbytes() leaves out, and why ('' when nothing)."""
+        return ""
+
+    def view_seed(self, default: int) -> int:
+        """The seed of the augmentation schedule an evaluation network trains on. A store that
+        labelled one recorded schedule returns that schedule's seed, so training sees those views."""
+        return default
+
+    def check_config(self, config, dataset) -> None:
+        """Raise ValueError when this store cannot label an evaluation run with `config`."""
+
+    # -- file round trip: tensors and strings under label_store.<key> ------------------------
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, str], syn) -> "LabelStore":
+        raise NotImplementedError
+
+    @classmethod
+    def build(cls, syn, dataset, teacher, config, **options) -> "LabelStore":
         raise NotImplementedError
 
 
@@ -49,13 +96,125 @@ class HardLabels(LabelStore):
         self.labels = labels.long()  # (n,)
 
     def targets(self, idx, views=None, epoch=0):
-        return F.one_hot(self.labels[idx].to(idx.device), self.num_classes).float()
+        return F.one_hot(self.labels[idx.cpu()].to(idx.device), self.num_classes).float()
 
     def bytes_per_label(self) -> int:
-        return 1 if self.num_classes <= 256 else 2
+        return index_bytes(self.num_classes)
 
     def nbytes(self) -> int:
         return len(self.labels) * self.bytes_per_label()
 
     def formula(self) -> str:
         return f"N x {self.bytes_per_label()} B (one class index per image)"
+
+    def state(self):
+        return {}, {}  # the file's `labels` tensor already holds them
+
+    @classmethod
+    def from_state(cls, tensors, meta, syn):
+        return cls(syn.labels, syn.num_classes)
+
+    @classmethod
+    def build(cls, syn, dataset, teacher, config, **options):
+        return cls(syn.labels, syn.num_classes)
+
+
+def index_bytes(num_classes: int) -> int:
+    """Bytes of one class index: uint8 up to 256 classes, else uint16."""
+    return 1 if num_classes <= 256 else 2
+
+
+def images_digest(images: torch.Tensor) -> str:
+    """A short fingerprint of the images a store labelled, to catch a store kept after the images changed."""
+    return hashlib.sha1(images.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+# -- building from a spec ------------------------------------------------------------------------
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, object]]:
+    """'soft:dtype=int8,topk=2' -> ('soft', {'dtype': 'int8', 'topk': 2}), typed by the store's defaults."""
+    name, _, rest = spec.strip().partition(":")
+    cls = LABEL_STORES.get(name)
+    options: dict[str, object] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"label store option {item!r} in {spec!r} must be written key=value")
+        options[key] = _typed(cls, key, value)
+    return name, options
+
+
+def _typed(cls, key: str, value: str):
+    if key not in cls.OPTIONS:
+        valid = ", ".join(sorted(cls.OPTIONS)) or "none"
+        raise ValueError(f"label store {cls.name!r} has no option {key!r}; its options are: {valid}")
+    default = cls.OPTIONS[key][0]
+    try:
+        if isinstance(default, bool):
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("1", "true", "yes")
+        return type(default)(value)
+    except ValueError:
+        kind = {bool: "true or false", int: "an integer", float: "a number"}.get(type(default), "a string")
+        raise ValueError(f"option {key!r} of label store {cls.name!r} takes {kind}; got {value!r}") from None
+
+
+def build(name: str, syn, dataset, teacher, config, **options) -> LabelStore:
+    """Build the registered store `name` for the synthetic set `syn` (labels as in `syn.labels`)."""
+    cls = LABEL_STORES.get(name)
+    for key in options:
+        if key not in cls.OPTIONS:
+            raise ValueError(f"label store {name!r} has no option {key!r}; its options are: "
+                             f"{', '.join(sorted(cls.OPTIONS)) or 'none'}")
+    if cls.needs_teacher and teacher is None:
+        raise TeacherRequired(f"label store {name!r} needs a teacher network trained on the real training set "
+                              f"of {syn.dataset}, and none is available; use 'hard' labels instead")
+    store = cls.build(syn, dataset, teacher, config, **options)
+    if teacher is not None and cls.needs_teacher:
+        store.teacher_note = teacher.describe()
+    return store
+
+
+def build_spec(spec: str, syn, dataset, teacher, config) -> LabelStore:
+    name, options = parse_spec(spec)
+    return build(name, syn, dataset, teacher, config, **options)
+
+
+# -- inside the synthetic-set file ----------------------------------------------------------------
+
+
+def attach(syn, store: LabelStore) -> None:
+    """Put `store` into `syn` (replacing any store there), so saving the set saves the store."""
+    for key in [k for k in syn.extra if k.startswith(PREFIX)]:
+        del syn.extra[key]
+    for key in [k for k in syn.extra_meta if k == "label_store" or k.startswith(PREFIX)]:
+        del syn.extra_meta[key]
+    tensors, meta = store.state()
+    syn.extra.update({PREFIX + k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+    syn.extra_meta.update({PREFIX + k: str(v) for k, v in meta.items()})
+    syn.extra_meta["label_store"] = store.name
+    syn.extra_meta[PREFIX + "images"] = images_digest(syn.images)
+    if store.teacher_note:
+        syn.extra_meta[PREFIX + "teacher"] = store.teacher_note
+
+
+def load_store(syn) -> LabelStore:
+    """The store saved inside `syn`, or its hard labels when it carries none."""
+    name = syn.extra_meta.get("label_store")
+    if name is None:
+        return HardLabels(syn.labels, syn.num_classes)
+    digest = syn.extra_meta.get(PREFIX + "images")
+    if digest is not None and digest != images_digest(syn.images):
+        raise ValueError(f"the {name!r} label store in this file was made for other images (they changed "
+                         f"after labelling); rebuild it for the current images")
+    cls = LABEL_STORES.get(name)
+    tensors = {k[len(PREFIX):]: v for k, v in syn.extra.items() if k.startswith(PREFIX)}
+    meta = {k[len(PREFIX):]: v for k, v in syn.extra_meta.items() if k.startswith(PREFIX)}
+    store = cls.from_state(tensors, meta, syn)
+    store.teacher_note = meta.get("teacher", "")
+    return store
+
+
+from . import label_stores  # noqa: E402,F401  registers the stores beyond hard labels

@@ -7,12 +7,13 @@ import hashlib
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from .augment import dsa_for
 from .data import Dataset
 from .models import model_for
 
@@ -37,9 +38,29 @@ class Teacher:
     test_accuracy: float  # fraction in [0, 1]
     seconds: float
 
+    temperature_: float | None = field(default=None, repr=False)  # set by calibrated_temperature()
+
     def describe(self) -> str:
         return (f"{self.arch} trained {self.epochs} epochs on the whole training set "
                 f"(test accuracy {self.test_accuracy:.3f})")
+
+    def calibrated_temperature(self, dataset: Dataset, *, images: int = 2000, seed: int = 0) -> float:
+        """Temperature scaling (Guo et al., ICML 2017): the T minimising the NLL of softmax(logits / T)
+        on DSA-augmented real *training* images (the test set is never used). A short-trained teacher
+        can be far from calibrated (nearly uniform or nearly one-hot soft labels); label stores
+        start from this T, and label the augmented views the student trains on."""
+        if self.temperature_ is None:
+            device = next(self.net.parameters()).device
+            g = torch.Generator().manual_seed(seed)
+            idx = torch.randperm(len(dataset.x_train), generator=g)[:images]
+            augment = dsa_for(dataset.name)
+            x = augment.apply(dataset.x_train[idx], augment.sample(len(idx), g), torch.arange(len(idx)))
+            with torch.no_grad():
+                logits = torch.cat([self.net(x[i:i + 512].to(device)).cpu() for i in range(0, len(x), 512)])
+            grid = torch.logspace(-2, 1.3, 200)  # T from 0.01 to 20
+            nll = torch.stack([F.cross_entropy(logits / t, dataset.y_train[idx]) for t in grid])
+            self.temperature_ = round(float(grid[nll.argmin()]), 4)
+        return self.temperature_
 
 
 def cache_dir() -> Path:
@@ -112,3 +133,12 @@ def features(net: torch.nn.Module, x: torch.Tensor, device, chunk: int = 512) ->
     """(n, c, h, w) -> (n, d) embeddings on the CPU."""
     net.eval()
     return torch.cat([net.embed(x[i:i + chunk].to(device)).cpu() for i in range(0, len(x), chunk)])
+
+
+@torch.no_grad()
+def probabilities(net: torch.nn.Module, x: torch.Tensor, device, temperature: float = 1.0,
+                  chunk: int = 512) -> torch.Tensor:
+    """(n, c, h, w) -> (n, classes) softmax(logits / temperature) on the CPU: a teacher's soft labels."""
+    net.eval()
+    return torch.cat([F.softmax(net(x[i:i + chunk].to(device)) / temperature, dim=1).cpu()
+                      for i in range(0, len(x), chunk)])

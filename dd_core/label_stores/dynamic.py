@@ -1,0 +1,185 @@
+"""Dynamic soft labels (SRe2L, Yin et al. NeurIPS 2023; FKD, Shen & Xing ECCV 2022): a teacher
+vector for every augmented view of every image in every evaluation epoch, with the augmentation
+replayed from a stored seed, and their randomly pruned variant (LPLD, Xiao & He NeurIPS 2024)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..augment import dsa_for
+from ..labels import AUG_RECORD_BYTES, LABEL_STORES, SEED_BYTES, LabelStore
+from ..teacher import probabilities
+from .soft import SOFTEN, VALUE_DTYPE, RowCodec, teacher_device, teacher_temperature
+
+
+@dataclass(frozen=True)
+class AugRecord:
+    """Everything needed to replay the evaluator's augmented views: the schedule's seed and shape."""
+
+    seed: int  # the seed of `training_views`; network 0 of an evaluation uses config.seed + 1
+    epochs: int
+    batch_size: int
+    dsa: bool  # with the dataset's DSA ops, or no augmentation
+
+    @classmethod
+    def for_config(cls, config) -> "AugRecord":
+        return cls(config.seed + 1, config.epochs, config.batch_size, config.dsa)
+
+    def meta(self) -> dict[str, str]:
+        return {"seed": str(self.seed), "epochs": str(self.epochs), "batch_size": str(self.batch_size),
+                "dsa": str(int(self.dsa))}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, str]) -> "AugRecord":
+        return cls(int(meta["seed"]), int(meta["epochs"]), int(meta["batch_size"]), meta["dsa"] == "1")
+
+    def views(self, images: torch.Tensor, dataset_name: str):
+        """The (epoch, indices, views) sequence an evaluation network replaying this record sees."""
+        from ..evaluate import training_views  # evaluate imports labels, which imports this file
+
+        augment = dsa_for(dataset_name) if self.dsa else None
+        return training_views(images, epochs=self.epochs, batch_size=self.batch_size, augment=augment, seed=self.seed)
+
+    def check(self, config, store: str) -> None:
+        wanted = (config.epochs, config.batch_size, config.dsa)
+        if wanted != (self.epochs, self.batch_size, self.dsa):
+            raise ValueError(f"the {store!r} labels were made for {self.epochs} epochs, batch {self.batch_size}, "
+                             f"{'DSA' if self.dsa else 'no augmentation'}; the evaluation asks for "
+                             f"{config.epochs} epochs, batch {config.batch_size}, "
+                             f"{'DSA' if config.dsa else 'no augmentation'}. Rebuild the labels for it.")
+
+
+def schedule_probabilities(syn, teacher, record: AugRecord, temperature: float) -> torch.Tensor:
+    """The teacher's probabilities for every view of the replayed schedule: (epochs, N, C)."""
+    device = teacher_device(teacher)
+    images = syn.images
+    out = torch.empty(record.epochs, len(images), syn.num_classes)
+    for epoch, idx, views in record.views(images.to(device), syn.dataset):
+        out[epoch, idx.cpu()] = probabilities(teacher.net, views, device, temperature)
+    return out
+
+
+@LABEL_STORES.register("dynamic")
+class DynamicLabels(LabelStore):
+    """A teacher vector per image per epoch, for exactly the augmented view the student sees."""
+
+    name = "dynamic"
+    needs_teacher = True
+    OPTIONS = {"dtype": VALUE_DTYPE,
+               "topk": (0, "keep only the k largest probabilities per view (0 keeps all)"),
+               "soften": SOFTEN}
+
+    def __init__(self, values, indices, *, codec: RowCodec, record: AugRecord, temperature: float):
+        super().__init__(codec.num_classes)
+        self.values, self.indices = values, indices  # (E, N, k) stored type; (E, N, k) class ids or None
+        self.codec, self.record, self.temperature = codec, record, temperature
+
+    def rows(self, epoch: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the labels of (epoch, images idx) sit in `values`: (row, column) index tensors."""
+        return torch.full_like(idx, epoch), idx
+
+    def targets(self, idx, views=None, epoch=0):
+        if not 0 <= epoch < self.record.epochs:
+            raise ValueError(f"{self.name!r} labels cover epochs 0..{self.record.epochs - 1}; asked for epoch {epoch}")
+        r, c = self.rows(epoch, idx.cpu())
+        return self.codec.decode(self.values[r, c], None if self.indices is None else self.indices[r, c])
+
+    def view_seed(self, default):
+        return self.record.seed  # every evaluation network replays the labelled views
+
+    def check_config(self, config, dataset):
+        self.record.check(config, self.name)
+        if len(self.values[0]) == 0:
+            raise ValueError(f"{self.name!r} labels are empty")
+
+    def labelled_rows(self) -> int:
+        return self.values.shape[0] * self.values.shape[1]
+
+    def nbytes(self):
+        return self.labelled_rows() * self.codec.bytes_per_row() + AUG_RECORD_BYTES
+
+    def formula(self):
+        e, n = self.record.epochs, self.values.shape[1]
+        return (f"E x N x {self.codec.row_formula()} + {AUG_RECORD_BYTES} B augmentation record "
+                f"(seed, epochs, batch size); E = {e}, N = {n}, T = {self.temperature:g}")
+
+    def state(self):
+        tensors = {"values": self.values}
+        if self.indices is not None:
+            tensors["indices"] = self.indices
+        meta = {"dtype": self.codec.dtype, "topk": str(self.codec.topk), "temperature": str(self.temperature)}
+        return tensors, {**meta, **self.record.meta()}
+
+    @classmethod
+    def from_state(cls, tensors, meta, syn):
+        codec = RowCodec(syn.num_classes, meta["dtype"], int(meta["topk"]))
+        return cls(tensors["values"], tensors.get("indices"), codec=codec, record=AugRecord.from_meta(meta),
+                   temperature=float(meta["temperature"]))
+
+    @classmethod
+    def build(cls, syn, dataset, teacher, config, *, dtype="float16", topk=0, soften=1.0):
+        temperature = teacher_temperature(teacher, dataset, soften)
+        codec, record = RowCodec(syn.num_classes, dtype, topk), AugRecord.for_config(config)
+        values, indices = codec.encode(schedule_probabilities(syn, teacher, record, temperature))
+        return cls(values, indices, codec=codec, record=record, temperature=temperature)
+
+
+def kept_epochs(epochs: int, n: int, keep: int, seed: int) -> torch.Tensor:
+    """(keep, N): for each image, the sorted epochs whose labels are kept, drawn from `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randperm(epochs, generator=g)[:keep].sort().values for _ in range(n)], 1)
+
+
+@LABEL_STORES.register("dynamic-pruned")
+class PrunedDynamicLabels(DynamicLabels):
+    """Dynamic labels with only a random fraction kept per image (LPLD-style label pruning).
+
+    The views are replayed as for `dynamic`; a view whose label was pruned is trained on the kept
+    label of the same image from the nearest epoch (a teacher vector for another view of it)."""
+
+    name = "dynamic-pruned"
+    OPTIONS = {**DynamicLabels.OPTIONS, "keep": (0.1, "fraction of the E x N labels kept (at least one per image)"),
+               "prune_seed": (0, "seed of the random choice of kept labels")}
+
+    def __init__(self, values, indices, *, codec, record, temperature, prune_seed: int):
+        super().__init__(values, indices, codec=codec, record=record, temperature=temperature)
+        self.prune_seed = prune_seed  # values: (K, N, k) the K kept labels of each image
+        kept = kept_epochs(record.epochs, values.shape[1], values.shape[0], prune_seed).float()  # (K, N)
+        dist = (torch.arange(record.epochs).float().view(-1, 1, 1) - kept.unsqueeze(0)).abs()  # (E, K, N)
+        self.slot_ = dist.argmin(1)  # (E, N): which kept label each (epoch, image) trains on
+
+    def rows(self, epoch, idx):
+        return self.slot_[epoch, idx], idx
+
+    def nbytes(self):
+        return super().nbytes() + SEED_BYTES
+
+    def formula(self):
+        k, n = self.values.shape[:2]
+        return (f"K x N x {self.codec.row_formula()} + {AUG_RECORD_BYTES} B augmentation record + "
+                f"{SEED_BYTES} B pruning seed; K = {k} of E = {self.record.epochs} labels kept per image, "
+                f"N = {n}, T = {self.temperature:g}")
+
+    def state(self):
+        tensors, meta = super().state()
+        return tensors, {**meta, "prune_seed": str(self.prune_seed)}
+
+    @classmethod
+    def from_state(cls, tensors, meta, syn):
+        codec = RowCodec(syn.num_classes, meta["dtype"], int(meta["topk"]))
+        return cls(tensors["values"], tensors.get("indices"), codec=codec, record=AugRecord.from_meta(meta),
+                   temperature=float(meta["temperature"]), prune_seed=int(meta["prune_seed"]))
+
+    @classmethod
+    def build(cls, syn, dataset, teacher, config, *, dtype="float16", topk=0, soften=1.0,
+              keep=0.1, prune_seed=0):
+        temperature = teacher_temperature(teacher, dataset, soften)
+        if not 0 < keep <= 1:
+            raise ValueError(f"keep must be a fraction in (0, 1]; got {keep}")
+        codec, record = RowCodec(syn.num_classes, dtype, topk), AugRecord.for_config(config)
+        full = schedule_probabilities(syn, teacher, record, temperature)  # (E, N, C)
+        per_image = max(1, round(keep * record.epochs))
+        kept = kept_epochs(record.epochs, len(syn.images), per_image, prune_seed)  # (K, N)
+        values, indices = codec.encode(full[kept, torch.arange(len(syn.images)).expand_as(kept)])  # (K, N, k)
+        return cls(values, indices, codec=codec, record=record, temperature=temperature, prune_seed=prune_seed)
