@@ -148,10 +148,11 @@ def build(current_set: gr.State, compute: dict) -> DistillTab:
         with gr.Column(scale=2, min_width=320, elem_id="distill-controls"):
             dataset = gr.Dropdown(inputs.dataset_choices(), value=DEFAULT_DATASET, label="Dataset",
                                   info="digits is built in (8x8); the others download on first use",
-                                  elem_id="dataset")
+                                  allow_custom_value=True, elem_id="dataset")
             folder = gr.Textbox(label="Image folder", visible=False, elem_id="folder",
                                 placeholder="a folder with one sub-folder of images per class")
-            method = gr.Dropdown(methods, value=default_method, label="Method", elem_id="method")
+            method = gr.Dropdown(methods, value=default_method, label="Method", allow_custom_value=True,
+                                 elem_id="method")
             with gr.Row():
                 ipc = gr.Number(DEFAULT_IPC, label="IPC", info="images per class", precision=0, elem_id="ipc",
                                 min_width=80)
@@ -187,18 +188,22 @@ def build(current_set: gr.State, compute: dict) -> DistillTab:
                       distill_btn=go, stop_btn=stop, **dl)
     outputs = [components[k] for k in OUTPUTS]
 
-    def on_distill(dataset_v, folder_v, method_v, ipc_v, steps_v, seed_v, preset_v, *hp_values,
-                   request: gr.Request = None):
+    fields = [dataset, folder, method, ipc, steps, seed, preset]
+
+    def on_distill(values: dict, request: gr.Request):
+        # A set of inputs arrives as one dict {component: value}, so gr.Request is injected reliably.
+        method_v = values[method]
         try:
-            overrides = method_params.overrides(method_v, widgets, list(hp_values)) if method_v in METHODS else {}
-            req = distill_run.check_request(dataset_v, folder_v, method_v, ipc_v, steps_v, seed_v, preset_v, overrides)
+            hp = [values[w.component] for w in widgets]
+            overrides = method_params.overrides(method_v, widgets, hp) if method_v in METHODS else {}
+            req = distill_run.check_request(*(values[c] for c in fields), overrides)
         except inputs.UserError as err:
             yield error_updates(str(err))
             return
         yield from ui_updates(session_for(request), req)
 
-    event = go.click(on_distill, inputs=[dataset, folder, method, ipc, steps, seed, preset] + [w.component for w in widgets],
-                     outputs=outputs, show_progress_on=[status], api_visibility="private", **compute)
+    event = go.click(on_distill, inputs=set(fields + [w.component for w in widgets]), outputs=outputs,
+                     show_progress_on=[status], api_visibility="private", **compute)
     stop.click(request_stop, outputs=status, queue=False, api_name="stop")
     scrub_slider.input(scrub, inputs=scrub_slider, outputs=[grid, scrub_note], queue=False, api_visibility="private",
                        trigger_mode="always_last")

@@ -43,7 +43,7 @@ def report_markdown(syn: SyntheticSet, rep: evaluate_run.Report, bytes_: int, la
                      f"**HLR** {sc['HLR']:+.3f} (gap to the whole set, lower is better) · "
                      f"**LRS** {sc['LRS']:.3f} (DD-Ranking score in [0, 1], higher is better)")
     if s.stopped or (b is not None and b.stopped):
-        lines.append(f"\n⏹️ Stopped early (Stop pressed or the {LIMITS.max_seconds / 60:.0f}-minute limit): "
+        lines.append(f"\n■ Stopped early (Stop pressed or the {LIMITS.max_seconds / 60:.0f}-minute limit): "
                      f"only finished networks are counted.")
     return "\n".join(lines)
 
@@ -66,20 +66,20 @@ def run_evaluation(session: Session, syn: SyntheticSet, protocol: str, num_model
     def stage(i: int, name: str):
         return lambda frac, text: progress((i + frac) / stages, f"{name}: {text}")
 
-    yield "⏳ Evaluating: training fresh networks on the synthetic images…", ""
+    yield "… Evaluating: training fresh networks on the synthetic images…", ""
     store = evaluate_run.labels_of(syn)
     result = evaluate_run.evaluate_set(session, syn, protocol=protocol, num_models=num_models, model=arch,
                                        progress=stage(0, "synthetic set"))
     labels, bytes_ = getattr(store, "name", "hard"), evaluate_run.set_bytes(syn, store)
     rep = evaluate_run.Report(result, None, None, "", None)
-    yield "⏳ Evaluating: the random-subset baseline…" if compare else "✅ Done.", report_markdown(syn, rep, bytes_, labels)
+    yield "… Evaluating: the random-subset baseline…" if compare else "✓ Done.", report_markdown(syn, rep, bytes_, labels)
     if compare and not result.stopped:
         rep.baseline = evaluate_run.baseline(session, syn, result.config, progress=stage(1, "random baseline"))
-        yield "⏳ Evaluating: the whole-dataset reference…", report_markdown(syn, rep, bytes_, labels)
+        yield "… Evaluating: the whole-dataset reference…", report_markdown(syn, rep, bytes_, labels)
         rep.whole, rep.whole_note = evaluate_run.whole_reference(session, syn)
         rep.scores = evaluate_run.scores(rep.synthetic, rep.baseline, rep.whole)
     session.last_eval = table_row(syn, rep, bytes_, labels)
-    yield "✅ Done. Press **Pin** to add this run to the comparison table.", report_markdown(syn, rep, bytes_, labels)
+    yield "✓ Done. Press **Pin** to add this run to the comparison table.", report_markdown(syn, rep, bytes_, labels)
 
 
 def pick_set(session: Session, source: str, upload) -> SyntheticSet:
@@ -113,7 +113,7 @@ def pin(request: gr.Request = None):
 
 def stop_evaluation(request: gr.Request = None):
     session_for(request).eval_stop.set()
-    return "⏹️ Stopping after the current epoch…"
+    return "■ Stopping after the current epoch…"
 
 
 def build(current_set: gr.State, compute: dict) -> None:
@@ -154,7 +154,7 @@ def build(current_set: gr.State, compute: dict) -> None:
         except Exception as err:  # noqa: BLE001 - shown in the page, never as a traceback
             message = inputs.user_message(err)
             gr.Warning(message)
-            yield f"⚠️ {message}", gr.skip()
+            yield f"⚠ {message}", gr.skip()
 
     source.change(lambda s: gr.update(visible=s == SOURCES[1]), inputs=source, outputs=upload, queue=False,
                   api_visibility="private")

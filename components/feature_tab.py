@@ -33,20 +33,20 @@ def draw(kind: str, projection: str, paths: bool, request: gr.Request = None):
     try:
         if session.current() is None:
             raise inputs.UserError("No synthetic set in this session yet: distill one in the Distill tab first.")
-        yield ("⏳ Computing features (the trained network is trained once per dataset, then cached)…",
+        yield ("… Computing features (the trained network is trained once per dataset, then cached)…",
                gr.skip(), gr.skip(), gr.skip())
         view = feature_view.compute_view(session, kind, "PCA", paths=paths)
         session.feature_view = view
         rows = feature_view.nearest_rows(view)
         if projection == "UMAP":
-            yield ("⏳ PCA shown; fitting UMAP on the real features (the first time takes a while)…",
+            yield ("… PCA shown; fitting UMAP on the real features (the first time takes a while)…",
                    _figure(view, paths), _caption(view), rows)
             view = feature_view.compute_view(session, kind, "UMAP", paths=paths)
             session.feature_view = view
-        yield "✅ Map drawn. Hover a point for its class and step; pick a row to see its nearest real image.", \
+        yield "✓ Map drawn. Hover a point for its class and step; pick a row to see its nearest real image.", \
             _figure(view, paths), _caption(view), rows
     except Exception as err:  # noqa: BLE001 - a message in the page, never a traceback
-        yield f"⚠️ {inputs.user_message(err)}", gr.skip(), gr.skip(), gr.skip()
+        yield f"⚠ {inputs.user_message(err)}", gr.skip(), gr.skip(), gr.skip()
 
 
 def live_tick(kind: str, paths: bool, request: gr.Request = None):

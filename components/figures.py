@@ -69,7 +69,7 @@ def map_figure(view, *, title: str, revision: str, show_paths: bool = True) -> g
             fig.add_trace(go.Scattergl(
                 x=view.real_xy[mask, 0], y=view.real_xy[mask, 1], mode="markers", name=f"real {name}",
                 legendgroup=str(c), showlegend=False, hovertemplate=f"real · class {name}<extra></extra>",
-                marker=dict(size=4, color=class_colour(c), opacity=0.22)))
+                marker=dict(size=4, color=class_colour(c), opacity=0.3)))
     if show_paths and view.path_xy is not None and view.path_xy.shape[0] > 1:
         for c, name in enumerate(classes):
             members = [i for i in range(len(view.syn_labels)) if view.syn_labels[i] == c]
@@ -93,7 +93,8 @@ def map_figure(view, *, title: str, revision: str, show_paths: bool = True) -> g
                 legendgroup=str(c), text=hover, hovertemplate="%{text}<extra></extra>",
                 marker=dict(size=13, color=class_colour(c), line=dict(width=2, color="#222"), symbol="circle")))
     fig.update_xaxes(showticklabels=False, title_text="")
-    fig.update_yaxes(showticklabels=False, title_text="", scaleanchor="x", scaleratio=1)
+    fig.update_yaxes(showticklabels=False, title_text="")
     fig = _layout(fig, title=title, revision=revision, height=560)
-    fig.update_layout(legend=dict(title_text="class (synthetic)", orientation="v", x=1.02, xanchor="left", y=1))
+    fig.update_layout(legend=dict(title_text="class (synthetic)", orientation="v", x=1.02, xanchor="left", y=1,
+                                  yanchor="top"))
     return fig

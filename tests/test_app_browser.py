@@ -1,0 +1,147 @@
+"""End to end in a real browser: Playwright driving Debian's chromium against the launched app.
+
+Screenshots are saved under each test's temporary folder. Skips when chromium or playwright is missing.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+sync_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt install chromium)")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+WAIT = 60_000  # ms; generous, the machine may be shared
+
+
+@pytest.fixture(scope="module")
+def url():
+    import app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def open_page(browser, url):
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    page.goto(url)
+    page.wait_for_selector("#distill-btn", timeout=WAIT)
+    return page
+
+
+def set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input")
+    box.fill(str(value))
+    box.blur()
+
+
+def status_has(page, elem_id: str, text: str) -> None:
+    page.wait_for_function("([id, t]) => (document.querySelector('#' + id)?.innerText || '').includes(t)",
+                           arg=[elem_id, text], timeout=WAIT)
+
+
+def test_distill_watch_stop_then_feature_map(browser, url, tmp_path):
+    page = open_page(browser, url)
+    # Choose the instant feature view first (random network, PCA): no training needed in a test.
+    page.get_by_role("tab", name="Feature space").click()
+    status_has(page, "map-status", "No synthetic set")
+    page.get_by_label("random, as DM sees it").check()
+    page.get_by_label("PCA", exact=True).check()
+    page.get_by_role("tab", name="Distill").click()
+
+    set_number(page, "ipc", 2)
+    set_number(page, "steps", 3000)
+    page.click("#distill-btn")
+    page.wait_for_selector("#grid img", timeout=WAIT)
+    first = page.get_attribute("#grid img", "src")
+    page.wait_for_function("s => document.querySelector('#grid img')?.src !== s", arg=first, timeout=WAIT)
+    page.screenshot(path=str(tmp_path / "distilling.png"), full_page=True)
+    page.click("#stop-btn")
+    status_has(page, "status", "Stopped at step")
+    page.wait_for_selector("#dl_set", state="visible", timeout=WAIT)
+    page.screenshot(path=str(tmp_path / "stopped.png"), full_page=True)
+
+    page.get_by_role("tab", name="Feature space").click()
+    status_has(page, "map-status", "Map drawn")
+    page.wait_for_selector("#feature-map .js-plotly-plot", timeout=WAIT)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(tmp_path / "feature-map.png"), full_page=True)
+    points = page.evaluate("() => document.querySelectorAll('#feature-map .scatterlayer .point').length")
+    assert points >= 20  # the 20 synthetic images (plus path markers) drawn as SVG points
+    assert (tmp_path / "feature-map.png").stat().st_size > 10_000
+    assert "Traceback" not in page.content()
+
+
+def test_bad_input_shows_a_message_and_the_app_keeps_working(browser, url, tmp_path):
+    page = open_page(browser, url)
+    set_number(page, "ipc", 0)
+    page.click("#distill-btn")
+    status_has(page, "status", "at least 1")
+    set_number(page, "ipc", 1)
+    set_number(page, "steps", 10**6)
+    page.click("#distill-btn")
+    status_has(page, "status", "Steps must be between")
+
+    page.locator("#dataset input").fill("folder")
+    page.locator("#dataset input").press("Enter")
+    page.wait_for_selector("#folder textarea, #folder input", timeout=WAIT)
+    page.locator("#folder textarea, #folder input").first.fill(str(tmp_path / "missing"))
+    set_number(page, "steps", 2)
+    page.click("#distill-btn")
+    status_has(page, "status", "does not exist")
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    (tmp_path / "empty" / "b").mkdir()
+    page.locator("#folder textarea, #folder input").first.fill(str(tmp_path / "empty"))
+    page.click("#distill-btn")
+    status_has(page, "status", "has no images")
+
+    page.get_by_role("tab", name="Evaluate").click()
+    page.get_by_label("an uploaded file").check()
+    bogus = tmp_path / "not-a-set.safetensors"
+    bogus.write_bytes(b"definitely not a synthetic set")
+    page.set_input_files("#eval-upload input[type=file]", str(bogus))
+    page.wait_for_timeout(500)
+    page.click("#eval-btn")
+    status_has(page, "eval-status", "not a readable .safetensors")
+    page.screenshot(path=str(tmp_path / "bad-upload.png"), full_page=True)
+
+    page.get_by_role("tab", name="Distill").click()
+    page.locator("#dataset input").fill("digits")
+    page.locator("#dataset input").press("Enter")
+    page.wait_for_selector("#folder", state="hidden", timeout=WAIT)
+    page.wait_for_timeout(500)  # the dataset change resets steps to the method's default; then set ours
+    set_number(page, "steps", 2)
+    page.click("#distill-btn")
+    status_has(page, "status", "Done")
+    assert "Traceback" not in page.content()
+
+
+def test_two_sessions_do_not_see_each_others_runs(browser, url, tmp_path):
+    a, b = open_page(browser, url), open_page(browser, url)
+    set_number(a, "ipc", 1)
+    set_number(a, "steps", 3)
+    a.click("#distill-btn")
+    status_has(a, "status", "Done")
+    assert b.locator("#grid img").count() == 0
+    assert "Press Distill" in b.inner_text("#status")
+    b.get_by_role("tab", name="Evaluate").click()
+    b.click("#eval-btn")
+    status_has(b, "eval-status", "no synthetic set yet")
+    b.screenshot(path=str(tmp_path / "other-session.png"), full_page=True)

@@ -1,0 +1,162 @@
+"""The app's handlers called as plain functions: values in, values out, no server."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from components import distill_run, distill_tab, evaluate_tab, inputs, learn_tab, method_params
+from components.runtime import LIMITS
+from components.sessions import drop_session, session_for
+from dd_core.methods import METHODS
+from dd_core.synthetic import SyntheticSet
+
+
+def request(name: str):
+    return SimpleNamespace(session_hash=name)  # what handlers read from a gr.Request
+
+
+def run_all(session, req):
+    return list(distill_tab.ui_updates(session, req))
+
+
+def out(update: tuple, name: str):
+    return update[distill_tab.OUTPUTS.index(name)]
+
+
+@pytest.fixture
+def session():
+    s = session_for(request("handlers"))
+    yield s
+    drop_session(request("handlers"))
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("digits", "", "dm", 0, 10, 0), "at least 1"),
+    (("digits", "", "dm", LIMITS.max_ipc + 1, 10, 0), "limit"),
+    (("digits", "", "dm", 2.5, 10, 0), "whole number"),
+    (("digits", "", "dm", 1, 0, 0), "Steps must be between"),
+    (("digits", "", "dm", 1, LIMITS.max_steps + 1, 0), "Steps must be between"),
+    (("digits", "", "dm", 1, None, 0), "whole number"),
+    (("digits", "", "dm", 1, 10, -1), "Seed"),
+    (("digits", "", "nonsense", 1, 10, 0), "Unknown method"),
+    (("folder", "", "dm", 1, 10, 0), "path"),
+    (("", "", "dm", 1, 10, 0), "Choose a dataset"),
+])
+def test_bad_request_is_a_message(args, fragment):
+    with pytest.raises(inputs.UserError, match=fragment):
+        distill_run.check_request(*args)
+
+
+def test_distill_streams_grids_and_ends_with_files(session):
+    req = distill_run.check_request("digits", "", "dm", 1, 4, 0)
+    updates = run_all(session, req)
+    grids = [out(u, "grid") for u in updates if isinstance(out(u, "grid"), Image.Image)]
+    assert len(grids) >= 2  # the initial set, then at least the final one
+    assert "Done" in out(updates[-1], "status")
+    saved = out(updates[-1], "current_set")
+    syn = SyntheticSet.load(saved)
+    assert syn.method == "dm" and syn.steps == 4 and syn.images.shape == (10, 1, 8, 8)
+    files = session.run.files
+    assert {"safetensors", "png", "zip", "gif"} <= set(files) and all(p.is_file() for p in files.values())
+    assert Image.open(files["gif"]).n_frames == len(session.run.kept) >= 2
+    assert out(updates[-1], "dl_set")["visible"] is True
+
+
+def test_stop_keeps_a_valid_set(session):
+    req = distill_run.check_request("digits", "", "dm", 1, 2000, 0)
+    updates = []
+    for u in distill_tab.ui_updates(session, req):
+        updates.append(u)
+        if isinstance(out(u, "grid"), Image.Image):
+            distill_tab.request_stop(request(session.key))
+    assert "Stopped at step" in out(updates[-1], "status")
+    syn = SyntheticSet.load(session.run.files["safetensors"])
+    assert syn.steps < 2000 and syn.images.isfinite().all()
+
+
+@pytest.mark.parametrize("dataset, folder, fragment", [
+    ("folder", "/no/such/folder/anywhere", "does not exist"),
+    ("mnist-typo", "", "valid datasets are"),
+])
+def test_bad_dataset_is_a_message(session, dataset, folder, fragment):
+    req = distill_run.check_request(dataset, folder, "dm", 1, 3, 0)
+    updates = run_all(session, req)
+    assert fragment in out(updates[-1], "status")
+    assert out(updates[-1], "distill_btn")["interactive"] is True
+
+
+def test_folder_without_images_is_a_message(session, tmp_path):
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+    updates = run_all(session, distill_run.check_request("folder", str(tmp_path), "dm", 1, 3, 0))
+    assert "has no images" in out(updates[-1], "status")
+
+
+def test_ipc_above_smallest_class_is_a_message(session, tmp_path):
+    for name in ("cat", "dog"):  # four images per class: 3 train / 1 test after the split
+        (tmp_path / name).mkdir()
+        for i in range(4):
+            Image.new("L", (8, 8), color=40 * i).save(tmp_path / name / f"{i}.png")
+    updates = run_all(session, distill_run.check_request("folder", str(tmp_path), "dm", 5, 3, 0))
+    assert "smallest class" in out(updates[-1], "status")
+
+
+def test_scrub_shows_an_earlier_step(session):
+    run_all(session, distill_run.check_request("digits", "", "dm", 1, 4, 0))
+    image, caption = distill_tab.scrub(0, request(session.key))
+    assert isinstance(image, Image.Image) and "step **0**" in caption
+
+
+def test_sessions_do_not_share_runs():
+    a, b = session_for(request("alice")), session_for(request("bob"))
+    try:
+        run_all(a, distill_run.check_request("digits", "", "dm", 1, 2, 0))
+        assert a.run is not None and b.run is None and a.folder != b.folder
+    finally:
+        drop_session(request("alice"))
+        drop_session(request("bob"))
+    assert not a.folder.exists()
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_every_method_has_widgets_and_an_explanation(method):
+    text = learn_tab.method_markdown(method)
+    assert method.lower() in text.lower() and "paper" in text.lower()
+    cls = METHODS.get(method)
+    values = method_params.preset_values(method, "fast", "digits", 10, _widgets_for(cls, method))
+    assert len(values) == len(_widgets_for(cls, method))
+
+
+def _widgets_for(cls, method):
+    from dd_core.methods.base import hyperparameters
+    return [method_params.ParamWidget(method, f.name, type(f.default), None) for f in hyperparameters(cls)]
+
+
+def test_overrides_convert_and_check_types():
+    widgets = [method_params.ParamWidget("dm", "lr_img", float, None), method_params.ParamWidget("dm", "dsa", bool, None),
+               method_params.ParamWidget("dc", "lr_img", float, None)]
+    assert method_params.overrides("dm", widgets, ["0.5", 0, "x"]) == {"lr_img": 0.5, "dsa": False}
+    with pytest.raises(inputs.UserError, match="lr_img"):
+        method_params.overrides("dm", widgets, ["fast", True, 1.0])
+
+
+def test_evaluate_rejects_a_file_that_is_not_a_set(session, tmp_path):
+    bogus = tmp_path / "notes.safetensors"
+    bogus.write_text("hello")
+    with pytest.raises(ValueError, match="not a readable"):
+        evaluate_tab.pick_set(session, evaluate_tab.SOURCES[1], str(bogus))
+    with pytest.raises(inputs.UserError, match="no synthetic set"):
+        evaluate_tab.pick_set(session, evaluate_tab.SOURCES[0], None)
+
+
+def test_evaluate_reports_and_pins(session):
+    run_all(session, distill_run.check_request("digits", "", "dm", 1, 2, 0))
+    steps = list(evaluate_tab.run_evaluation(session, session.current(), "fast", 1, "mlp", compare=False))
+    status, report = steps[-1]
+    assert "Done" in status and "± 0.000" in report
+    table, csv_file = evaluate_tab.pin(request(session.key))
+    row = table["value"][0]
+    assert row[:4] == ["dm", "digits", 1, "hard"] and 0 < row[5] <= 1
+    assert csv_file["value"].endswith(".csv") and "accuracy" in open(csv_file["value"]).read()
