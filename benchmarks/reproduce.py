@@ -41,6 +41,23 @@ def code_version() -> str:
 
 
 def run_one(dataset, method_name: str, ipc: int, args) -> dict:
+    """Distill with each seed in args.seeds and evaluate args.models networks on each set."""
+    rows = [run_seed(dataset, method_name, ipc, args, seed) for seed in args.seeds]
+    first = rows[0]
+    if len(rows) > 1:
+        import statistics
+
+        accs = [a for r in rows for a in r["eval"]["accuracies"]]
+        first["eval"]["accuracies"] = accs
+        first["eval"]["accuracy_mean"] = statistics.fmean(accs)
+        first["eval"]["accuracy_std"] = statistics.pstdev(accs)
+        first["eval"]["seconds"] = round(sum(r["eval"]["seconds"] for r in rows), 2)
+        first["distill_seconds"] = round(sum(r["distill_seconds"] for r in rows), 1)
+        first["seed"] = list(args.seeds)
+    return first
+
+
+def run_seed(dataset, method_name: str, ipc: int, args, seed: int) -> dict:
     overrides = {}
     for kv in args.set:
         key, value = kv.split("=", 1)
@@ -55,18 +72,18 @@ def run_one(dataset, method_name: str, ipc: int, args) -> dict:
     steps = args.steps if args.steps is not None else METHODS.get(method_name).default_steps(
         args.preset, dataset=dataset.name, ipc=ipc)
     t0 = time.perf_counter()
-    snap = run_to_end(dataset, method, method_name=method_name, ipc=ipc, steps=steps, seed=args.seed,
+    snap = run_to_end(dataset, method, method_name=method_name, ipc=ipc, steps=steps, seed=seed,
                       snapshot_every=10**9)
     distill_s = time.perf_counter() - t0
     config = protocol(args.protocol, num_models=args.models, **({"epochs": args.epochs} if args.epochs else {}))
     result = evaluate(snap.synthetic.images, snap.synthetic.labels, dataset, config)
     if args.save_dir:
         Path(args.save_dir).mkdir(parents=True, exist_ok=True)
-        snap.synthetic.save(Path(args.save_dir) / f"{dataset.name}-{method_name}-ipc{ipc}.safetensors")
+        snap.synthetic.save(Path(args.save_dir) / f"{dataset.name}-{method_name}-ipc{ipc}-s{seed}.safetensors")
     published = PUBLISHED.get((dataset.name, ipc), {}).get(method_name)
     return {
         "dataset": dataset.name, "method": method_name, "ipc": ipc, "preset": args.preset, "steps": snap.step,
-        "status": snap.status, "hyperparameters": method.config(), "seed": args.seed,
+        "status": snap.status, "hyperparameters": method.config(), "seed": seed,
         "distill_seconds": round(distill_s, 1), "eval": result.as_dict(), "published_percent": published,
         "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
         "code_version": code_version(),
@@ -100,7 +117,8 @@ def main() -> None:
     p.add_argument("--protocol", default="fast", choices=["fast", "paper"])
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--models", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", nargs="*", type=int, default=[0],
+                   help="distill (or select) once per seed; e.g. 0 1 2 averages random subsets")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save-dir", default=None)
     p.add_argument("--out", default=None, help="append JSON lines here")
