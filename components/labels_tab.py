@@ -1,0 +1,216 @@
+"""Labels & storage tab: for one synthetic set, every way of storing its labels, what it costs in
+bytes (images + labels, with the formula behind each count) and what test accuracy it buys, beside
+a random real subset of the same size and the whole training set."""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from typing import Iterator
+
+import gradio as gr
+import plotly.graph_objects as go
+
+from dd_core.labels import LABEL_STORES, parse_spec
+from dd_core.synthetic import SyntheticSet
+from dd_core.tradeoff import DEFAULT_STORES, IMAGE_FORMATS, Tradeoff, human_bytes, markdown, run_tradeoff, summary
+
+from . import evaluate_run, inputs
+from .runtime import CUDA, LIMITS, POOL
+from .sessions import session_for
+
+SOURCES = ("this session's set", "an uploaded file")
+# On a CPU the default is quick: the cheap stores, few epochs and networks (the protocol says so).
+QUICK_STORES = ["hard", "soft", "soft:dtype=int8", "soft:topk=1", "dynamic", "dynamic-pruned:keep=0.02",
+                "distance", "teacher"]
+DEFAULT_EPOCHS = 0 if CUDA else 60  # 0: the protocol's own (300 fast, 1000 paper)
+DEFAULT_NETWORKS = 3 if CUDA else 2
+POLL_SECONDS = 0.5
+INTRO = ("Distilled images are only half of what a student trains on: the other half is its **labels**. "
+         "Soft, per-view (dynamic) labels from a teacher often buy accuracy, at a storage cost that can dwarf "
+         "the images. Here every label store is evaluated with the same recipe on the same images; each "
+         "point's bytes are the images (as stored) plus everything needed to reproduce its training targets.")
+_stops: dict[str, threading.Event] = {}  # per browser session: the Stop button's signal
+
+
+def figure(result: Tradeoff | None) -> go.Figure:
+    """Total bytes (log axis) against accuracy, std bars, the Pareto frontier and the references."""
+    fig = go.Figure()
+    if result is not None:
+        for kind, name, symbol in (("synthetic", "synthetic set", "circle"),
+                                   ("random", "random real subset (same size), same labels", "circle-open")):
+            pts = result.of(kind)
+            if pts:
+                fig.add_trace(go.Scatter(
+                    x=[p.total_bytes for p in pts], y=[p.accuracy_mean for p in pts], name=name,
+                    mode="markers+text" if kind == "synthetic" else "markers", text=[p.labels for p in pts],
+                    textposition="top center", textfont=dict(size=10), marker=dict(symbol=symbol, size=9),
+                    error_y=dict(type="data", array=[p.accuracy_std for p in pts], visible=True),
+                    customdata=[[human_bytes(p.total_bytes), p.labels] for p in pts],
+                    hovertemplate="%{customdata[1]}: %{customdata[0]}, accuracy %{y:.4f}<extra>" + kind + "</extra>"))
+        front = result.frontier("synthetic")
+        if front:
+            fig.add_trace(go.Scatter(x=[p.total_bytes for p in front], y=[p.accuracy_mean for p in front],
+                                     mode="lines", line=dict(shape="hv", dash="dot", color="#444"),
+                                     name="Pareto frontier (synthetic)", hoverinfo="skip"))
+        if result.whole_bytes:
+            fig.add_vline(x=result.whole_bytes, line=dict(dash="dash", color="#999"),
+                          annotation_text=f"whole training set: {human_bytes(result.whole_bytes)}")
+        if result.whole_accuracy is not None:
+            fig.add_hline(y=result.whole_accuracy, line=dict(dash="dash", color="#999"),
+                          annotation_text=f"whole training set (teacher): {result.whole_accuracy:.3f}")
+    fig.update_xaxes(type="log", title="total bytes (images + labels), log scale")
+    fig.update_yaxes(title="test accuracy (fraction, mean ± std)")
+    fig.update_layout(height=480, uirevision="labels", template="plotly_white", margin=dict(l=60, r=10, t=30, b=50),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1))
+    return fig
+
+
+def report(result: Tradeoff) -> str:
+    """The table with the formula behind each byte count, then what it means and where numbers come from."""
+    first = next(iter(result.points), None)
+    lines = [markdown(result), ""]
+    if first is not None:
+        lines.append(f"**Image bytes** ({first.image_format}): {first.image_formula}.")
+    notes = sorted({p.uncounted for p in result.points if p.uncounted})
+    lines += [f"**Not counted:** {n}." for n in notes]
+    teachers = sorted({p.teacher for p in result.points if p.teacher})
+    lines += [f"**Teacher** behind the soft labels: {t}." for t in teachers]
+    if summary(result):
+        lines.append("**Share of the dynamic labels' gain kept** (aim: ≥ 90% at ≤ 2% of their label bytes):\n\n"
+                     + "\n".join(f"- {s}" for s in summary(result).splitlines()))
+    lines.append(f"**Protocol** of every accuracy: {result.protocol}.")
+    lines += [f"⚠ {e}" for e in result.errors]
+    if result.stopped:
+        lines.append(f"■ Stopped early (Stop pressed or the {LIMITS.max_seconds / 60:.0f}-minute limit): only "
+                     f"finished stores are shown.")
+    return "\n\n".join(lines)
+
+
+def chosen_stores(ticked: list[str] | None, extra: str | None) -> list[str]:
+    """The ticked stores plus any typed specs ("soft:topk=2, dynamic:dtype=int8"), checked."""
+    specs = list(ticked or []) + [s.strip() for s in (extra or "").replace(";", " ").replace(", ", " ").split() if s.strip()]
+    if not specs:
+        raise inputs.UserError("Tick at least one label store (hard labels are the cheapest).")
+    for spec in specs:
+        try:
+            parse_spec(spec)
+        except (ValueError, KeyError) as err:
+            raise inputs.UserError(f"Label store {spec!r}: {inputs.user_message(err)}") from None
+    return list(dict.fromkeys(specs))
+
+
+def pick_set(session, source: str, upload, current_path) -> SyntheticSet:
+    if source == SOURCES[1]:
+        if not upload:
+            raise inputs.UserError("Upload a synthetic set (.safetensors) first, or use this session's set.")
+        return SyntheticSet.load(upload)
+    if current_path:
+        return SyntheticSet.load(current_path)
+    syn = session.current()
+    if syn is None:
+        raise inputs.UserError("This session has no synthetic set yet: distill one in the Distill tab, "
+                               "or upload a .safetensors file.")
+    return syn
+
+
+def config_for(protocol: str, epochs, networks):
+    config = evaluate_run.config_for(protocol, networks, None)
+    e = inputs.as_int(epochs, "Epochs")
+    if e < 0 or e > 2000:
+        raise inputs.UserError(f"Epochs must be between 1 and 2000, or 0 for the protocol's own (got {e}).")
+    return dataclasses.replace(config, epochs=e) if e else config
+
+
+def run_labels(source, upload, current_path, ticked, extra, protocol, epochs, networks, image_format, random_set,
+               request: gr.Request = None) -> Iterator[tuple]:
+    """Yield (status, figure, report) while every store is built and evaluated; a plain generator."""
+    key = getattr(request, "session_hash", None) or "local"
+    stop = _stops.setdefault(key, threading.Event())
+    stop.clear()
+    try:
+        session = session_for(request)
+        syn = pick_set(session, source, upload, current_path)
+        specs, config = chosen_stores(ticked, extra), config_for(protocol, epochs, networks)
+        if image_format not in IMAGE_FORMATS:
+            raise inputs.UserError(f"Unknown image format {image_format!r}; choose one of: {', '.join(IMAGE_FORMATS.names())}.")
+        dataset = evaluate_run.dataset_of(session, syn)
+    except Exception as err:  # noqa: BLE001  shown in the page, never as a traceback
+        yield f"⚠ {inputs.user_message(err)}", gr.skip(), gr.skip()
+        return
+    state: dict = {"frac": 0.0, "text": "starting", "result": None, "error": None}
+
+    def work():
+        try:
+            state["result"] = run_tradeoff(syn, dataset, config, specs, image_format=image_format,
+                                           random_set=bool(random_set), stop=stop,
+                                           progress=lambda f, t: state.update(frac=f, text=t))
+        except Exception as err:  # noqa: BLE001
+            state["error"] = err
+
+    timer = threading.Timer(LIMITS.max_seconds, stop.set)  # the machine's cap on one run
+    timer.daemon = True
+    thread = threading.Thread(target=work, daemon=True)
+    t0 = time.perf_counter()
+    timer.start()
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(POLL_SECONDS)
+            yield (f"… {state['frac']:.0%} · {time.perf_counter() - t0:.0f} s · {state['text']}  \n"
+                   f"<small>{config.describe()}</small>", gr.skip(), gr.skip())
+    finally:  # the page closed or Stop: end the worker at its next epoch
+        if thread.is_alive():
+            stop.set()
+        timer.cancel()
+    if state["error"] is not None:
+        yield f"⚠ {inputs.user_message(state['error'])}", gr.skip(), gr.skip()
+        return
+    result = state["result"]
+    done = "■ Stopped" if result.stopped else "✓ Done"
+    yield (f"{done} in {time.perf_counter() - t0:.0f} s: {len(result.points)} points on {dataset.name}, "
+           f"{len(syn.images)} images.", figure(result), report(result))
+
+
+def stop_labels(request: gr.Request = None) -> str:
+    key = getattr(request, "session_hash", None) or "local"
+    _stops.setdefault(key, threading.Event()).set()
+    return "■ Stopping after the current epoch…"
+
+
+def render(current_set: gr.State) -> None:
+    """The tab's widgets, built inside the caller's gr.Tab("Labels & storage")."""
+    gr.Markdown(INTRO)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=300):
+            source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Synthetic set", elem_id="labels-source")
+            upload = gr.File(label="Synthetic set (.safetensors)", file_types=[".safetensors"], visible=False,
+                             elem_id="labels-upload")
+            stores = gr.CheckboxGroup(DEFAULT_STORES, value=DEFAULT_STORES if CUDA else QUICK_STORES,
+                                      label="Label stores", elem_id="labels-stores",
+                                      info="name:option=value; the projector fits a small network once per dataset")
+            extra = gr.Textbox("", label="More stores (optional)", placeholder="soft:topk=2 dynamic:dtype=int8",
+                               info="options: " + "; ".join(f"{n}: {', '.join(LABEL_STORES.get(n).OPTIONS) or '-'}"
+                                                            for n in LABEL_STORES.names()))
+            protocol = gr.Radio(["fast", "paper"], value="fast", label="Protocol",
+                                info="fast: 300 epochs; paper: 1000 epochs (DC/DSA/DM), both with DSA")
+            epochs = gr.Number(DEFAULT_EPOCHS, precision=0, label="Epochs (0 = the protocol's own)",
+                               info="fewer epochs for a quick look on a CPU; every number says which recipe made it")
+            networks = gr.Slider(1, evaluate_run.MAX_MODELS, value=DEFAULT_NETWORKS, step=1, label="Networks per point")
+            image_format = gr.Radio(IMAGE_FORMATS.names(), value="uint8", label="Images stored as")
+            random_set = gr.Checkbox(True, label="Also a random real subset of the same size, with each label store")
+            with gr.Row():
+                go_btn = gr.Button("Measure bytes and accuracy", variant="primary", elem_id="labels-btn")
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="labels-stop")
+        with gr.Column(scale=3, min_width=360):
+            status = gr.Markdown("", elem_id="labels-status")
+            plot = gr.Plot(figure(None), label="Bytes against accuracy", elem_id="labels-plot")
+    table = gr.Markdown("", elem_id="labels-table")
+    source.change(lambda s: gr.update(visible=s == SOURCES[1]), inputs=source, outputs=upload, queue=False,
+                  api_visibility="private")
+    go_btn.click(run_labels, inputs=[source, upload, current_set, stores, extra, protocol, epochs, networks,
+                                     image_format, random_set],
+                 outputs=[status, plot, table], show_progress_on=[status], concurrency_id="compute", concurrency_limit=POOL,
+                 api_visibility="private")
+    stop_btn.click(stop_labels, outputs=status, queue=False, api_visibility="private")
+

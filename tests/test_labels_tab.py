@@ -1,0 +1,63 @@
+"""The Labels & storage tab's handlers, called as plain functions (no browser)."""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("gradio")
+
+from components import labels_tab  # noqa: E402
+from dd_core import tradeoff  # noqa: E402
+from dd_core.data import load_dataset  # noqa: E402
+from dd_core.evaluate import test_accuracy as accuracy_on_test  # noqa: E402
+from dd_core.synthetic import init_synthetic  # noqa: E402
+from dd_core.teacher import Teacher, train_on_real  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tab") / "tiny.safetensors"
+    init_synthetic(load_dataset("digits"), 1, seed=0).save(path)
+    return str(path)
+
+
+@pytest.fixture
+def quick_teacher(monkeypatch):
+    digits = load_dataset("digits")
+    net = train_on_real(digits, "convnet_d2", 1, 0, "cpu")
+    teacher = Teacher(net, "convnet_d2", 1, accuracy_on_test(net, digits, "cpu"), 0.0)
+    monkeypatch.setattr(tradeoff, "get_teacher_or_reason", lambda dataset, device: (teacher, ""))
+
+
+def run(**kw):
+    args = dict(source=labels_tab.SOURCES[0], upload=None, current_path=None, ticked=["hard"], extra="",
+                protocol="fast", epochs=1, networks=1, image_format="uint8", random_set=False)
+    args.update(kw)
+    return list(labels_tab.run_labels(*args.values()))
+
+
+def test_the_tab_measures_and_draws(tiny_file, quick_teacher):
+    outs = run(current_path=tiny_file, ticked=["hard", "soft"], extra="soft:topk=1", random_set=True)
+    status, fig, report = outs[-1]
+    assert status.startswith("✓ Done") and "6 points" in status
+    assert fig.layout.xaxis.type == "log" and any("frontier" in (t.name or "") for t in fig.data)
+    assert "| soft:topk=1 |" in report and "**Protocol** of every accuracy: fast" in report
+    assert "1 epochs" in report  # the recipe behind the numbers is named
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(), "no synthetic set yet"),
+    (dict(source=labels_tab.SOURCES[1]), "Upload a synthetic set"),
+    (dict(current_path="TINY", ticked=[]), "Tick at least one"),
+    (dict(current_path="TINY", extra="soft:topk=two"), "takes an integer"),
+    (dict(current_path="TINY", networks=9), "between 1 and"),
+    (dict(current_path="TINY", epochs=-3), "Epochs must be"),
+])
+def test_bad_input_gives_a_message_not_a_traceback(kw, message, tiny_file):
+    kw = {k: tiny_file if v == "TINY" else v for k, v in kw.items()}
+    outs = run(**kw)
+    assert len(outs) == 1 and outs[0][0].startswith("⚠") and message in outs[0][0]
+
+
+def test_stop_is_per_session():
+    assert labels_tab.stop_labels(None).startswith("■")
+    assert labels_tab._stops["local"].is_set()

@@ -1,0 +1,118 @@
+"""The label-space trade-off: points, frontier, gain shares, the CLI function and the tab's handlers
+(called directly, no browser), on a tiny digits set with a quickly trained teacher."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dd_core import tradeoff
+from dd_core.data import load_dataset
+from dd_core.evaluate import protocol
+from dd_core.evaluate import test_accuracy as accuracy_on_test
+from dd_core.synthetic import init_synthetic
+from dd_core.teacher import Teacher, train_on_real
+from dd_core.tradeoff import IMAGE_FORMATS, Point, Tradeoff, labels_command, run_tradeoff
+
+REQUIRED = {"labels", "image_bytes", "label_bytes", "accuracy_mean", "accuracy_std"}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def teacher(digits):
+    net = train_on_real(digits, "convnet_d2", 2, 0, "cpu")
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return Teacher(net, "convnet_d2", 2, accuracy_on_test(net, digits, "cpu"), 0.0)
+
+
+@pytest.fixture
+def quick_teacher(monkeypatch, teacher):
+    monkeypatch.setattr(tradeoff, "get_teacher_or_reason", lambda dataset, device: (teacher, ""))
+    return teacher
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory, digits):
+    path = tmp_path_factory.mktemp("labels") / "tiny.safetensors"
+    init_synthetic(digits, 1, seed=0).save(path)  # 10 images
+    return path
+
+
+def point(labels, total, acc, kind="synthetic"):
+    return Point(labels, kind, "uint8", 0, total, acc, 0.0, [acc], "", "")
+
+
+def test_image_bytes_follow_the_format(digits):
+    images = digits.x_train[:10]  # (10, 1, 8, 8)
+    assert [IMAGE_FORMATS.get(f).nbytes(images) for f in ("uint8", "float16", "float32")] == [640, 1280, 2560]
+    back = IMAGE_FORMATS.get("uint8").roundtrip(images, digits.mean, digits.std)
+    pixels = digits.denormalize(back) * 255
+    assert torch.allclose(pixels, pixels.round(), atol=1e-3)  # 256 levels survive the round trip
+
+
+def test_frontier_and_gain_shares():
+    result = Tradeoff("digits", 10, "p", points=[point("hard", 10, 0.80), point("soft", 100, 0.85),
+                                                  point("dynamic", 10_000, 0.90), point("teacher", 50_000, 0.88),
+                                                  point("distance", 150, 0.84)])
+    assert [p.labels for p in result.frontier()] == ["hard", "soft", "dynamic"]
+    shares = {r["labels"]: r for r in result.gain_shares()}
+    assert shares["soft"]["share"] == pytest.approx(0.5) and shares["soft"]["label_fraction"] == pytest.approx(0.01)
+    assert not shares["soft"]["meets_aim"]
+    assert "no store keeps" in tradeoff.summary(result)
+
+
+def test_run_tradeoff_gives_both_sets_and_the_reference(digits, teacher):
+    syn = init_synthetic(digits, 1, seed=0)
+    config = protocol("fast", epochs=2, num_models=1)
+    result = run_tradeoff(syn, digits, config, ["hard", "soft:topk=2"], teacher=teacher, device="cpu")
+    assert [(p.set, p.labels) for p in result.points] == [("synthetic", "hard"), ("synthetic", "soft:topk=2"),
+                                                          ("random", "hard"), ("random", "soft:topk=2")]
+    assert all(p.image_bytes == 10 * 64 for p in result.points)  # uint8 images
+    assert result.points[1].label_bytes == 10 * 2 * 3
+    assert result.whole_bytes == len(digits.x_train) * (64 + 1) and result.whole_accuracy == teacher.test_accuracy
+    rows = result.as_rows()
+    assert all(REQUIRED <= set(r) for r in rows) and rows[-1]["set"] == "whole"
+
+
+def test_a_store_needing_a_missing_teacher_says_so_and_the_rest_runs(digits, monkeypatch):
+    import dd_core.teacher
+
+    def no_teacher(*a, **k):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(dd_core.teacher, "get_teacher", no_teacher)
+    result = run_tradeoff(init_synthetic(digits, 1, seed=0), digits, protocol("fast", epochs=1, num_models=1),
+                          ["hard", "dynamic"], random_set=False, device="cpu")
+    assert [p.labels for p in result.points] == ["hard"]
+    assert "needs a teacher" in result.errors[0] and "out of memory" in result.errors[0]
+
+
+def test_labels_command_prints_json(tiny_file, quick_teacher, capsys):
+    assert labels_command(str(tiny_file), "fast", ["hard", "soft"], 1, True, epochs=2) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["labels"] for r in rows} == {"hard", "soft"} and all(REQUIRED <= set(r) for r in rows)
+    assert {r["set"] for r in rows} == {"synthetic", "random", "whole"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (("missing.safetensors", "fast", None, 1, True), "does not exist"),
+    (("TINY", "quick", None, 1, True), "unknown protocol"),
+    (("TINY", "fast", ["soft:topk=x"], 1, True), "takes an integer"),
+    (("TINY", "fast", ["fuzzy"], 1, True), "valid label stores are"),
+])
+def test_labels_command_refuses_bad_input(args, message, tiny_file, capsys):
+    args = tuple(str(tiny_file) if a == "TINY" else a for a in args)
+    assert labels_command(*args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_top_k_beyond_the_classes_is_reported(tiny_file, quick_teacher, capsys):
+    assert labels_command(str(tiny_file), "fast", ["hard", "soft:topk=11"], 1, False, epochs=1,
+                          random_set=False) == 0
+    assert "limit is k <= 10" in capsys.readouterr().err
