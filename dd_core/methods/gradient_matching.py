@@ -1,0 +1,193 @@
+"""DC and DSA: dataset condensation by gradient matching.
+
+DC (Zhao, Mopuri & Bilen, ICLR 2021) learns synthetic images whose training gradients, on a
+fresh random network that is itself trained on the synthetic set along the way, point the same
+way as the gradients of real images of the same class. DSA (Zhao & Bilen, ICML 2021) adds
+differentiable Siamese augmentation: each class's real and synthetic batch get the same random
+augmentation, and the inner training of the network is augmented too.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..augment import DSA, dsa_for, fyi_flip
+from ..models import build_model
+from .base import METHODS, Method, hp, is_small
+from .sampling import RealSampler
+
+# IPC -> (outer_loop, inner_loop), as in the DC paper; other IPCs use the nearest listed one.
+LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
+BN_IMAGES_PER_CLASS = 16  # real images per class that set batch-norm statistics before matching
+COS_EPS = 1e-6  # keeps 1 - cos finite for an all-zero gradient row, as in the reference code
+
+
+def loops_for(ipc: int) -> tuple[int, int]:
+    """(outer_loop, inner_loop) of the listed IPC nearest to `ipc` (the smaller one on a tie)."""
+    return LOOPS[min(LOOPS, key=lambda k: (abs(k - ipc), k))]
+
+
+def matched_weights(net: nn.Module) -> list[torch.Tensor]:
+    """Conv and linear weights: the tensors whose gradients DC compares; biases and norm
+    parameters (all 1-d) are left out, as in the paper."""
+    return [p for p in net.parameters() if p.dim() > 1]
+
+
+def gradient_distance(g_real: list[torch.Tensor], g_syn: list[torch.Tensor]) -> torch.Tensor:
+    """Sum over weight tensors, and over each tensor's output units, of 1 - cos(real, synthetic)."""
+    total = g_syn[0].new_zeros(())
+    for gr, gs in zip(g_real, g_syn):
+        gr, gs = gr.flatten(1), gs.flatten(1)  # (out, in * kh * kw): one row per output unit
+        cos = (gr * gs).sum(1) / (gr.norm(dim=1) * gs.norm(dim=1) + COS_EPS)  # (out,)
+        total = total + (1 - cos).sum()
+    return total
+
+
+def matching_loss(net: nn.Module, x_real: torch.Tensor, y_real: torch.Tensor, x_syn: torch.Tensor,
+                  y_syn: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Sum over classes of the distance between the CE-loss gradients of the class's real batch and
+    of its synthetic images. The loss is differentiable in x_syn (create_graph); the network is only
+    read: no weight and no .grad changes (give batch-norm layers in eval mode, as the method does).
+    Each class is its own forward pass because each class needs its own gradient."""
+    weights = matched_weights(net)
+    loss = x_syn.new_zeros(())
+    for c in range(num_classes):
+        real_c, syn_c = y_real == c, y_syn == c
+        if not bool(syn_c.any()) or not bool(real_c.any()):
+            continue
+        g_real = torch.autograd.grad(F.cross_entropy(net(x_real[real_c]), y_real[real_c]), weights)
+        g_real = [g.detach() for g in g_real]
+        g_syn = torch.autograd.grad(F.cross_entropy(net(x_syn[syn_c]), y_syn[syn_c]), weights, create_graph=True)
+        loss = loss + gradient_distance(g_real, g_syn)
+    return loss
+
+
+def train_on_synthetic(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
+                       batch_size: int, generator: torch.Generator, augment: DSA | None = None) -> nn.Module:
+    """A trained copy of `net`: `epochs` passes of plain SGD (no momentum, as in DC) over the synthetic
+    set, shuffled by `generator`. The network passed in and the images are left unchanged."""
+    net = copy.deepcopy(net)
+    net.train()
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    images = images.detach()
+    n = len(images)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=generator)
+        for i in range(0, n, batch_size):
+            idx = perm[i:i + batch_size].to(images.device)
+            x = images[idx]
+            if augment is not None:  # one parameter set per image, as when evaluating
+                x = augment.apply(x, augment.sample(len(idx), generator), torch.arange(len(idx)))
+            loss = F.cross_entropy(net(x), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return net
+
+
+@METHODS.register("dc")
+@dataclass
+class DC(Method):
+    """Dataset condensation with gradient matching (Zhao, Mopuri & Bilen, ICLR 2021)."""
+
+    family = "gradient matching"
+    paper = "Zhao, Mopuri & Bilen, Dataset Condensation with Gradient Matching, ICLR 2021"
+
+    model: str = hp("convnet", "network whose gradients are matched (ConvNet-3 width 128 in the paper)")
+    lr_img: float = hp(0.1, "SGD learning rate of the synthetic pixels")
+    momentum: float = hp(0.5, "SGD momentum of the synthetic pixels")
+    lr_net: float = hp(0.01, "SGD learning rate of the network's inner training on the synthetic set (no momentum)")
+    batch_real: int = hp(256, "real images per class per matching update")
+    batch_train: int = hp(256, "synthetic images per inner training batch")
+    outer_loop: int = hp(0, "matching updates per step, each on a further-trained network (0 = by IPC, as in the paper)")
+    inner_loop: int = hp(0, "epochs of network training on the synthetic set between matching updates (0 = by IPC)")
+    dsa: bool = hp(False, "differentiable Siamese augmentation (on in DSA)")
+    fyi: bool = hp(False, "FYI plug-in: also match the horizontally flipped synthetic images")
+
+    @classmethod
+    def preset(cls, name, *, dataset, ipc):
+        outer, inner = loops_for(ipc)
+        if name == "paper":
+            return {"outer_loop": outer, "inner_loop": inner}
+        # Fast CPU: the paper's outer loop, a tenth of its inner epochs, a quarter of the real batch.
+        fast = {"outer_loop": outer, "inner_loop": max(1, inner // 10), "batch_real": 64}
+        # 8x8 digits: with ConvNet-3 (its last block sees 2x2 maps) the pixel gradients were 10x
+        # those of ConvNet-2, the loss rose at lr 0.1 and pixels ran to +-20; ConvNet-2 matched smoothly.
+        fast["model"] = "convnet_d2" if is_small(dataset) else "convnet_w32"
+        return fast
+
+    @classmethod
+    def default_steps(cls, name, *, dataset, ipc):
+        if name == "paper":
+            return 1000
+        outer, _ = loops_for(ipc)
+        return max(20, 100 // outer)  # about 100 to 200 matching updates
+
+    def setup(self, real, syn, *, seed, device):
+        self.gen_ = torch.Generator().manual_seed(seed)
+        self.real_ = RealSampler(real, device)
+        self.dsa_ = dsa_for(real.name) if self.dsa else None
+        self.shape_ = dict(channels=real.channels, num_classes=real.num_classes, image_size=real.image_size)
+        self.device_ = device
+        auto = loops_for(int((syn.labels == 0).sum()))
+        self.loops_ = (self.outer_loop or auto[0], self.inner_loop or auto[1])
+        self.images_ = syn.images.detach().to(device).requires_grad_(True)
+        self.labels_ = syn.labels.to(device)
+        self.opt_ = torch.optim.SGD([self.images_], lr=self.lr_img, momentum=self.momentum)
+
+    def synthetic_views(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The synthetic images as matched and trained on: with FYI, each also flipped."""
+        if self.fyi:
+            return fyi_flip(self.images_), torch.cat([self.labels_, self.labels_])
+        return self.images_, self.labels_
+
+    def set_batchnorm_statistics(self, net: nn.Module) -> None:
+        """Batch-norm networks: set running statistics from real images of every class, then freeze
+        them, so that each class's gradient is taken under the same normalisation (as the reference)."""
+        norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        x, _ = self.real_.all_classes(BN_IMAGES_PER_CLASS, self.gen_)
+        net.train()
+        with torch.no_grad():
+            net(x)
+        for m in norms:
+            m.eval()
+
+    def step(self):
+        net_seed = int(torch.randint(2**31 - 1, (1,), generator=self.gen_))
+        net = build_model(self.model, **self.shape_, seed=net_seed, device=self.device_)
+        outer, inner = self.loops_
+        classes = self.shape_["num_classes"]
+        total = 0.0
+        for ol in range(outer):
+            self.set_batchnorm_statistics(net)
+            x_real, g_real = self.real_.all_classes(self.batch_real, self.gen_)
+            x_syn, g_syn = self.synthetic_views()
+            if self.dsa_ is not None:  # one parameter set per class, shared by its real and synthetic batch
+                params = self.dsa_.sample(classes, self.gen_)
+                x_real, x_syn = self.dsa_.apply(x_real, params, g_real), self.dsa_.apply(x_syn, params, g_syn)
+            loss = matching_loss(net, x_real, g_real, x_syn, g_syn, classes)
+            self.opt_.zero_grad(set_to_none=True)
+            loss.backward(inputs=[self.images_])  # only the pixels learn here
+            self.opt_.step()
+            total += loss.item()
+            if ol < outer - 1:
+                x_syn, g_syn = self.synthetic_views()
+                net = train_on_synthetic(net, x_syn, g_syn, epochs=inner, lr=self.lr_net,
+                                         batch_size=self.batch_train, generator=self.gen_, augment=self.dsa_)
+        return {"loss": total / (outer * classes)}  # mean distance per class and matching update
+
+
+@METHODS.register("dsa")
+@dataclass
+class DSAMatching(DC):
+    """Gradient matching with differentiable Siamese augmentation (Zhao & Bilen, ICML 2021)."""
+
+    paper = "Zhao & Bilen, Dataset Condensation with Differentiable Siamese Augmentation, ICML 2021"
+
+    dsa: bool = hp(True, "differentiable Siamese augmentation: the same random op for a class's real and synthetic batch")
