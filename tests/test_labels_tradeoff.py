@@ -8,27 +8,12 @@ import pytest
 import torch
 
 from dd_core import tradeoff
-from dd_core.data import load_dataset
 from dd_core.evaluate import protocol
-from dd_core.evaluate import test_accuracy as accuracy_on_test
 from dd_core.synthetic import init_synthetic
-from dd_core.teacher import Teacher, train_on_real
 from dd_core.tradeoff import IMAGE_FORMATS, Point, Tradeoff, labels_command, run_tradeoff
+from test_labels import digits, teacher  # noqa: F401  shared fixtures: the digits and a quick teacher
 
 REQUIRED = {"labels", "image_bytes", "label_bytes", "accuracy_mean", "accuracy_std"}
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
-def teacher(digits):
-    net = train_on_real(digits, "convnet_d2", 2, 0, "cpu")
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return Teacher(net, "convnet_d2", 2, accuracy_on_test(net, digits, "cpu"), 0.0)
 
 
 @pytest.fixture
