@@ -4,7 +4,7 @@ paper's description: per image (or per augmented view) only two distances betwee
 prediction p and the one-hot label e_y are stored, and the student is trained towards a target
 that has exactly those two distances to e_y.
 
-The exact construction (see assets/labels.md):
+The exact construction:
   stored   d1 = 1 - p_y = ||p - e_y||_1 / 2     (total-variation distance: mass moved off the label)
            d2 = ||p - e_y||_2                    (Euclidean distance: how concentrated that mass is)
   shared   R (C x C): R[y] = the teacher's mean prediction over real training images of class y

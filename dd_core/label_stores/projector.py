@@ -100,7 +100,7 @@ class ProjectorLabels(LabelStore):
 
     name = "projector"
     needs_teacher = True
-    OPTIONS = {"arch": ("auto", "backbone network, regenerated from its seed ('auto': the DD ConvNet for the resolution)"),
+    OPTIONS = {"arch": ("auto", "backbone network, regenerated from its seed ('auto': the teacher's architecture)"),
                "rank": (4, "rank of the update of every conv layer"),
                "seed": (0, "seed the backbone is regenerated from"),
                "steps": (300, "Adam steps of the fit on augmented real images"),
@@ -150,7 +150,7 @@ class ProjectorLabels(LabelStore):
         temperature = teacher_temperature(teacher, dataset, soften)
         if rank < 1:
             raise ValueError(f"the projector's rank must be at least 1; got {rank}")
-        arch = resolve_model(arch, dataset)
+        arch = teacher.arch if arch == "auto" else resolve_model(arch, dataset)
         key = (dataset.name, len(dataset.x_train), teacher.describe(), arch, rank, seed, steps, batch, lr, temperature)
         path = cache_dir() / "projectors" / f"{hashlib.sha1(repr(key).encode()).hexdigest()[:16]}.safetensors"
         with _lock:  # one fit per key, in memory and on disk, like the teacher
