@@ -50,8 +50,9 @@ def gradient_distance(g_real: list[torch.Tensor], g_syn: list[torch.Tensor]) -> 
 def matching_loss(net: nn.Module, x_real: torch.Tensor, y_real: torch.Tensor, x_syn: torch.Tensor,
                   y_syn: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Sum over classes of the distance between the CE-loss gradients of the class's real batch and
-    of its synthetic images. The loss is differentiable in x_syn (create_graph); the network is only
-    read: no weight and no .grad changes (give batch-norm layers in eval mode, as the method does).
+    of its synthetic images. The loss is differentiable in x_syn (create_graph); computing it changes
+    no weight and no .grad (give batch-norm layers in eval mode, as the method does), and
+    `backward(inputs=[x_syn])` keeps the network's .grad untouched as well.
     Each class is its own forward pass because each class needs its own gradient."""
     weights = matched_weights(net)
     loss = x_syn.new_zeros(())

@@ -1,0 +1,120 @@
+"""Maths checked against a reference: the soft cross-entropy, the DC matching gradient, the DC inner
+loop's hands-off promise, DSA's Siamese property and differentiability, and the NCFM distance."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dd_core.augment import DSA, OPS, DSAParams
+from dd_core.labels import soft_cross_entropy
+from dd_core.methods.gradient_matching import matching_loss, train_on_synthetic
+from dd_core.methods.ncfm import class_cf, cf_distance
+from dd_core.models import ConvNet
+
+
+def tiny_net(seed: int = 0, dtype=torch.float32) -> ConvNet:
+    torch.manual_seed(seed)
+    return ConvNet(channels=1, num_classes=3, image_size=(4, 4), width=4, depth=2).to(dtype)
+
+
+def tiny_problem(dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    x_real = torch.randn(12, 1, 4, 4, generator=g, dtype=dtype)
+    y_real = torch.arange(3).repeat_interleave(4)
+    x_syn = torch.randn(6, 1, 4, 4, generator=g, dtype=dtype)
+    y_syn = torch.arange(3).repeat_interleave(2)
+    return x_real, y_real, x_syn, y_syn
+
+
+def test_soft_cross_entropy_with_one_hot_targets_is_cross_entropy():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(32, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(7, (32,), generator=g)
+    ours = soft_cross_entropy(logits, F.one_hot(labels, 7).double())
+    reference = F.cross_entropy(logits, labels)
+    assert torch.allclose(ours, reference)
+    (g_ours,), (g_ref,) = torch.autograd.grad(ours, logits), torch.autograd.grad(reference, logits)
+    assert torch.allclose(g_ours, g_ref)
+
+
+def test_dc_matching_gradient_matches_finite_differences():
+    net = tiny_net(dtype=torch.float64)
+    x_real, y_real, x_syn, y_syn = tiny_problem(torch.float64)
+    x_syn.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda xs: matching_loss(net, x_real, y_real, xs, y_syn, 3), (x_syn,),
+                                    eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_matching_loss_only_reads_the_network():
+    net = tiny_net()
+    before = copy.deepcopy(net.state_dict())
+    x_real, y_real, x_syn, y_syn = tiny_problem()
+    x_syn.requires_grad_(True)
+    loss = matching_loss(net, x_real, y_real, x_syn, y_syn, 3)
+    assert all(p.grad is None for p in net.parameters()), "computing the loss must not touch .grad"
+    loss.backward(inputs=[x_syn])  # as the method does: only the pixels learn
+    assert x_syn.grad is not None and x_syn.grad.abs().sum() > 0
+    assert all(p.grad is None for p in net.parameters())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+@pytest.mark.parametrize("augment", [None, DSA()], ids=["plain", "dsa"])
+def test_dc_inner_loop_leaves_the_given_network_and_images_unchanged(augment):
+    net = tiny_net()
+    before = copy.deepcopy(net.state_dict())
+    _, _, x_syn, y_syn = tiny_problem()
+    x_syn.requires_grad_(True)
+    images_before = x_syn.detach().clone()
+    trained = train_on_synthetic(net, x_syn, y_syn, epochs=3, lr=0.1, batch_size=4,
+                                 generator=torch.Generator().manual_seed(0), augment=augment)
+    assert trained is not net
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items()), "the given network changed"
+    assert any(not torch.equal(before[k], v) for k, v in trained.state_dict().items()), "the copy did not train"
+    assert torch.equal(x_syn.detach(), images_before) and x_syn.grad is None
+
+
+def one_op(op: str, n_groups: int = 1) -> DSAParams:
+    return DSAParams(op=[op] * n_groups, u=torch.rand(n_groups, 4, generator=torch.Generator().manual_seed(3)))
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_dsa_same_parameters_give_the_same_augmentation(op):
+    x = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    params = one_op(op)
+    first, second = DSA().apply(x, params), DSA().apply(x.clone(), params)
+    assert torch.equal(first, second)
+    # Siamese: real and synthetic batches of one group see the very same transformation
+    real, syn = x[:3], x[3:]
+    both = DSA().apply(x, params)
+    assert torch.equal(DSA().apply(real, params), both[:3]) and torch.equal(DSA().apply(syn, params), both[3:])
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_dsa_is_differentiable(op):
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    (DSA().apply(x, one_op(op)) ** 2).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_ncfm_distance_is_zero_for_equal_sets_and_grows_with_a_shift():
+    g = torch.Generator().manual_seed(0)
+    f = F.normalize(torch.randn(40, 8, generator=g), dim=1)
+    groups = torch.arange(2).repeat_interleave(20)
+    t = torch.randn(256, 8, generator=g)
+    same = cf_distance(class_cf(f, groups, t, 2), class_cf(f.clone(), groups, t, 2), alpha=0.5, beta=0.5)
+    assert same.item() < 1e-4  # only the sqrt's epsilon is left
+    near = cf_distance(class_cf(f, groups, t, 2), class_cf(f + 0.05, groups, t, 2), alpha=0.5, beta=0.5)
+    far = cf_distance(class_cf(f, groups, t, 2), class_cf(f + 0.5, groups, t, 2), alpha=0.5, beta=0.5)
+    assert 0 < near < far
+
+
+def test_ncfm_phase_term_is_the_arctangent_form():
+    """2 (|a||b| - Re(a conj b)) = 2 |a||b| (1 - cos(arg a - arg b)), as the paper writes it."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 50, dtype=torch.complex128, generator=g)
+    ours = cf_distance((a.real[None], a.imag[None]), (b.real[None], b.imag[None]), alpha=0.0, beta=1.0)
+    phase = 2 * a.abs() * b.abs() * (1 - torch.cos(a.angle() - b.angle()))
+    assert torch.allclose(ours, torch.sqrt(phase + 1e-12).mean(), atol=1e-9)

@@ -1,0 +1,100 @@
+"""The contract every registered method keeps, checked over the whole registry on 8x8 digits.
+
+A method added with one decorator is tested here the moment it is registered: finite stats,
+images that learn (or, for coresets, real images), untouched real data, determinism for a seed,
+a loss that falls on a tiny problem, and a synthetic set that survives a save and a load.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import pytest
+import torch
+
+from dd_core import load_dataset
+from dd_core.distill import run_to_end
+from dd_core.methods import METHODS, hyperparameters, make_method
+from dd_core.synthetic import SyntheticSet, init_synthetic
+
+# Small settings, applied to whichever method has the field: a 2-block ConvNet, 16 real images a
+# class, few frequencies. Everything else stays at the method's fast preset.
+TINY = {"model": "convnet_d2", "batch_real": 16, "num_freqs": 64, "inner_loop": 1}
+
+
+def tiny_method(name: str, ipc: int, **extra):
+    fields = {f.name for f in hyperparameters(METHODS.get(name))}
+    overrides = {k: v for k, v in {**TINY, **extra}.items() if k in fields}
+    return make_method(name, preset="fast", dataset="digits", ipc=ipc, **overrides)
+
+
+@functools.lru_cache(maxsize=None)
+def distilled(name: str, ipc: int, steps: int, seed: int = 0):
+    """The final snapshot of a tiny run (cached: several tests look at the same run)."""
+    return run_to_end(load_dataset("digits"), tiny_method(name, ipc), method_name=name, ipc=ipc, steps=steps,
+                      seed=seed, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.mark.parametrize("ipc", [1, 2])
+@pytest.mark.parametrize("name", METHODS.names())
+def test_steps_give_finite_stats_and_learn_or_select(name, ipc, digits):
+    before = {k: getattr(digits, k).clone() for k in ("x_train", "y_train", "x_test", "y_test")}
+    snap = distilled(name, ipc, 3)
+    assert snap.status == "done", snap.message
+    assert snap.history, "a run records the stats of each step"
+    for stats in snap.history:
+        for key, value in stats.items():
+            assert isinstance(value, (int, float)) and math.isfinite(value), (key, value)
+    syn = snap.synthetic
+    assert syn.images.shape == (10 * ipc, *digits.x_train.shape[1:])
+    assert torch.equal(syn.labels, torch.arange(10).repeat_interleave(ipc))
+    initial = init_synthetic(digits, ipc, seed=0).images
+    if METHODS.get(name).learns_images:
+        assert not torch.equal(syn.images, initial), "a distillation method must change the images"
+    else:  # a coreset keeps real training images of the right classes
+        for image, label in zip(syn.images, syn.labels):
+            same = (digits.x_train == image).flatten(1).all(dim=1)
+            assert same.any(), "a coreset image is not a training image"
+            assert (digits.y_train[same] == label).any()
+    for key, tensor in before.items():
+        assert torch.equal(getattr(digits, key), tensor), f"distilling changed the dataset's {key}"
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_same_seed_gives_the_same_images(name):
+    first = distilled(name, 1, 3).synthetic.images
+    again = run_to_end(load_dataset("digits"), tiny_method(name, 1), method_name=name, ipc=1, steps=3, seed=0,
+                       device=torch.device("cpu")).synthetic.images
+    assert torch.equal(first, again)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_loss_falls_on_a_tiny_problem(name):
+    if not METHODS.get(name).learns_images:
+        pytest.skip(f"{name} selects real images and has no loss to lower")
+    steps = 40
+    snap = distilled(name, 1, steps)
+    losses = [s["loss"] for s in snap.history]
+    assert len(losses) == steps
+    # each step draws a fresh network, so single losses are noisy; compare the first and last tenths
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.9 * first, f"{name}: mean loss of the first 5 steps {first:.4g}, of the last 5 {last:.4g}"
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_final_set_round_trips_through_safetensors(name, tmp_path):
+    syn = distilled(name, 1, 3).synthetic
+    path = syn.save(tmp_path / f"{name}.safetensors")
+    back = SyntheticSet.load(path)
+    assert torch.equal(back.images, syn.images)
+    assert torch.equal(back.labels, syn.labels)
+    assert back.metadata() == syn.metadata()
+    assert back.method == name and back.config == syn.config
+    # the recorded configuration is the method's hyperparameters, so a run can be rebuilt from it
+    assert set(back.config) == {f.name for f in dataclasses.fields(METHODS.get(name)) if not f.name.endswith("_")}
