@@ -18,7 +18,7 @@ import torch
 from .augment import dsa_for
 from .data import Dataset
 from .labels import HardLabels, LabelStore, soft_cross_entropy
-from .models import model_for
+from .models import default_model, model_for
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class EvalConfig:
     """How a synthetic set is evaluated; `protocol` names the recipe for every number shown."""
 
     protocol: str = "fast"
-    model: str = "convnet"  # ConvNet-3 width 128, instance norm
+    model: str | None = None  # None: the DD ConvNet for the resolution (ConvNet-3 width 128 at 28-32 px)
     epochs: int = 300  # passes over the synthetic set
     lr: float = 0.01  # SGD, per batch of up to 256
     momentum: float = 0.9
@@ -39,7 +39,7 @@ class EvalConfig:
 
     def describe(self) -> str:
         aug = "DSA" if self.dsa else "no augmentation"
-        return (f"{self.protocol}: {self.model}, SGD lr {self.lr} mom {self.momentum} wd {self.weight_decay}, "
+        return (f"{self.protocol}: {self.model or 'ConvNet for the resolution'}, SGD lr {self.lr} mom {self.momentum} wd {self.weight_decay}, "
                 f"batch {self.batch_size}, {self.epochs} epochs (lr x0.1 at half), {aug}, "
                 f"{self.report} accuracy, {self.num_models} networks")
 
@@ -150,6 +150,8 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor | LabelStore, dataset: D
              stop: threading.Event | None = None) -> EvalResult:
     """Train `config.num_models` fresh networks on the synthetic set; report final test accuracy."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config.model is None:  # record the network actually used
+        config = dataclasses.replace(config, model=default_model(dataset.image_size))
     store = labels if isinstance(labels, LabelStore) else HardLabels(labels, dataset.num_classes)
     store.check_config(config, dataset)  # e.g. dynamic labels made for another number of epochs
     t0 = time.perf_counter()

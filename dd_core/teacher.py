@@ -19,7 +19,7 @@ from .models import model_for
 
 # Per dataset: (architecture, epochs). Small enough to train on a 2-core CPU in about a minute.
 RECIPES = {
-    "digits": ("convnet", 30),
+    "digits": ("convnet_d2", 30),
     "mnist": ("convnet_w32", 2),
     "fashion_mnist": ("convnet_w32", 3),
 }
