@@ -63,6 +63,11 @@ class LabelStore:
         """What the targets also depend on but nbytes() leaves out, and why ('' when nothing)."""
         return ""
 
+    def inputs(self, idx: torch.Tensor, views: torch.Tensor, epoch: int) -> torch.Tensor:
+        """What the student is shown for images `idx` in `epoch`: the scheduled views, unless the
+        store only has labels for other views (pruned dynamic labels show their kept views)."""
+        return views
+
     def view_seed(self, default: int) -> int:
         """The seed of the augmentation schedule an evaluation network trains on. A store that
         labelled one recorded schedule returns that schedule's seed, so training sees those views."""

@@ -135,6 +135,9 @@ class Recording(LabelStore):
         super().__init__(store.num_classes)
         self.store, self.calls, self.name = store, [], store.name
 
+    def inputs(self, idx, views, epoch):
+        return self.store.inputs(idx, views, epoch)
+
     def targets(self, idx, views, epoch):
         self.calls.append((epoch, idx.clone(), views.detach().clone()))
         return self.store.targets(idx, views, epoch)
@@ -158,6 +161,25 @@ def test_dynamic_labels_are_for_the_views_trained_on(spec, syn, digits, teacher,
             assert epoch == e0 and torch.equal(idx, i0) and torch.equal(views, v0)  # same seed, same crops
             again = probabilities(teacher.net, views, "cpu", store.temperature)
             assert torch.allclose(store.targets(idx, views, epoch), again, atol=1e-5)
+
+
+def test_pruned_labels_train_only_on_labelled_views(syn, digits, teacher):
+    config = protocol("fast", epochs=10, num_models=1, batch_size=8)
+    store = build_spec("dynamic-pruned:dtype=float32,keep=0.2", syn, digits, teacher, config)
+    replayed = {}  # (epoch, image) -> the scheduled view
+    for epoch, idx, views in views_of(syn, store.record):
+        replayed.update({(epoch, int(i)): v for i, v in zip(idx, views)})
+    rec = Recording(store)
+    evaluate(syn.images, rec, digits, config, device="cpu")
+    shown = 0
+    for epoch, idx, views in rec.calls:
+        again = probabilities(teacher.net, views, "cpu", store.temperature)
+        assert torch.allclose(store.targets(idx, views, epoch), again, atol=1e-5)  # each view has its own label
+        for i, v in zip(idx.tolist(), views):
+            kept_epoch = int(store.kept_[store.slot_[epoch, i], i])
+            assert torch.equal(v, replayed[(kept_epoch, i)])  # the kept view of the nearest kept epoch
+            shown += kept_epoch != epoch
+    assert shown > 0  # pruned (epoch, image) pairs were shown another epoch's labelled view
 
 
 def test_pruned_labels_fall_back_to_the_nearest_kept_epoch(syn, digits, teacher):

@@ -135,22 +135,44 @@ def kept_epochs(epochs: int, n: int, keep: int, seed: int) -> torch.Tensor:
 class PrunedDynamicLabels(DynamicLabels):
     """Dynamic labels with only a random fraction kept per image (LPLD-style label pruning).
 
-    The views are replayed as for `dynamic`; a view whose label was pruned is trained on the kept
-    label of the same image from the nearest epoch (a teacher vector for another view of it)."""
+    The schedule is replayed as for `dynamic`, but the student trains only on labelled views, as
+    in LPLD: where the label of (epoch, image) was pruned, the image's kept view from the nearest
+    epoch is shown instead, with its label. The kept views are re-made from the images and the
+    augmentation seed (no pixels are stored); only the kept labels cost bytes."""
 
     name = "dynamic-pruned"
     OPTIONS = {**DynamicLabels.OPTIONS, "keep": (0.1, "fraction of the E x N labels kept (at least one per image)"),
                "prune_seed": (0, "seed of the random choice of kept labels")}
 
-    def __init__(self, values, indices, *, codec, record, temperature, prune_seed: int):
+    def __init__(self, values, indices, *, codec, record, temperature, prune_seed: int, syn):
         super().__init__(values, indices, codec=codec, record=record, temperature=temperature)
         self.prune_seed = prune_seed  # values: (K, N, k) the K kept labels of each image
-        kept = kept_epochs(record.epochs, values.shape[1], values.shape[0], prune_seed).float()  # (K, N)
-        dist = (torch.arange(record.epochs).float().view(-1, 1, 1) - kept.unsqueeze(0)).abs()  # (E, K, N)
-        self.slot_ = dist.argmin(1)  # (E, N): which kept label each (epoch, image) trains on
+        self.kept_ = kept_epochs(record.epochs, values.shape[1], values.shape[0], prune_seed)  # (K, N)
+        dist = (torch.arange(record.epochs).view(-1, 1, 1) - self.kept_.unsqueeze(0)).abs()  # (E, K, N)
+        self.slot_ = dist.argmin(1)  # (E, N): which kept (view, label) each (epoch, image) trains on
+        self.images, self.dataset_name = syn.images.detach().cpu(), syn.dataset
+        self.views_: torch.Tensor | None = None  # (K, N, c, h, w) kept views, made on first use
 
     def rows(self, epoch, idx):
         return self.slot_[epoch, idx], idx
+
+    def kept_views(self) -> torch.Tensor:
+        """Replay the schedule once and keep the views whose labels were kept."""
+        if self.views_ is None:
+            k, n = self.kept_.shape
+            views = torch.empty(k, n, *self.images.shape[1:])
+            slot_of = torch.full((self.record.epochs, n), -1, dtype=torch.long)  # (E, N) kept slot or -1
+            slot_of[self.kept_, torch.arange(n).expand(k, n)] = torch.arange(k).view(-1, 1).expand(k, n)
+            for epoch, idx, batch in self.record.views(self.images, self.dataset_name):
+                slot = slot_of[epoch, idx]
+                mine = slot >= 0
+                views[slot[mine], idx[mine]] = batch[mine]
+            self.views_ = views
+        return self.views_
+
+    def inputs(self, idx, views, epoch):
+        slot, i = self.rows(epoch, idx.cpu())
+        return self.kept_views()[slot, i].to(views.device)
 
     def nbytes(self):
         return super().nbytes() + SEED_BYTES
@@ -169,7 +191,7 @@ class PrunedDynamicLabels(DynamicLabels):
     def from_state(cls, tensors, meta, syn):
         codec = RowCodec(syn.num_classes, meta["dtype"], int(meta["topk"]))
         return cls(tensors["values"], tensors.get("indices"), codec=codec, record=AugRecord.from_meta(meta),
-                   temperature=float(meta["temperature"]), prune_seed=int(meta["prune_seed"]))
+                   temperature=float(meta["temperature"]), prune_seed=int(meta["prune_seed"]), syn=syn)
 
     @classmethod
     def build(cls, syn, dataset, teacher, config, *, dtype="float16", topk=0, soften=1.0,
@@ -182,4 +204,5 @@ class PrunedDynamicLabels(DynamicLabels):
         per_image = max(1, round(keep * record.epochs))
         kept = kept_epochs(record.epochs, len(syn.images), per_image, prune_seed)  # (K, N)
         values, indices = codec.encode(full[kept, torch.arange(len(syn.images)).expand_as(kept)])  # (K, N, k)
-        return cls(values, indices, codec=codec, record=record, temperature=temperature, prune_seed=prune_seed)
+        return cls(values, indices, codec=codec, record=record, temperature=temperature, prune_seed=prune_seed,
+                   syn=syn)
