@@ -4,7 +4,7 @@ that each lighter store keeps, at what fraction of their bytes. Writes a markdow
 
     DD_DATA_ROOT=<data> python -m benchmarks.labels_bench --dataset digits --ipc 1 10 --networks 3
     DD_DATA_ROOT=<data> python -m benchmarks.labels_bench --dataset mnist --ipc 1 10 --epochs 100 \\
-        --model convnet_w32 --dm-steps 200 --out bench_out/labels_mnist.md
+        --model convnet_w32 --dm-steps 200 --dm-model convnet_w32
 """
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ from dd_core.teacher import get_teacher
 from dd_core.tradeoff import DEFAULT_STORES, markdown, run_tradeoff, summary
 
 
-def distill_dm(dataset, ipc: int, steps: int | None, seed: int):
-    """A DM set with the fast preset (steps: the preset's default unless given)."""
+def distill_dm(dataset, ipc: int, steps: int | None, seed: int, model: str | None):
+    """A DM set with the fast preset (steps and network: the preset's unless given)."""
     steps = steps or METHODS.get("dm").default_steps("fast", dataset=dataset.name, ipc=ipc)
+    method = make_method("dm", preset="fast", dataset=dataset.name, ipc=ipc, **({"model": model} if model else {}))
     t0 = time.perf_counter()
-    snap = run_to_end(dataset, make_method("dm", preset="fast", dataset=dataset.name, ipc=ipc), method_name="dm",
-                      ipc=ipc, steps=steps, seed=seed, device=torch.device("cpu"))
+    snap = run_to_end(dataset, method, method_name="dm", ipc=ipc, steps=steps, seed=seed, device=torch.device("cpu"))
     return snap.synthetic, steps, time.perf_counter() - t0
 
 
@@ -55,6 +55,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None, help="evaluation epochs (default: the fast protocol's 300)")
     p.add_argument("--model", default=None, help="evaluation network (default: the DD ConvNet for the resolution)")
     p.add_argument("--dm-steps", type=int, default=None, help="DM steps (default: the fast preset's)")
+    p.add_argument("--dm-model", default=None, help="DM's embedding network (default: the fast preset's)")
     p.add_argument("--stores", nargs="*", default=DEFAULT_STORES)
     p.add_argument("--image-format", default="uint8")
     p.add_argument("--threads", type=int, default=1)
@@ -74,13 +75,13 @@ def main() -> None:
                 f"({time.perf_counter() - t0:.0f} s to train or load). Protocol: {config.describe()}."]
     rows = []
     for ipc in args.ipc:
-        syn, steps, dm_seconds = distill_dm(dataset, ipc, args.dm_steps, args.seed)
+        syn, steps, dm_seconds = distill_dm(dataset, ipc, args.dm_steps, args.seed, args.dm_model)
         t1 = time.perf_counter()
         result = run_tradeoff(syn, dataset, config, args.stores, image_format=args.image_format, teacher=teacher,
                               device=torch.device("cpu"),
                               progress=lambda f, t: print(f"\r[ipc {ipc} {f:4.0%}] {t[:90]:90s}", end="", flush=True))
         print()
-        sections += [f"### IPC {ipc}: DM ({steps} steps, {dm_seconds:.0f} s) and a random real subset, "
+        sections += [f"### IPC {ipc}: DM ({steps} steps of {syn.config.get('model')}, {dm_seconds:.0f} s) and a random real subset, "
                      f"{len(syn.images)} images as {args.image_format}; {time.perf_counter() - t1:.0f} s of evaluation",
                      markdown(result), share_table(result), summary(result).replace("\n", "  \n")]
         sections += [f"Not counted: {n}." for n in sorted({p.uncounted for p in result.points if p.uncounted})]

@@ -30,7 +30,8 @@ def quick_teacher(monkeypatch):
 
 def run(**kw):
     args = dict(source=labels_tab.SOURCES[0], upload=None, current_path=None, ticked=["hard"], extra="",
-                protocol="fast", epochs=1, networks=1, image_format="uint8", random_set=False)
+                protocol="fast", epochs=1, networks=1, arch=labels_tab.SAME_ARCH, image_format="uint8",
+                random_set=False)
     args.update(kw)
     return list(labels_tab.run_labels(*args.values()))
 
@@ -44,6 +45,11 @@ def test_the_tab_measures_and_draws(tiny_file, quick_teacher):
     assert "1 epochs" in report  # the recipe behind the numbers is named
 
 
+def test_another_evaluation_network_is_named(tiny_file, quick_teacher):
+    status, _, report = run(current_path=tiny_file, arch="convnet_w32")[-1]
+    assert status.startswith("✓ Done") and "fast: convnet_w32" in report
+
+
 @pytest.mark.parametrize("kw, message", [
     (dict(), "no synthetic set yet"),
     (dict(source=labels_tab.SOURCES[1]), "Upload a synthetic set"),
@@ -51,6 +57,7 @@ def test_the_tab_measures_and_draws(tiny_file, quick_teacher):
     (dict(current_path="TINY", extra="soft:topk=two"), "takes an integer"),
     (dict(current_path="TINY", networks=9), "between 1 and"),
     (dict(current_path="TINY", epochs=-3), "Epochs must be"),
+    (dict(current_path="TINY", arch="vgg"), "Unknown architecture"),
 ])
 def test_bad_input_gives_a_message_not_a_traceback(kw, message, tiny_file):
     kw = {k: tiny_file if v == "TINY" else v for k, v in kw.items()}
