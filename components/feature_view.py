@@ -13,7 +13,8 @@ from dd_core import embed
 from . import evaluate_run, inputs
 from .sessions import Session
 
-MAX_PATH_POINTS = 12  # snapshots per path: enough to see the drift, few enough to transform fast
+MAX_PATH_POINTS = 12  # snapshots per path: enough to see the drift
+MAX_UMAP_POINTS = 600  # synthetic points placed by UMAP per map (transform: seconds per 1000 on a busy CPU)
 
 
 @dataclass
@@ -36,15 +37,15 @@ class MapView:
     dataset_spec: str  # what load_dataset needs to show the nearest real image
 
 
-def _path_snapshots(session: Session) -> list[tuple[int, torch.Tensor]]:
-    """Up to MAX_PATH_POINTS kept snapshots, evenly spread, ending at the current images."""
+def _path_snapshots(session: Session, limit: int) -> list[tuple[int, torch.Tensor]]:
+    """Up to `limit` kept snapshots, evenly spread, ending at the current images."""
     run = session.run
     kept = list(run.kept)
     final = run.final
     if not kept or kept[-1][0] != final.steps:
         kept.append((final.steps, final.images))
-    if len(kept) > MAX_PATH_POINTS:
-        picks = np.linspace(0, len(kept) - 1, MAX_PATH_POINTS).round().astype(int)
+    if len(kept) > limit:
+        picks = np.linspace(0, len(kept) - 1, max(1, limit)).round().astype(int)
         kept = [kept[i] for i in sorted(set(picks.tolist()))]
     return kept
 
@@ -61,8 +62,9 @@ def compute_view(session: Session, kind: str, projection: str, *, paths: bool = 
     """Project the session's current set (and its path) with the real map's PCA or UMAP."""
     dataset, m = real_map_for(session, kind)
     syn = session.current()
-    snaps = _path_snapshots(session) if paths else [(syn.steps, syn.images)]
     n = len(syn.labels)
+    limit = MAX_PATH_POINTS if projection == "PCA" else max(2, min(MAX_PATH_POINTS, MAX_UMAP_POINTS // n))
+    snaps = _path_snapshots(session, limit) if paths else [(syn.steps, syn.images)]
     feats = m.embed(torch.cat([images for _, images in snaps]))  # (snapshots * n, d)
     if projection == "UMAP":
         embed.fit_umap(m)
@@ -89,19 +91,26 @@ def _show(img: torch.Tensor, side: int) -> Image.Image:
     return pil.resize((side, side), Image.NEAREST)
 
 
-def pair_image(session: Session, view: MapView, index: int, side: int = 160) -> Image.Image:
+def pair_image(session: Session, view: MapView, index: int, side: int = 200) -> Image.Image:
     """Synthetic image `index` beside its nearest real image, captioned."""
+    from PIL import ImageFont
+
     syn = session.current()
     index = int(index)
     if not 0 <= index < len(syn.labels):
         raise inputs.UserError(f"There is no synthetic image #{index}; choose 0 to {len(syn.labels) - 1}.")
     dataset = inputs.open_dataset(view.dataset_spec)
     real = dataset.denormalize(dataset.x_train[int(view.nearest_idx[index])][None])[0]
-    out = Image.new("RGB", (2 * side + 30, side + 36), "white")
-    out.paste(_show(syn.denormalized()[index], side), (10, 30))
-    out.paste(_show(real, side), (side + 20, 30))
-    draw = ImageDraw.Draw(out)
-    draw.text((10, 8), f"synthetic #{index} ({view.classes[view.syn_labels[index]]})", fill=(30, 30, 30))
-    draw.text((side + 20, 8), f"nearest real ({view.classes[view.nearest_label[index]]}), "
-                              f"d={view.nearest_dist[index]:.2f}", fill=(30, 30, 30))
+    top, gap = 48, 20
+    out = Image.new("RGB", (2 * side + 3 * gap, side + top + gap), "white")
+    out.paste(_show(syn.denormalized()[index], side), (gap, top))
+    out.paste(_show(real, side), (side + 2 * gap, top))
+    draw, font = ImageDraw.Draw(out), ImageFont.load_default(size=14)
+    captions = ((f"synthetic #{index}", f"class {view.classes[view.syn_labels[index]]}"),
+                ("nearest real image", f"class {view.classes[view.nearest_label[index]]}, "
+                                       f"distance {view.nearest_dist[index]:.2f}"))
+    for k, (first, second) in enumerate(captions):
+        x = gap + k * (side + gap)
+        draw.text((x, 6), first, fill=(20, 20, 20), font=font)
+        draw.text((x, 24), second, fill=(90, 90, 90), font=font)
     return out

@@ -66,7 +66,7 @@ def map_figure(view, *, title: str, revision: str, show_paths: bool = True) -> g
     for c, name in enumerate(classes):
         mask = view.real_labels == c
         if mask.any():
-            fig.add_trace(go.Scattergl(
+            fig.add_trace(go.Scatter(  # SVG, not WebGL: draws everywhere, fine for a few thousand points
                 x=view.real_xy[mask, 0], y=view.real_xy[mask, 1], mode="markers", name=f"real {name}",
                 legendgroup=str(c), showlegend=False, hovertemplate=f"real · class {name}<extra></extra>",
                 marker=dict(size=4, color=class_colour(c), opacity=0.3)))

@@ -4,14 +4,15 @@ The map is fitted once per dataset and feature network on a class-balanced sampl
 MAX_MAP_POINTS real images (UMAP switches to slow approximate neighbours above ~4096 rows), and
 synthetic images are *placed* on it with `transform`: they never move the real points. PCA is
 fitted at the same time and costs milliseconds, so it serves as the live view while UMAP fits.
-UMAP's transform cannot extrapolate (it puts new points near their nearest real neighbours), so
+UMAP itself runs in a separate worker process (umap_worker.py), so numba's compilation never
+stalls the caller. UMAP's transform cannot extrapolate (it puts new points near their nearest real neighbours), so
 `nearest` gives each synthetic image's distance to its closest real image in the same features.
 """
 from __future__ import annotations
 
 import hashlib
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,12 +20,14 @@ import torch
 from .data import Dataset
 from .models import model_for
 from .teacher import features, get_teacher
+from .umap_worker import MissingMap, UmapWorker
 
 MAX_MAP_POINTS = 4000  # real points the map is fitted on
 MAX_NEAREST_POOL = 20_000  # real images searched for each synthetic image's nearest neighbour
 FEATURE_KINDS = ("trained", "random")
 _maps: dict[tuple, "RealMap"] = {}
 _lock = threading.Lock()
+WORKER = UmapWorker()  # one UMAP process for everybody; fitted maps are shared read-only
 
 
 def feature_net(dataset: Dataset, kind: str, device=None) -> tuple[torch.nn.Module, str]:
@@ -67,9 +70,8 @@ class RealMap:
     pca_axes: np.ndarray  # (d, 2)
     pool_idx: torch.Tensor  # (p,) training-set indices searched by nearest()
     pool_feats: torch.Tensor  # (p, d)
-    umap_: object = None  # the fitted reducer, once fit_umap() has run
-    umap_xy: np.ndarray | None = None  # (n, 2)
-    umap_lock: threading.Lock = field(default_factory=threading.Lock)
+    umap_xy: np.ndarray | None = None  # (n, 2), once fit_umap() has run
+    umap_seed: int = 0
 
     def embed(self, images: torch.Tensor) -> np.ndarray:
         """(m, c, h, w) normalized images -> (m, d) features."""
@@ -83,10 +85,14 @@ class RealMap:
         return (feats - self.pca_mean) @ self.pca_axes  # (m, 2)
 
     def umap(self, feats: np.ndarray) -> np.ndarray:
-        if self.umap_ is None:
-            raise RuntimeError("UMAP is not fitted yet; call fit_umap(map) first")
-        with self.umap_lock:  # one transform at a time on a shared reducer
-            return np.asarray(self.umap_.transform(feats), dtype=np.float32)
+        """Place new points on the fitted UMAP of the real features (fits it first if needed)."""
+        if self.umap_xy is None:
+            fit_umap(self)
+        try:
+            return WORKER.transform(self.key, feats)
+        except MissingMap:  # the worker was restarted and lost its maps: fit again, once
+            WORKER.fit(self.key, self.feats, self.umap_seed)
+            return WORKER.transform(self.key, feats)
 
     def nearest(self, feats: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """Distance to, and training-set index of, the closest real image of each row of `feats`."""
@@ -128,25 +134,16 @@ def real_map(dataset: Dataset, kind: str = "trained", *, device=None, seed: int 
 
 
 def fit_umap(m: RealMap, *, seed: int = 0) -> RealMap:
-    """Fit UMAP on the map's real features (once; later calls return at once)."""
-    with m.umap_lock:
-        if m.umap_ is not None:
-            return m
-        import umap  # slow first import (numba); kept out of start-up
-
-        reducer = umap.UMAP(n_neighbors=15, min_dist=0.1, random_state=seed, transform_seed=seed)
-        m.umap_xy = np.asarray(reducer.fit_transform(m.feats), dtype=np.float32)
-        m.umap_ = reducer
+    """Fit UMAP on the map's real features in the worker (once per map; later calls return at once)."""
+    if m.umap_xy is None:
+        m.umap_xy, m.umap_seed = WORKER.fit(m.key, m.feats, seed), seed
     return m
 
 
-def warm_up() -> None:
-    """Compile numba's UMAP code (cached on disk by NUMBA_CACHE_DIR) and the digits map's network."""
-    import umap
+def umap_ready(m: RealMap) -> bool:
+    return m.umap_xy is not None
 
-    rng = np.random.default_rng(0)
-    reducer = umap.UMAP(n_neighbors=15, random_state=0).fit(rng.normal(size=(400, 16)).astype(np.float32))
-    reducer.transform(rng.normal(size=(20, 16)).astype(np.float32))
-    from .data import load_dataset
 
-    fit_umap(real_map(load_dataset("digits"), "trained"))
+def warm_up(digits_map: bool = True) -> None:
+    """Have the worker compile UMAP's code and (optionally) fit the digits map ahead of any request."""
+    WORKER.call("warm", None, digits_map)

@@ -1,0 +1,164 @@
+"""UMAP in its own low-priority process.
+
+umap-learn compiles with numba: tens of seconds of single-threaded work that holds the GIL, and
+part of it is compiled again in every new process. Run inside a server, that stalls every other
+request. So one long-lived child process does all fitting and transforming: it compiles once
+(while the app is already usable), keeps the fitted reducers by key, and answers over a pipe.
+
+Protocol: length-prefixed pickles over the child's stdin/stdout, one request at a time; this is a
+private channel between two processes of this program, never a network one.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+UMAP_SETTINGS = dict(n_neighbors=15, min_dist=0.5)  # min_dist 0.5 (default 0.1) keeps classes from collapsing to dots under the markers
+
+
+def _send(stream, obj) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(struct.pack("<Q", len(data)))
+    stream.write(data)
+    stream.flush()
+
+
+def _recv(stream):
+    header = stream.read(8)
+    if len(header) < 8:
+        raise EOFError("the other side closed the pipe")
+    (n,) = struct.unpack("<Q", header)
+    return pickle.loads(stream.read(n))
+
+
+# -- the child ------------------------------------------------------------------------------------
+
+
+def _fit(reducers: dict, key, feats: np.ndarray, seed: int) -> np.ndarray:
+    if key not in reducers:
+        import umap
+
+        reducer = umap.UMAP(random_state=seed, transform_seed=seed, **UMAP_SETTINGS)
+        reducer.fit(feats)
+        reducers[key] = reducer
+    return np.asarray(reducers[key].embedding_, dtype=np.float32)
+
+
+def _warm(reducers: dict, digits_map: bool) -> str:
+    """Compile numba's code paths on tiny data; optionally fit the digits map in advance."""
+    import umap
+
+    rng = np.random.default_rng(0)
+    tiny = umap.UMAP(random_state=0, **UMAP_SETTINGS).fit(rng.normal(size=(300, 16)).astype(np.float32))
+    tiny.transform(rng.normal(size=(10, 16)).astype(np.float32))
+    if digits_map:
+        import torch
+
+        torch.set_num_threads(1)
+        from .data import load_dataset
+        from .embed import real_map
+
+        m = real_map(load_dataset("digits"), "trained")  # trains and caches the teacher on first use
+        _fit(reducers, m.key, m.feats, seed=0)
+        reducers[m.key].transform(m.feats[:10])
+    return "warm"
+
+
+def serve(inp, out) -> None:
+    """Answer requests until the parent closes the pipe."""
+    reducers: dict = {}
+    while True:
+        try:
+            cmd, key, payload = _recv(inp)
+        except EOFError:
+            return
+        try:
+            if cmd == "ping":
+                result = "pong"
+            elif cmd == "fit":
+                result = _fit(reducers, key, payload["feats"], payload["seed"])
+            elif cmd == "transform":
+                if key not in reducers:
+                    raise KeyError(f"no map fitted under {key!r}")
+                result = np.asarray(reducers[key].transform(payload), dtype=np.float32)
+            elif cmd == "warm":
+                result = _warm(reducers, bool(payload))
+            else:
+                raise ValueError(f"unknown command {cmd!r}")
+            reply = ("ok", result)
+        except KeyError as err:
+            reply = ("missing", str(err))
+        except Exception as err:  # noqa: BLE001 - reported to the parent, the worker stays up
+            reply = ("error", f"{type(err).__name__}: {err}")
+        _send(out, reply)
+
+
+def main() -> None:
+    proto_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything a library prints goes to stderr, never into the protocol
+    serve(sys.stdin.buffer, proto_out)
+
+
+# -- the parent -----------------------------------------------------------------------------------
+
+
+class MissingMap(KeyError):
+    """The worker has no map under that key (e.g. it was restarted); fit again."""
+
+
+class UmapWorker:
+    """Client of the worker process; started on first use, restarted if it dies."""
+
+    def __init__(self, nice: int = 10):
+        self.nice = nice
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+
+    def _ensure(self) -> subprocess.Popen:
+        if self._proc is None or self._proc.poll() is not None:
+            env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
+            root = Path(__file__).resolve().parent.parent
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "dd_core.umap_worker"], cwd=root, env=env, stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                preexec_fn=(lambda: os.nice(self.nice)) if os.name == "posix" and self.nice else None)
+        return self._proc
+
+    def call(self, cmd: str, key=None, payload=None):
+        with self._lock:
+            proc = self._ensure()
+            try:
+                _send(proc.stdin, (cmd, key, payload))
+                status, result = _recv(proc.stdout)
+            except (EOFError, BrokenPipeError, OSError) as err:
+                self._proc = None
+                raise RuntimeError(f"the UMAP worker stopped ({err}); try again") from None
+        if status == "missing":
+            raise MissingMap(result)
+        if status == "error":
+            raise RuntimeError(f"UMAP failed: {result}")
+        return result
+
+    def fit(self, key, feats: np.ndarray, seed: int = 0) -> np.ndarray:
+        return self.call("fit", key, {"feats": np.ascontiguousarray(feats, dtype=np.float32), "seed": seed})
+
+    def transform(self, key, feats: np.ndarray) -> np.ndarray:
+        return self.call("transform", key, np.ascontiguousarray(feats, dtype=np.float32))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.stdin.close()
+                self._proc.wait(timeout=10)
+            self._proc = None
+
+
+if __name__ == "__main__":
+    main()
