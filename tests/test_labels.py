@@ -92,13 +92,25 @@ def test_projector_counts_only_updates_head_and_seed(syn, digits, teacher, confi
     head = 32 * C + C
     assert store.nbytes() == (lora + head) * 2 + 8
     assert "not counted" in store.uncounted() and "regenerated from seed" in store.uncounted()
+    light = build("projector", syn, digits, teacher, config, head_rank=2, rank=1, **QUICK["projector"])
+    assert light.nbytes() == (1 * (32 + 9) + 2 * 1 * (32 + 288) + 2 * (C + 32) + C) * 2 + 8
+
+
+def test_pruned_fills_cost_what_they_say(syn, digits, teacher, config):
+    n = len(syn.images)
+    for fill, extra in (("view", 0), ("label", 0), ("hard", n * 1)):
+        store = build_spec(f"dynamic-pruned:keep=0.34,fill={fill}", syn, digits, teacher, config)
+        assert store.nbytes() == n * C * 2 + 16 + 8 + extra
+    with pytest.raises(ValueError, match="valid fills are"):
+        build_spec("dynamic-pruned:fill=zero", syn, digits, teacher, config)
 
 
 # -- valid targets ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("spec", ["soft:dtype=int8", "soft:topk=1", "soft:topk=3", "soft:dtype=int8,topk=2",
-                                  "dynamic:dtype=int8,topk=2", "distance", "distance:per_view=1"])
+                                  "dynamic:dtype=int8,topk=2", "distance", "distance:per_view=1",
+                                  "dynamic-pruned:keep=0.34,fill=hard"])
 def test_compressed_targets_are_distributions(spec, syn, digits, teacher, config):
     store = build_spec(spec, syn, digits, teacher, config)
     for epoch in range(config.epochs):
@@ -216,9 +228,14 @@ def test_projector_reproduces_the_teacher_better_than_chance(syn, digits, teache
 # -- every store round-trips through the synthetic-set file ----------------------------------------------------
 
 
-@pytest.mark.parametrize("name", LABEL_STORES.names())
-def test_every_store_round_trips_through_the_file(name, syn, digits, teacher, config):
-    store = build(name, syn, digits, teacher, config, **QUICK.get(name, {}))
+VARIANTS = [(name, QUICK.get(name, {})) for name in LABEL_STORES.names()] + [
+    ("soft", {"topk": 2, "dtype": "int8"}), ("dynamic-pruned", {"fill": "hard", "keep": 0.5}),
+    ("distance", {"per_view": True}), ("projector", {**QUICK["projector"], "head_rank": 2})]
+
+
+@pytest.mark.parametrize("name, options", VARIANTS, ids=[f"{n}{o}" for n, o in VARIANTS])
+def test_every_store_round_trips_through_the_file(name, options, syn, digits, teacher, config):
+    store = build(name, syn, digits, teacher, config, **options)
     holder = syn.clone()
     attach(holder, store)
     assert holder.extra_meta["label_store"] == name

@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..augment import dsa_for
-from ..labels import AUG_RECORD_BYTES, LABEL_STORES, SEED_BYTES, LabelStore
+from ..labels import AUG_RECORD_BYTES, LABEL_STORES, SEED_BYTES, LabelStore, index_bytes
 from ..teacher import probabilities
 from .soft import SOFTEN, VALUE_DTYPE, RowCodec, teacher_device, teacher_temperature
 
@@ -135,18 +136,23 @@ def kept_epochs(epochs: int, n: int, keep: int, seed: int) -> torch.Tensor:
 class PrunedDynamicLabels(DynamicLabels):
     """Dynamic labels with only a random fraction kept per image (LPLD-style label pruning).
 
-    The schedule is replayed as for `dynamic`, but the student trains only on labelled views, as
-    in LPLD: where the label of (epoch, image) was pruned, the image's kept view from the nearest
-    epoch is shown instead, with its label. The kept views are re-made from the images and the
-    augmentation seed (no pixels are stored); only the kept labels cost bytes."""
+    The schedule is replayed as for `dynamic`. What a pruned (epoch, image) trains on is `fill`:
+    "view" (LPLD: the student trains only on labelled views; the image's kept view from the
+    nearest epoch is shown, with its label; kept views are re-made from the images and the seed,
+    no pixels are stored), "label" (the scheduled view with the nearest kept label, made for
+    another view) or "hard" (the scheduled view with its one-hot label; costs N hard labels)."""
 
     name = "dynamic-pruned"
+    FILLS = ("view", "label", "hard")
     OPTIONS = {**DynamicLabels.OPTIONS, "keep": (0.1, "fraction of the E x N labels kept (at least one per image)"),
-               "prune_seed": (0, "seed of the random choice of kept labels")}
+               "prune_seed": (0, "seed of the random choice of kept labels"),
+               "fill": ("view", "what a pruned view trains on: view (LPLD), label or hard")}
 
-    def __init__(self, values, indices, *, codec, record, temperature, prune_seed: int, syn):
+    def __init__(self, values, indices, *, codec, record, temperature, prune_seed: int, syn, fill: str = "view"):
         super().__init__(values, indices, codec=codec, record=record, temperature=temperature)
-        self.prune_seed = prune_seed  # values: (K, N, k) the K kept labels of each image
+        if fill not in self.FILLS:
+            raise ValueError(f"unknown fill {fill!r}; valid fills are: {', '.join(self.FILLS)}")
+        self.prune_seed, self.fill, self.labels = prune_seed, fill, syn.labels  # values: (K, N, k) kept labels
         self.kept_ = kept_epochs(record.epochs, values.shape[1], values.shape[0], prune_seed)  # (K, N)
         dist = (torch.arange(record.epochs).view(-1, 1, 1) - self.kept_.unsqueeze(0)).abs()  # (E, K, N)
         self.slot_ = dist.argmin(1)  # (E, N): which kept (view, label) each (epoch, image) trains on
@@ -171,32 +177,47 @@ class PrunedDynamicLabels(DynamicLabels):
         return self.views_
 
     def inputs(self, idx, views, epoch):
+        if self.fill != "view":
+            return views
         slot, i = self.rows(epoch, idx.cpu())
         return self.kept_views()[slot, i].to(views.device)
 
+    def targets(self, idx, views=None, epoch=0):
+        out = super().targets(idx, views, epoch)
+        if self.fill == "hard":  # where this epoch's label was pruned: the one-hot label
+            i = idx.cpu()
+            pruned = self.kept_[self.slot_[epoch, i], i] != epoch  # (n,)
+            out[pruned] = F.one_hot(self.labels[i][pruned], self.num_classes).float()
+        return out
+
     def nbytes(self):
-        return super().nbytes() + SEED_BYTES
+        hard = len(self.labels) * index_bytes(self.num_classes) if self.fill == "hard" else 0
+        return super().nbytes() + SEED_BYTES + hard
 
     def formula(self):
         k, n = self.values.shape[:2]
+        hard = f" + N x {index_bytes(self.num_classes)} B hard labels" if self.fill == "hard" else ""
         return (f"K x N x {self.codec.row_formula()} + {AUG_RECORD_BYTES} B augmentation record + "
-                f"{SEED_BYTES} B pruning seed; K = {k} of E = {self.record.epochs} labels kept per image, "
-                f"N = {n}, T = {self.temperature:g}")
+                f"{SEED_BYTES} B pruning seed{hard}; K = {k} of E = {self.record.epochs} labels kept per image, "
+                f"N = {n}, T = {self.temperature:g}, pruned views: {self.fill}")
 
     def state(self):
         tensors, meta = super().state()
-        return tensors, {**meta, "prune_seed": str(self.prune_seed)}
+        return tensors, {**meta, "prune_seed": str(self.prune_seed), "fill": self.fill}
 
     @classmethod
     def from_state(cls, tensors, meta, syn):
         codec = RowCodec(syn.num_classes, meta["dtype"], int(meta["topk"]))
         return cls(tensors["values"], tensors.get("indices"), codec=codec, record=AugRecord.from_meta(meta),
-                   temperature=float(meta["temperature"]), prune_seed=int(meta["prune_seed"]), syn=syn)
+                   temperature=float(meta["temperature"]), prune_seed=int(meta["prune_seed"]), syn=syn,
+                   fill=meta["fill"])
 
     @classmethod
     def build(cls, syn, dataset, teacher, config, *, dtype="float16", topk=0, soften=1.0,
-              keep=0.1, prune_seed=0):
+              keep=0.1, prune_seed=0, fill="view"):
         temperature = teacher_temperature(teacher, dataset, soften)
+        if fill not in cls.FILLS:
+            raise ValueError(f"unknown fill {fill!r}; valid fills are: {', '.join(cls.FILLS)}")
         if not 0 < keep <= 1:
             raise ValueError(f"keep must be a fraction in (0, 1]; got {keep}")
         codec, record = RowCodec(syn.num_classes, dtype, topk), AugRecord.for_config(config)
@@ -205,4 +226,4 @@ class PrunedDynamicLabels(DynamicLabels):
         kept = kept_epochs(record.epochs, len(syn.images), per_image, prune_seed)  # (K, N)
         values, indices = codec.encode(full[kept, torch.arange(len(syn.images)).expand_as(kept)])  # (K, N, k)
         return cls(values, indices, codec=codec, record=record, temperature=temperature, prune_seed=prune_seed,
-                   syn=syn)
+                   syn=syn, fill=fill)

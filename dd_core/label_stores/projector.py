@@ -1,12 +1,13 @@
-"""An image-to-label projector, in the spirit of HeLlO (Zhong et al., "Heavy Labels Out!", 2025):
-labels are generated online from each augmented synthetic view by a network whose backbone costs
-nothing to store, plus a small learned head and low-rank weight updates fitted to mimic the teacher
-on the real training data.
+"""An image-to-label projector, in the spirit of HeLlO (dataset distillation with a lightened
+label space): labels are generated online from each augmented synthetic view by a network whose
+backbone costs nothing to store, plus a small head and low-rank weight updates fitted to mimic the
+teacher on the real training data.
 
 HeLlO's backbone is a public pretrained encoder (CLIP). None is available offline for 8x8 digits or
 MNIST, so here the backbone is a ConvNet regenerated from a seed (random features): only the seed
-(8 B) is counted, the backbone's own size is reported separately. What is counted: for every conv
-layer a rank-r update A (out x r) @ B (r x in*k*k), and the linear head (C x d + C), all float16.
+(8 B) is counted, the backbone's own size is reported separately. What is counted, all float16: for
+every conv layer a rank-r update A (out x r) @ B (r x in*k*k), and the head: either learned whole
+(C x d + C) or, with head_rank r_h > 0, the seeded head plus a rank-r_h update (r_h x (C + d) + C).
 """
 from __future__ import annotations
 
@@ -42,39 +43,50 @@ class LowRankUpdate(nn.Module):
         return weight + (self.a @ self.b).view_as(weight)
 
 
-def projector_net(syn, arch: str, seed: int, rank: int) -> tuple[nn.Module, list[LowRankUpdate]]:
-    """The seeded backbone with a low-rank update on every conv layer; only updates and head learn."""
+def projector_net(syn, arch: str, seed: int, rank: int, head_rank: int = 0
+                  ) -> tuple[nn.Module, dict[str, LowRankUpdate]]:
+    """The seeded backbone with a low-rank update on every conv layer ("lora<i>"), and a head that
+    is learned whole (head_rank 0) or is the seeded head plus a low-rank update ("head")."""
     net = network_for(syn, arch, seed=seed)
     for p in net.parameters():
         p.requires_grad_(False)
     g = torch.Generator().manual_seed(seed + 1)
-    updates = []
-    for conv in [m for m in net.modules() if isinstance(m, nn.Conv2d)]:
-        update = LowRankUpdate(conv.out_channels, conv.weight[0].numel(), rank, g)
-        parametrize.register_parametrization(conv, "weight", update)
-        updates.append(update)
-    for p in net.classifier.parameters():
-        p.requires_grad_(True)
+    updates = {}
+    for i, conv in enumerate(m for m in net.modules() if isinstance(m, nn.Conv2d)):
+        updates[f"lora{i}"] = LowRankUpdate(conv.out_channels, conv.weight[0].numel(), rank, g)
+        parametrize.register_parametrization(conv, "weight", updates[f"lora{i}"])
+    head = net.classifier
+    if head_rank:
+        updates["head"] = LowRankUpdate(head.out_features, head.in_features, head_rank, g)
+        parametrize.register_parametrization(head, "weight", updates["head"])
+    else:
+        head.weight.requires_grad_(True)
+    head.bias.requires_grad_(True)
     return net.eval(), updates  # eval: a batch-norm backbone keeps its (seeded) statistics
 
 
-def learned(net: nn.Module, updates: list[LowRankUpdate]) -> dict[str, torch.Tensor]:
-    tensors = {"head.weight": net.classifier.weight, "head.bias": net.classifier.bias}
-    for i, u in enumerate(updates):
-        tensors[f"lora{i}.a"], tensors[f"lora{i}.b"] = u.a, u.b
-    return {k: v.detach().cpu().half() for k, v in tensors.items()}  # stored as float16
+def learned(net: nn.Module, updates: dict[str, LowRankUpdate]) -> dict[str, torch.Tensor]:
+    """The numbers a projector stores (float16): the low-rank factors, the head's bias, and its
+    weight when that is learned whole."""
+    tensors = {"head.bias": net.classifier.bias}
+    if "head" not in updates:
+        tensors["head.weight"] = net.classifier.weight
+    for name, u in updates.items():
+        tensors[f"{name}.a"], tensors[f"{name}.b"] = u.a, u.b
+    return {k: v.detach().cpu().half() for k, v in tensors.items()}
 
 
-def load_learned(net: nn.Module, updates: list[LowRankUpdate], tensors: dict[str, torch.Tensor]) -> None:
+def load_learned(net: nn.Module, updates: dict[str, LowRankUpdate], tensors: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
-        net.classifier.weight.copy_(tensors["head.weight"].float())
+        if "head" not in updates:
+            net.classifier.weight.copy_(tensors["head.weight"].float())
         net.classifier.bias.copy_(tensors["head.bias"].float())
-        for i, u in enumerate(updates):
-            u.a.copy_(tensors[f"lora{i}.a"].float())
-            u.b.copy_(tensors[f"lora{i}.b"].float())
+        for name, u in updates.items():
+            u.a.copy_(tensors[f"{name}.a"].float())
+            u.b.copy_(tensors[f"{name}.b"].float())
 
 
-def fit(net, updates, dataset, teacher, *, steps: int, batch: int, lr: float, temperature: float, seed: int) -> None:
+def fit(net, dataset, teacher, *, steps: int, batch: int, lr: float, temperature: float, seed: int) -> None:
     """Soft cross-entropy to the teacher on DSA-augmented real training images (what evaluation will show it)."""
     device = teacher_device(teacher)
     net.to(device)
@@ -102,16 +114,17 @@ class ProjectorLabels(LabelStore):
     needs_teacher = True
     OPTIONS = {"arch": ("auto", "backbone network, regenerated from its seed ('auto': the teacher's architecture)"),
                "rank": (4, "rank of the update of every conv layer"),
+               "head_rank": (0, "0: learn the whole head (C x d); r > 0: the seeded head + a rank-r update"),
                "seed": (0, "seed the backbone is regenerated from"),
                "steps": (300, "Adam steps of the fit on augmented real images"),
                "batch": (256, "real images per fitting step"),
                "lr": (0.01, "Adam learning rate of the fit"),
                "soften": SOFTEN}
 
-    def __init__(self, syn, tensors: dict[str, torch.Tensor], *, arch: str, seed: int, rank: int):
+    def __init__(self, syn, tensors: dict[str, torch.Tensor], *, arch: str, seed: int, rank: int, head_rank: int):
         super().__init__(syn.num_classes)
-        self.arch, self.seed, self.rank = arch, seed, rank
-        self.net, updates = projector_net(syn, arch, seed, rank)
+        self.arch, self.seed, self.rank, self.head_rank = arch, seed, rank, head_rank
+        self.net, updates = projector_net(syn, arch, seed, rank, head_rank)
         self.tensors = tensors
         load_learned(self.net, updates, tensors)
         plain = network_for(syn, arch)
@@ -129,8 +142,9 @@ class ProjectorLabels(LabelStore):
     def formula(self):
         lora = sum(v.numel() for k, v in self.tensors.items() if k.startswith("lora"))
         head = sum(v.numel() for k, v in self.tensors.items() if k.startswith("head"))
+        shape = f"r_h x (C + d) + C, r_h = {self.head_rank}" if self.head_rank else "C x d + C"
         return (f"({lora:,} low-rank numbers: sum over conv layers of r x (out + in x k x k), r = {self.rank}; "
-                f"+ {head:,} head numbers: C x d + C) x 2 B float16 + {SEED_BYTES} B backbone seed")
+                f"+ {head:,} head numbers: {shape}) x 2 B float16 + {SEED_BYTES} B backbone seed")
 
     def uncounted(self):
         p = self.backbone_parameters
@@ -138,30 +152,34 @@ class ProjectorLabels(LabelStore):
                 f"from seed {self.seed} (no public pretrained encoder is available offline for these datasets)")
 
     def state(self):
-        return dict(self.tensors), {"arch": self.arch, "seed": str(self.seed), "rank": str(self.rank)}
+        return dict(self.tensors), {"arch": self.arch, "seed": str(self.seed), "rank": str(self.rank),
+                                    "head_rank": str(self.head_rank)}
 
     @classmethod
     def from_state(cls, tensors, meta, syn):
-        return cls(syn, tensors, arch=meta["arch"], seed=int(meta["seed"]), rank=int(meta["rank"]))
+        return cls(syn, tensors, arch=meta["arch"], seed=int(meta["seed"]), rank=int(meta["rank"]),
+                   head_rank=int(meta["head_rank"]))
 
     @classmethod
-    def build(cls, syn, dataset, teacher, config, *, arch="auto", rank=4, seed=0, steps=300, batch=256,
-              lr=0.01, soften=1.0):
+    def build(cls, syn, dataset, teacher, config, *, arch="auto", rank=4, head_rank=0, seed=0, steps=300,
+              batch=256, lr=0.01, soften=1.0):
         temperature = teacher_temperature(teacher, dataset, soften)
-        if rank < 1:
-            raise ValueError(f"the projector's rank must be at least 1; got {rank}")
+        if rank < 1 or head_rank < 0:
+            raise ValueError(f"the projector's rank must be at least 1 and its head rank at least 0; "
+                             f"got {rank} and {head_rank}")
         arch = teacher.arch if arch == "auto" else resolve_model(arch, dataset)
         key = (dataset.name, len(dataset.x_train), teacher.describe(), arch, rank, seed, steps, batch, lr, temperature)
+        key += (head_rank,) if head_rank else ()  # fits cached before head_rank existed stay valid
         path = cache_dir() / "projectors" / f"{hashlib.sha1(repr(key).encode()).hexdigest()[:16]}.safetensors"
         with _lock:  # one fit per key, in memory and on disk, like the teacher
             if key not in _fitted and path.is_file():
                 _fitted[key] = load_file(path)
             if key not in _fitted:
-                net, updates = projector_net(syn, arch, seed, rank)
-                fit(net, updates, dataset, teacher, steps=steps, batch=batch, lr=lr, temperature=temperature, seed=seed)
+                net, updates = projector_net(syn, arch, seed, rank, head_rank)
+                fit(net, dataset, teacher, steps=steps, batch=batch, lr=lr, temperature=temperature, seed=seed)
                 _fitted[key] = learned(net, updates)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 save_file(_fitted[key], str(path.with_suffix(".tmp")))
                 path.with_suffix(".tmp").replace(path)
-        return cls(syn, _fitted[key], arch=arch, seed=seed, rank=rank)
+        return cls(syn, _fitted[key], arch=arch, seed=seed, rank=rank, head_rank=head_rank)
 
