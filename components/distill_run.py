@@ -109,7 +109,7 @@ def run(session: Session, req: Request) -> Iterator[Tick]:
         yield Tick("error", record.message, None, save_current(session))
         return
     record.keep_last(snap.step, snap.synthetic.images)
-    record.status = snap.status
+    record.status, record.elapsed = snap.status, snap.elapsed
     if snap.status == "stopped":
         record.message = _stop_text(snap, capped)
     elif snap.status == "failed":

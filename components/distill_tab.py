@@ -19,7 +19,7 @@ from .learn_tab import method_markdown
 from .runtime import LIMITS
 from .sessions import Session, session_for
 
-PLOT_SECONDS = 1.5  # the loss curve is redrawn at most this often; the grid every snapshot
+PLOT_SECONDS = 2.0  # the loss curve is redrawn at most this often; the grid every snapshot
 DEFAULT_DATASET, DEFAULT_METHOD, DEFAULT_IPC = "digits", "dm", 10
 OUTPUTS = ("status", "grid", "stats", "loss", "current_set", "scrub", "dl_set", "dl_png", "dl_zip", "dl_gif",
            "distill_btn", "stop_btn")

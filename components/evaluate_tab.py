@@ -129,7 +129,7 @@ def build(current_set: gr.State, compute: dict) -> None:
                                 info="fast: 300 epochs; paper: 1000 epochs (DC/DSA/DM), both with DSA")
             num_models = gr.Slider(1, evaluate_run.MAX_MODELS, value=1, step=1, label="Networks",
                                    info="mean and std over this many fresh networks")
-            arch = gr.Dropdown([SAME_ARCH] + MODELS.names(), value=SAME_ARCH, label="Architecture",
+            arch = gr.Dropdown([SAME_ARCH] + MODELS.names(), value=SAME_ARCH, label="Architecture", elem_id="eval-arch",
                                info="another architecture tests how well the set transfers")
             compare = gr.Checkbox(True, label="Compare with random real images and the whole dataset",
                                   info="the random baseline is computed once per dataset and IPC, then cached")

@@ -41,7 +41,8 @@ def _widget(f: dataclasses.Field, value) -> gr.components.Component:
     if isinstance(value, float):
         return gr.Number(value=value, label=label, info=info)
     if f.name == "model" or f.name.endswith("_model"):  # a network name: offer the registered ones
-        return gr.Dropdown(choices=MODELS.names(), value=value, label=label, info=info, allow_custom_value=True)
+        choices = MODELS.names() + ([value] if value and value not in MODELS else [])  # e.g. "auto"
+        return gr.Dropdown(choices=choices, value=value, label=label, info=info, allow_custom_value=True)
     return gr.Textbox(value="" if value is None else str(value), label=label, info=info)
 
 

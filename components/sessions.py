@@ -39,6 +39,7 @@ class RunRecord:
     status: str = "running"
     message: str = ""
     dataset_name: str = ""  # Dataset.name, as written in the set's file ("folder:<last part>")
+    elapsed: float = 0.0  # seconds of distillation (from the first step), once the run has ended
     _stride: int = 1  # keep every `_stride`-th offered snapshot; doubles when the budget is full
     _offered: int = 0
 
