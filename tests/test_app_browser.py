@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import time
 
 import pytest
 
@@ -145,3 +146,13 @@ def test_two_sessions_do_not_see_each_others_runs(browser, url, tmp_path):
     b.click("#eval-btn")
     status_has(b, "eval-status", "no synthetic set yet")
     b.screenshot(path=str(tmp_path / "other-session.png"), full_page=True)
+
+    # Closing a page ends its session: its runs, files and memory are dropped.
+    from components.sessions import active_sessions
+
+    before = active_sessions()
+    a.context.close()
+    deadline = time.monotonic() + 20
+    while active_sessions() != before - 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert active_sessions() == before - 1

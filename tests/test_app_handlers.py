@@ -160,3 +160,40 @@ def test_evaluate_reports_and_pins(session):
     row = table["value"][0]
     assert row[:4] == ["dm", "digits", 1, "hard"] and 0 < row[5] <= 1
     assert csv_file["value"].endswith(".csv") and "accuracy" in open(csv_file["value"]).read()
+
+
+def test_a_run_stops_at_the_time_cap(session, monkeypatch):
+    from components.runtime import Limits
+
+    monkeypatch.setattr(distill_run, "LIMITS", Limits(max_steps=3000, max_seconds=0.3, max_ipc=50))
+    updates = run_all(session, distill_run.check_request("digits", "", "dm", 1, 3000, 0))
+    status = out(updates[-1], "status")
+    assert "limit" in status and "Everything made so far is kept" in status
+    assert SyntheticSet.load(session.run.files["safetensors"]).steps < 3000
+
+
+def test_heavy_events_share_one_pool_and_the_queue_is_bounded():
+    import app
+    from components import runtime
+
+    heavy = {"on_distill", "distill_api", "evaluate_api", "on_evaluate", "draw"}
+    found = {}
+    for fn in app.demo.fns.values():
+        name = getattr(fn.fn, "__name__", "")
+        if name in heavy:
+            found[name] = (fn.concurrency_id, fn.concurrency_limit)
+    assert set(found) == heavy
+    assert set(found.values()) == {("compute", runtime.POOL)}
+    assert app.demo._queue.max_size == runtime.QUEUE_SIZE
+
+
+def test_importing_the_app_starts_nothing():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import app, dd_core.data as d, dd_core.embed as e; "
+            "assert d._load_cached.cache_info().currsize == 0, 'a dataset was loaded'; "
+            "assert not app.demo.is_running, 'a server was started'; "
+            "assert e.WORKER._proc is None, 'the UMAP worker was started'")
+    subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], check=True, timeout=120)
