@@ -138,6 +138,7 @@ def build(current_set: gr.State, compute: dict) -> None:
                 stop = gr.Button("Stop", variant="stop", elem_id="eval-stop")
         with gr.Column(scale=3, min_width=360):
             status = gr.Markdown("", elem_id="eval-status")
+            bar = gr.Markdown("", elem_id="eval-progress")  # the progress bar draws here, not over the text
             results = gr.Markdown("", elem_id="eval-results")
             pin_btn = gr.Button("Pin to comparison table", size="sm", elem_id="pin-btn")
     table = gr.Dataframe(headers=TABLE_COLUMNS, value=[], label="Comparison table (this session)",
@@ -159,6 +160,6 @@ def build(current_set: gr.State, compute: dict) -> None:
     source.change(lambda s: gr.update(visible=s == SOURCES[1]), inputs=source, outputs=upload, queue=False,
                   api_visibility="private")
     go.click(on_evaluate, inputs=[source, upload, protocol, num_models, arch, compare, current_set],
-             outputs=[status, results], show_progress_on=[status], api_visibility="private", **compute)
+             outputs=[status, results], show_progress_on=[bar], api_visibility="private", **compute)
     stop.click(stop_evaluation, outputs=status, queue=False, api_visibility="private")
     pin_btn.click(pin, outputs=[table, csv_btn], queue=False, api_visibility="private")

@@ -61,6 +61,8 @@ def loss_figure(history: list[dict], *, revision: str = "loss") -> go.Figure:
     if not rows:
         fig.add_annotation(text="the loss appears here once the run starts", showarrow=False,
                            xref="paper", yref="paper", x=0.5, y=0.5, font=dict(color="#888"))
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
     return fig
 
 
