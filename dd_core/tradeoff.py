@@ -23,8 +23,8 @@ from .registry import Registry
 
 # The stores every trade-off shows unless told otherwise: one or more of each family.
 DEFAULT_STORES = ["hard", "soft:dtype=float32", "soft", "soft:dtype=int8", "soft:topk=1", "dynamic",
-                  "dynamic-pruned:keep=0.1", "dynamic-pruned:keep=0.02", "distance", "distance:per_view=1",
-                  "projector", "teacher"]
+                  "dynamic-pruned:keep=0.1", "dynamic-pruned:keep=0.02", "dynamic-pruned:keep=0.02,fill=label",
+                  "distance", "distance:per_view=1", "projector", "projector:rank=1,head_rank=2", "teacher"]
 AIM_SHARE, AIM_FRACTION = 0.9, 0.02  # keep >= 90% of dynamic's gain over hard at <= 2% of its label bytes
 IMAGE_FORMATS: Registry = Registry("image format")
 
