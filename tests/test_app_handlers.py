@@ -12,6 +12,9 @@ from components.sessions import drop_session, session_for
 from dd_core.methods import METHODS
 from dd_core.synthetic import SyntheticSet
 
+# gr.Warning outside a running app falls back to Python's warnings: expected here, not a problem.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
 
 def request(name: str):
     return SimpleNamespace(session_hash=name)  # what handlers read from a gr.Request
