@@ -35,21 +35,33 @@ def reference_loss(method, net, x_real, g_real, params):
     return loss
 
 
-def time_steps(dataset, preset, ipc, steps, seed, reference: bool):
+def make(dataset, preset, ipc, seed):
     method = make_method("dm", preset=preset, dataset=dataset.name, ipc=ipc)
-    syn = init_synthetic(dataset, ipc, seed=seed)
-    method.setup(dataset, syn, seed=seed, device=torch.device("cpu"))
-    times, losses = [], []
+    method.setup(dataset, init_synthetic(dataset, ipc, seed=seed), seed=seed, device=torch.device("cpu"))
+    return method
+
+
+def one_step(method, reference: bool) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    drawn = method.sample()
+    loss = reference_loss(method, *drawn) if reference else method.loss(*drawn)
+    method.opt_.zero_grad(set_to_none=True)
+    loss.backward()
+    method.opt_.step()
+    return time.perf_counter() - t0, loss.item()
+
+
+def time_steps(dataset, preset, ipc, steps, seed):
+    """Two runs from the same seed, stepped alternately (reference, ours, reference, ...), so that
+    a shared machine's changing load falls on both alike."""
+    ref, ours = make(dataset, preset, ipc, seed), make(dataset, preset, ipc, seed)
+    t_ref, l_ref, t_new, l_new = [], [], [], []
     for _ in range(steps):
-        t0 = time.perf_counter()
-        drawn = method.sample()
-        loss = reference_loss(method, *drawn) if reference else method.loss(*drawn)
-        method.opt_.zero_grad(set_to_none=True)
-        loss.backward()
-        method.opt_.step()
-        times.append(time.perf_counter() - t0)
-        losses.append(loss.item())
-    return times, losses, method.batch_real
+        t, l = one_step(ref, True)
+        t_ref.append(t), l_ref.append(l)
+        t, l = one_step(ours, False)
+        t_new.append(t), l_new.append(l)
+    return t_ref, l_ref, t_new, l_new, ours.batch_real
 
 
 def main():
@@ -65,9 +77,8 @@ def main():
     dataset = load_dataset(args.dataset)
     rows = []
     for preset in args.presets:
-        # Alternate the two so drifting machine load hits both alike; the first step of each is warm-up.
-        t_ref, l_ref, batch = time_steps(dataset, preset, args.ipc, args.steps + 1, args.seed, reference=True)
-        t_new, l_new, _ = time_steps(dataset, preset, args.ipc, args.steps + 1, args.seed, reference=False)
+        # The first step of each is warm-up and not timed.
+        t_ref, l_ref, t_new, l_new, batch = time_steps(dataset, preset, args.ipc, args.steps + 1, args.seed)
         ref, new = statistics.median(t_ref[1:]), statistics.median(t_new[1:])
         max_rel = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(l_ref, l_new))
         rows.append({"dataset": args.dataset, "ipc": args.ipc, "preset": preset, "batch_real": batch,

@@ -42,7 +42,7 @@ def frozen(net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
-def embed_chunked(net, x: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+def embed_chunked(net, x: torch.Tensor, chunk: int = 64) -> torch.Tensor:
     """Embed without gradients in chunks: activations of a few hundred 32x32x128 images stay in
     cache on a CPU, whereas thousands at once spill to memory and run several times slower."""
     with torch.no_grad():
