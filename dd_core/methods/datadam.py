@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import fyi_flip
-from ..models import build_model
+from ..models import build_model, resolve_model
 from .base import METHODS, hp, is_small
 from .dm import DM
 from .sampling import class_means
@@ -56,7 +56,6 @@ class DataDAM(DM):
     family = "distribution matching"
     paper = "Sajedi et al., DataDAM: Efficient Dataset Distillation with Attention Matching, ICCV 2023"
 
-    model: str = hp("convnet", "ConvNet-family network whose random features are matched (ConvNet-3 in the paper)")
     lr_img: float = hp(1.0, "SGD learning rate of the synthetic pixels (1; 10 when IPC >= 100)")
     batch_real: int = hp(64, "real images per class per step")
     power: float = hp(4.0, "exponent p of the attention map sum_c |a_c|^p (4 in the paper; the public code uses 1)")
@@ -64,23 +63,18 @@ class DataDAM(DM):
 
     @classmethod
     def preset(cls, name, *, dataset, ipc):
-        lr = 10.0 if ipc >= 100 else 1.0
-        if name == "fast" and is_small(dataset):
-            # 8x8 digits with p = 4: lr 1 pushed the pixels far out (0.47 accuracy at IPC 1);
-            # lr 0.1 for 300 steps gave 0.89. batch_real 64 is already CPU-sized.
-            lr = 0.1
-        return {"lr_img": lr}
+        return {"lr_img": 10.0 if ipc >= 100 else 1.0}  # fast = paper: batch_real 64 is already CPU-sized
 
     @classmethod
     def default_steps(cls, name, *, dataset, ipc):
         return 20000 if name == "paper" else (300 if is_small(dataset) else 1000)
 
     def setup(self, real, syn, *, seed, device):
-        probe = build_model(self.model, channels=real.channels, num_classes=real.num_classes,
-                            image_size=real.image_size, seed=0)  # seeded: leaves the global RNG alone
+        probe = build_model(resolve_model(self.model, real), channels=real.channels, num_classes=real.num_classes,
+                            image_size=real.image_size, seed=0)  # seeded: the global RNG is left alone
         if not isinstance(getattr(probe, "features", None), nn.Sequential):
             raise ValueError(f"datadam matches per-block attention and needs a ConvNet-family model "
-                             f"(convnet, convnet_d2, convnet_w32, convnet_bn), not {self.model!r}")
+                             f"(auto, convnet, convnet_d2, convnet_w32, convnet_bn), not {self.model!r}")
         super().setup(real, syn, seed=seed, device=device)
 
     def loss(self, net, x_real, g_real, params) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import DSA, dsa_for, fyi_flip
-from ..models import build_model
+from ..models import build_model, resolve_model
 from .base import METHODS, Method, hp, is_small
 from .sampling import RealSampler
 
@@ -98,7 +98,8 @@ class DC(Method):
     family = "gradient matching"
     paper = "Zhao, Mopuri & Bilen, Dataset Condensation with Gradient Matching, ICLR 2021"
 
-    model: str = hp("convnet", "network whose gradients are matched (ConvNet-3 width 128 in the paper)")
+    model: str = hp("auto", "network whose gradients are matched; auto = the DD ConvNet for the resolution "
+                            "(ConvNet-3 width 128 at 28-32 px, as in the paper)")
     lr_img: float = hp(0.1, "SGD learning rate of the synthetic pixels")
     momentum: float = hp(0.5, "SGD momentum of the synthetic pixels")
     lr_net: float = hp(0.01, "SGD learning rate of the network's inner training on the synthetic set (no momentum)")
@@ -115,11 +116,11 @@ class DC(Method):
         if name == "paper":
             return {"outer_loop": outer, "inner_loop": inner}
         # Fast CPU: at most 10 matching updates a step (the paper's outer loop up to IPC 10), a
-        # tenth of the inner epochs, a quarter of the real batch.
+        # tenth of the inner epochs, a quarter of the real batch; above 8x8 digits (where auto is
+        # ConvNet-2) the width-32 ConvNet, since per-class gradients at width 128 take seconds each.
         fast = {"outer_loop": min(outer, 10), "inner_loop": max(1, inner // 10), "batch_real": 64}
-        # 8x8 digits: with ConvNet-3 (its last block sees 2x2 maps) the pixel gradients were 10x
-        # those of ConvNet-2, the loss rose at lr 0.1 and pixels ran to +-20; ConvNet-2 matched smoothly.
-        fast["model"] = "convnet_d2" if is_small(dataset) else "convnet_w32"
+        if not is_small(dataset):
+            fast["model"] = "convnet_w32"
         return fast
 
     @classmethod
@@ -135,6 +136,7 @@ class DC(Method):
         self.dsa_ = dsa_for(real.name) if self.dsa else None
         self.shape_ = dict(channels=real.channels, num_classes=real.num_classes, image_size=real.image_size)
         self.device_ = device
+        self.net_name_ = resolve_model(self.model, real)
         auto = loops_for(int((syn.labels == 0).sum()))
         self.loops_ = (self.outer_loop or auto[0], self.inner_loop or auto[1])
         self.images_ = syn.images.detach().to(device).requires_grad_(True)
@@ -162,7 +164,7 @@ class DC(Method):
 
     def step(self):
         net_seed = int(torch.randint(2**31 - 1, (1,), generator=self.gen_))
-        net = build_model(self.model, **self.shape_, seed=net_seed, device=self.device_)
+        net = build_model(self.net_name_, **self.shape_, seed=net_seed, device=self.device_)
         outer, inner = self.loops_
         classes = self.shape_["num_classes"]
         total = 0.0

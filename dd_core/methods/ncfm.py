@@ -57,7 +57,6 @@ class NCFM(DM):
     paper = ("Wang et al., Dataset Distillation with Neural Characteristic Function: A Minmax "
              "Perspective, CVPR 2025")
 
-    model: str = hp("convnet", "network whose random embeddings are compared (ConvNet-3 in the paper)")
     optimizer: str = hp("adam", "optimizer of the synthetic pixels: 'adam' (the paper's code) or 'sgd' (with momentum)")
     lr_img: float = hp(0.001, "learning rate of the synthetic pixels (Adam 0.001 = the paper's 0.01 x 0.1 Adam scale)")
     batch_real: int = hp(1024, "real images per class per step (1024 in the paper's CIFAR configs)")
