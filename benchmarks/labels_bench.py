@@ -12,6 +12,7 @@ import argparse
 import json
 import platform
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from dd_core.distill import run_to_end
 from dd_core.evaluate import protocol
 from dd_core.methods import METHODS, make_method
 from dd_core.teacher import get_teacher
-from dd_core.tradeoff import DEFAULT_STORES, markdown, run_tradeoff, summary
+from dd_core.tradeoff import DEFAULT_STORES, Point, Tradeoff, markdown, run_tradeoff, summary
 
 
 def distill_dm(dataset, ipc: int, steps: int | None, seed: int, model: str | None):
@@ -47,6 +48,24 @@ def share_table(result) -> str:
     return "\n".join(lines)
 
 
+def from_rows(rows: list[dict]) -> Tradeoff:
+    """A trade-off rebuilt from its saved JSON rows (one dataset and IPC), to re-render the tables."""
+    names = [f.name for f in fields(Point)]
+    points = [Point(**{k: r[k] for k in names}) for r in rows if r["set"] != "whole"]
+    whole = next((r for r in rows if r["set"] == "whole"), {})
+    return Tradeoff(rows[0]["dataset"], 0, points[0].protocol,  # the image count is not saved; no table needs it points=points, whole_image_bytes=whole.get("image_bytes", 0),
+                    whole_label_bytes=whole.get("label_bytes", 0), whole_accuracy=whole.get("accuracy_mean"),
+                    whole_note=whole.get("teacher", ""))
+
+
+def render(path: str) -> None:
+    """Print the tables of a saved run again (e.g. after a change to how shares are summarised)."""
+    rows = json.loads(Path(path).read_text())
+    for ipc in sorted({r["ipc"] for r in rows}):
+        result = from_rows([r for r in rows if r["ipc"] == ipc])
+        print(f"### IPC {ipc}\n\n{markdown(result)}\n\n{share_table(result)}\n\n{summary(result)}\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="digits")
@@ -61,7 +80,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="markdown report path (default: bench_out/labels_<dataset>.md)")
+    p.add_argument("--render", default=None, metavar="JSON", help="only print the tables of a saved run again")
     args = p.parse_args()
+    if args.render:
+        return render(args.render)
     torch.set_num_threads(args.threads)
     out = Path(args.out or f"bench_out/labels_{args.dataset}.md")
     out.parent.mkdir(parents=True, exist_ok=True)
