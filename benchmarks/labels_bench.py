@@ -53,7 +53,8 @@ def from_rows(rows: list[dict]) -> Tradeoff:
     names = [f.name for f in fields(Point)]
     points = [Point(**{k: r[k] for k in names}) for r in rows if r["set"] != "whole"]
     whole = next((r for r in rows if r["set"] == "whole"), {})
-    return Tradeoff(rows[0]["dataset"], 0, points[0].protocol,  # the image count is not saved; no table needs it points=points, whole_image_bytes=whole.get("image_bytes", 0),
+    # The image count is not saved (0 here); no table needs it.
+    return Tradeoff(rows[0]["dataset"], 0, points[0].protocol, points=points, whole_image_bytes=whole.get("image_bytes", 0),
                     whole_label_bytes=whole.get("label_bytes", 0), whole_accuracy=whole.get("accuracy_mean"),
                     whole_note=whole.get("teacher", ""))
 

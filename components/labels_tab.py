@@ -55,16 +55,21 @@ def figure(result: Tradeoff | None) -> go.Figure:
             fig.add_trace(go.Scatter(x=[p.total_bytes for p in front], y=[p.accuracy_mean for p in front],
                                      mode="lines", line=dict(shape="hv", dash="dot", color="#444"),
                                      name="Pareto frontier (synthetic)", hoverinfo="skip"))
-        if result.whole_bytes:
-            fig.add_vline(x=result.whole_bytes, line=dict(dash="dash", color="#999"),
-                          annotation_text=f"whole training set: {human_bytes(result.whole_bytes)}")
-        if result.whole_accuracy is not None:
-            fig.add_hline(y=result.whole_accuracy, line=dict(dash="dash", color="#999"),
-                          annotation_text=f"whole training set (teacher): {result.whole_accuracy:.3f}")
+        if result.whole_bytes and result.whole_accuracy is not None:  # traces, not shapes: autorange sees them
+            low = min((p.total_bytes for p in result.points), default=result.whole_bytes)
+            bottom = min((p.accuracy_mean - p.accuracy_std for p in result.points), default=0.0)
+            w, acc = result.whole_bytes, result.whole_accuracy
+            fig.add_trace(go.Scatter(x=[low, w, w], y=[acc, acc, bottom], mode="lines", hoverinfo="skip",
+                                     line=dict(dash="dash", color="#999"), name="whole training set (reference)"))
+            fig.add_trace(go.Scatter(x=[w], y=[acc], mode="markers+text", marker=dict(symbol="star", size=13),
+                                     text=[f"whole set: {human_bytes(w)}, {acc:.3f} (teacher)"],
+                                     textposition="bottom left", showlegend=False,
+                                     hovertemplate=f"whole training set: {human_bytes(w)}, teacher accuracy "
+                                                   f"{acc:.4f}<extra></extra>"))
     fig.update_xaxes(type="log", title="total bytes (images + labels), log scale")
     fig.update_yaxes(title="test accuracy (fraction, mean ± std)")
-    fig.update_layout(height=480, uirevision="labels", template="plotly_white", margin=dict(l=60, r=10, t=30, b=50),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1))
+    fig.update_layout(height=520, uirevision="labels", template="plotly_white", margin=dict(l=60, r=10, t=30, b=110),
+                      legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0))
     return fig
 
 
@@ -196,9 +201,10 @@ def render(current_set: gr.State) -> None:
                                                             for n in LABEL_STORES.names()))
             protocol = gr.Radio(["fast", "paper"], value="fast", label="Protocol",
                                 info="fast: 300 epochs; paper: 1000 epochs (DC/DSA/DM), both with DSA")
-            epochs = gr.Number(DEFAULT_EPOCHS, precision=0, label="Epochs (0 = the protocol's own)",
+            epochs = gr.Number(DEFAULT_EPOCHS, precision=0, label="Epochs (0 = the protocol's own)", elem_id="labels-epochs",
                                info="fewer epochs for a quick look on a CPU; every number says which recipe made it")
-            networks = gr.Slider(1, evaluate_run.MAX_MODELS, value=DEFAULT_NETWORKS, step=1, label="Networks per point")
+            networks = gr.Slider(1, evaluate_run.MAX_MODELS, value=DEFAULT_NETWORKS, step=1, label="Networks per point",
+                                 elem_id="labels-networks")
             arch = gr.Dropdown([SAME_ARCH] + MODELS.names(), value=SAME_ARCH, label="Evaluation network",
                                info="convnet_w32 is about 4x quicker on a CPU for 28-32 px images")
             image_format = gr.Radio(IMAGE_FORMATS.names(), value="uint8", label="Images stored as")
