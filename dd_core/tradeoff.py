@@ -219,8 +219,9 @@ def run_tradeoff(syn, dataset, config: EvalConfig, stores: list[str] | None = No
         t0 = time.perf_counter()
         try:
             store = build_spec(spec, s, dataset, teacher, config)
-        except ValueError as err:
-            result.errors.append(f"{spec}: {err}")
+        except ValueError as err:  # e.g. a top-k above the number of classes: said once, not per set
+            if f"{spec}: {err}" not in result.errors:
+                result.errors.append(f"{spec}: {err}")
             continue
         res = evaluate(s.images, store, dataset, config, device=device, progress=say, stop=stop)
         if res.stopped:
