@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..augment import fyi_flip
 from ..models import build_model, resolve_model
 from .base import METHODS, hp, is_small
 from .dm import DM
@@ -82,12 +81,7 @@ class DataDAM(DM):
         maps, layer by layer, plus task_balance x the same for the final embedding. All classes go
         through one batched call: attention maps and embeddings are per image, so the class means
         are exactly the per-class loop of the reference code."""
-        x_syn, g_syn = self.images_, self.labels_
-        if self.fyi:
-            x_syn, g_syn = fyi_flip(x_syn), torch.cat([g_syn, g_syn])
-        if params is not None:
-            x_real = self.dsa_.apply(x_real, params, g_real)
-            x_syn = self.dsa_.apply(x_syn, params, g_syn)
+        x_real, x_syn, g_syn = self.views(x_real, g_real, params)
         c = self.shape_["num_classes"]
         with torch.no_grad():  # real side: chunks of 128 images keep activations in cache
             chunks = [attention_features(net, x_real[i:i + 128], self.power) for i in range(0, len(x_real), 128)]

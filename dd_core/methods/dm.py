@@ -57,16 +57,23 @@ class DM(Method):
         params = self.dsa_.sample(self.shape_["num_classes"], self.gen_) if self.dsa_ else None
         return net, x_real, g_real, params
 
-    def loss(self, net, x_real, g_real, params) -> torch.Tensor:
-        """Sum over classes of the squared distance between mean real and mean synthetic embeddings.
-        All classes go through one batched call; class c's images use augmentation group c, which is
-        exactly the per-class loop of the reference code."""
+    def views(self, x_real, g_real, params):
+        """The real and synthetic batches as the network sees them: the FYI flips appended to the
+        synthetic side, then each class's DSA parameters applied to both. Returns the augmented real
+        images, the augmented synthetic images and the synthetic class ids."""
         x_syn, g_syn = self.images_, self.labels_
         if self.fyi:
             x_syn, g_syn = fyi_flip(x_syn), torch.cat([g_syn, g_syn])
         if params is not None:
             x_real = self.dsa_.apply(x_real, params, g_real)
             x_syn = self.dsa_.apply(x_syn, params, g_syn)
+        return x_real, x_syn, g_syn
+
+    def loss(self, net, x_real, g_real, params) -> torch.Tensor:
+        """Sum over classes of the squared distance between mean real and mean synthetic embeddings.
+        All classes go through one batched call; class c's images use augmentation group c, which is
+        exactly the per-class loop of the reference code."""
+        x_real, x_syn, g_syn = self.views(x_real, g_real, params)
         c = self.shape_["num_classes"]
         mean_real = class_means(embed_chunked(net, x_real), g_real, c)  # (classes, d)
         mean_syn = class_means(net.embed(x_syn), g_syn, c)  # (classes, d)

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..augment import fyi_flip
 from .base import METHODS, hp, is_small
 from .dm import DM
 from .sampling import class_means, embed_chunked
@@ -92,12 +91,7 @@ class NCFM(DM):
     def loss(self, net, x_real, g_real, params, t) -> torch.Tensor:
         """CF distance between each class's real and synthetic normalised embeddings, summed over
         classes; all classes share one batched call (each class's CF is a mean over its rows)."""
-        x_syn, g_syn = self.images_, self.labels_
-        if self.fyi:
-            x_syn, g_syn = fyi_flip(x_syn), torch.cat([g_syn, g_syn])
-        if params is not None:
-            x_real = self.dsa_.apply(x_real, params, g_real)
-            x_syn = self.dsa_.apply(x_syn, params, g_syn)
+        x_real, x_syn, g_syn = self.views(x_real, g_real, params)
         c = self.shape_["num_classes"]
         f_real = F.normalize(embed_chunked(net, x_real), dim=1)  # (n_real, d)
         f_syn = F.normalize(net.embed(x_syn), dim=1)  # (n_syn, d)
