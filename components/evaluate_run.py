@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from dd_core import metrics
+from dd_core.labels import HardLabels, LabelStore, load_store, same_kind
 from dd_core.evaluate import EvalConfig, EvalResult, evaluate, protocol as make_protocol
 from dd_core.models import MODELS
 from dd_core.synthetic import SyntheticSet, init_synthetic
@@ -33,6 +34,7 @@ class Report:
     whole: float | None  # test accuracy of a network trained on the whole training set
     whole_note: str
     scores: dict[str, float] | None  # IOR, HLR, LRS when baseline and whole exist
+    hard: EvalResult | None = None  # the set on hard labels, for HLR, when it carries other labels
 
 
 def config_for(protocol: str, num_models, model: str | None) -> EvalConfig:
@@ -62,20 +64,18 @@ def dataset_of(session: Session, syn: SyntheticSet):
     return inputs.open_dataset(name)
 
 
-def labels_of(syn: SyntheticSet):
+def labels_of(syn: SyntheticSet) -> LabelStore:
     """The set's label store (soft labels and the like) when its file carries one, else its hard labels."""
-    from dd_core import labels
-
-    load = getattr(labels, "load_store", None)  # the label-store loader, where the engine has it
-    return load(syn) if load is not None else syn.labels
+    try:
+        return load_store(syn)
+    except ValueError as e:  # e.g. a store made for images that changed afterwards
+        raise inputs.UserError(str(e)) from None
 
 
 def set_bytes(syn: SyntheticSet, store) -> int:
     """Bytes to reproduce training on the set: the images as stored plus everything its labels need."""
     images = syn.images.numel() * syn.images.element_size()
-    if hasattr(store, "nbytes"):
-        return images + int(store.nbytes())
-    return images + len(syn.labels) * (1 if syn.num_classes <= 256 else 2)  # one class index each
+    return images + int(store.nbytes())
 
 
 def _capped(stop: threading.Event) -> threading.Timer:
@@ -86,32 +86,39 @@ def _capped(stop: threading.Event) -> threading.Timer:
 
 
 def evaluate_set(session: Session, syn: SyntheticSet, *, protocol: str = "fast", num_models=1,
-                 model: str | None = None, progress: Callable[[float, str], None] | None = None) -> EvalResult:
-    """Train fresh networks on `syn` alone; honours the session's Evaluate stop and the time cap."""
+                 model: str | None = None, progress: Callable[[float, str], None] | None = None,
+                 hard: bool = False) -> EvalResult:
+    """Train fresh networks on `syn` alone, with its own labels (or its hard labels if `hard`);
+    honours the session's Evaluate stop and the time cap."""
     config = config_for(protocol, num_models, model)
     dataset = dataset_of(session, syn)
+    store = HardLabels(syn.labels, syn.num_classes) if hard else labels_of(syn)
     session.eval_stop.clear()
     timer = _capped(session.eval_stop)
     try:
-        return evaluate(syn.images, labels_of(syn), dataset, config, progress=progress, stop=session.eval_stop)
+        return evaluate(syn.images, store, dataset, config, progress=progress, stop=session.eval_stop)
     finally:
         timer.cancel()
 
 
 def baseline(session: Session, syn: SyntheticSet, config: EvalConfig,
              progress: Callable[[float, str], None] | None = None) -> EvalResult:
-    """Random real images at the same IPC, evaluated with the same recipe; cached for everyone."""
+    """Random real images at the same IPC with the same kind of labels as `syn` (DD-Ranking's IOR
+    compares like with like), evaluated with the same recipe; cached for everyone."""
     dataset = dataset_of(session, syn)
+    store = labels_of(syn)
     ipc = max(1, len(syn.labels) // max(1, syn.num_classes))
-    key = (dataset.name, dataset.split_note, ipc, config)
+    key = (dataset.name, dataset.split_note, ipc, config, store.spec)
     with _baseline_lock:
         if key in _baselines:
             return _baselines[key]
     subset = init_synthetic(dataset, ipc, init="real", seed=0, method="random")
+    teacher = get_teacher(dataset) if store.needs_teacher else None
+    labels = same_kind(store, subset, dataset, teacher, config)
     session.eval_stop.clear()
     timer = _capped(session.eval_stop)
     try:
-        result = evaluate(subset.images, subset.labels, dataset, config, progress=progress, stop=session.eval_stop)
+        result = evaluate(subset.images, labels, dataset, config, progress=progress, stop=session.eval_stop)
     finally:
         timer.cancel()
     if not result.stopped:
@@ -130,7 +137,11 @@ def whole_reference(session: Session, syn: SyntheticSet) -> tuple[float, str]:
     return teacher.test_accuracy, note
 
 
-def scores(synthetic: EvalResult, base: EvalResult | None, whole: float | None) -> dict[str, float] | None:
+def scores(synthetic: EvalResult, base: EvalResult | None, whole: float | None,
+           hard: EvalResult | None = None) -> dict[str, float] | None:
+    """DD-Ranking scores; `hard` is the set on hard labels when it carries other labels (for HLR)."""
     if base is None or whole is None or not synthetic.accuracies or not base.accuracies:
         return None
-    return metrics.dd_ranking(synthetic.mean, base.mean, whole)
+    if hard is not None and not hard.accuracies:
+        return None
+    return metrics.dd_ranking(synthetic.mean, base.mean, whole, acc_hard=None if hard is None else hard.mean)

@@ -32,7 +32,9 @@ def report_markdown(syn: SyntheticSet, rep: evaluate_run.Report, bytes_: int, la
     rows = ["| | test accuracy (mean ± std) | networks |", "| --- | --- | --- |",
             f"| **synthetic** ({syn.method}, IPC {ipc}, {labels} labels) | **{_acc(s)}** | {len(s.accuracies)} |"]
     if b is not None:
-        rows.append(f"| random real images, IPC {ipc} | {_acc(b)} | {len(b.accuracies)} |")
+        rows.append(f"| random real images, IPC {ipc}, {labels} labels | {_acc(b)} | {len(b.accuracies)} |")
+    if rep.hard is not None:
+        rows.append(f"| synthetic on hard labels (for HLR) | {_acc(rep.hard)} | {len(rep.hard.accuracies)} |")
     if rep.whole is not None:
         rows.append(f"| whole training set | {rep.whole:.3f} | 1 ({rep.whole_note}) |")
     lines = ["\n".join(rows), "", f"Protocol: {s.config.describe()}. Accuracies are fractions of the test set; "
@@ -42,7 +44,7 @@ def report_markdown(syn: SyntheticSet, rep: evaluate_run.Report, bytes_: int, la
         lines.append(f"\n**IOR** {sc['IOR']:+.3f} (improvement over random, higher is better) · "
                      f"**HLR** {sc['HLR']:+.3f} (gap to the whole set, lower is better) · "
                      f"**LRS** {sc['LRS']:.3f} (DD-Ranking score in [0, 1], higher is better)")
-    if s.stopped or (b is not None and b.stopped):
+    if s.stopped or any(r is not None and r.stopped for r in (b, rep.hard)):
         lines.append(f"\n■ Stopped early (Stop pressed or the {LIMITS.max_seconds / 60:.0f}-minute limit): "
                      f"only finished networks are counted.")
     return "\n".join(lines)
@@ -61,23 +63,28 @@ def run_evaluation(session: Session, syn: SyntheticSet, protocol: str, num_model
                    progress: Callable[[float, str], None] | None = None) -> Iterator[tuple[str, str]]:
     """Yield (status, results markdown) while evaluating; a plain generator."""
     progress = progress or (lambda frac, text: None)
-    stages = 2 if compare else 1
+    store = evaluate_run.labels_of(syn)
+    soft = store.name != "hard"  # HLR needs the set on hard labels too
+    stages = (3 if soft else 2) if compare else 1
 
     def stage(i: int, name: str):
         return lambda frac, text: progress((i + frac) / stages, f"{name}: {text}")
 
     yield "… Evaluating: training fresh networks on the synthetic images…", ""
-    store = evaluate_run.labels_of(syn)
     result = evaluate_run.evaluate_set(session, syn, protocol=protocol, num_models=num_models, model=arch,
                                        progress=stage(0, "synthetic set"))
-    labels, bytes_ = getattr(store, "name", "hard"), evaluate_run.set_bytes(syn, store)
+    labels, bytes_ = store.spec, evaluate_run.set_bytes(syn, store)
     rep = evaluate_run.Report(result, None, None, "", None)
     yield "… Evaluating: the random-subset baseline…" if compare else "✓ Done.", report_markdown(syn, rep, bytes_, labels)
     if compare and not result.stopped:
         rep.baseline = evaluate_run.baseline(session, syn, result.config, progress=stage(1, "random baseline"))
+        if soft and not rep.baseline.stopped:
+            yield "… Evaluating: the set on hard labels (for HLR)…", report_markdown(syn, rep, bytes_, labels)
+            rep.hard = evaluate_run.evaluate_set(session, syn, protocol=protocol, num_models=num_models, model=arch,
+                                                 progress=stage(2, "hard labels"), hard=True)
         yield "… Evaluating: the whole-dataset reference…", report_markdown(syn, rep, bytes_, labels)
         rep.whole, rep.whole_note = evaluate_run.whole_reference(session, syn)
-        rep.scores = evaluate_run.scores(rep.synthetic, rep.baseline, rep.whole)
+        rep.scores = evaluate_run.scores(rep.synthetic, rep.baseline, rep.whole, rep.hard)
     session.last_eval = table_row(syn, rep, bytes_, labels)
     yield "✓ Done. Press **Pin** to add this run to the comparison table.", report_markdown(syn, rep, bytes_, labels)
 

@@ -69,6 +69,7 @@ def cmd_distill(args) -> int:
 def cmd_evaluate(args) -> int:
     from .data import load_dataset
     from .evaluate import evaluate, protocol
+    from .labels import load_store, same_kind
     from .metrics import dd_ranking
     from .synthetic import SyntheticSet, init_synthetic
 
@@ -84,29 +85,35 @@ def cmd_evaluate(args) -> int:
         bar.set_description(text)
         bar.refresh()
 
-    result = evaluate(syn.images, syn.labels, dataset, config, progress=progress)
-    out = {"file": str(args.file), "dataset": dataset.name, "method": syn.method, "ipc": syn.ipc, **result.as_dict()}
+    store = load_store(syn)
+    result = evaluate(syn.images, store, dataset, config, progress=progress)
+    out = {"file": str(args.file), "dataset": dataset.name, "method": syn.method, "ipc": syn.ipc, **result.as_dict(),
+           "label_spec": store.spec}
     if args.baseline:
+        # DD-Ranking: IOR against a random subset with the same kind of labels; HLR on hard labels.
         rnd = init_synthetic(dataset, max(syn.ipc, 1), init="real", seed=syn.seed)
-        base = evaluate(rnd.images, rnd.labels, dataset, config, progress=progress)
+        teacher = None
+        if store.needs_teacher:
+            from .teacher import get_teacher
+            teacher = get_teacher(dataset)
+        base = evaluate(rnd.images, same_kind(store, rnd, dataset, teacher, config), dataset, config, progress=progress)
         out["random_mean"], out["random_std"] = base.mean, base.std
         if args.whole is not None:
-            out.update(dd_ranking(result.mean, base.mean, args.whole))
+            hard = result if store.name == "hard" else evaluate(syn.images, syn.labels, dataset, config, progress=progress)
+            out["hard_mean"] = hard.mean
+            out.update(dd_ranking(result.mean, base.mean, args.whole, acc_hard=hard.mean))
     bar.close()
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{syn.method} on {dataset.name}, IPC {syn.ipc}: accuracy {result.mean:.4f} +- {result.std:.4f} "
-              f"({config.describe()})")
+        print(f"{syn.method} on {dataset.name}, IPC {syn.ipc}, labels {store.spec}: accuracy {result.mean:.4f} "
+              f"+- {result.std:.4f} ({config.describe()})")
     return 0
 
 
 def cmd_labels(args) -> int:
-    try:
-        from .tradeoff import labels_command
-    except ImportError:
-        print("the labels trade-off is not available in this build", file=sys.stderr)
-        return 2
+    from .tradeoff import labels_command
+
     return labels_command(args.file, args.protocol, args.stores, args.models, args.json)
 
 

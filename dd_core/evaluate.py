@@ -171,4 +171,8 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor | LabelStore, dataset: D
 
 
 def evaluate_synthetic(syn, dataset: Dataset, config: EvalConfig, **kw) -> EvalResult:
-    return evaluate(syn.images, syn.labels, dataset, config, **kw)
+    """Evaluate a SyntheticSet with the labels it carries: its label store when the file has one
+    (soft, dynamic, ...), else its hard labels."""
+    from .labels import load_store
+
+    return evaluate(syn.images, load_store(syn), dataset, config, **kw)

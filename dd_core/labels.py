@@ -48,6 +48,7 @@ class LabelStore:
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
         self.teacher_note = ""  # the teacher behind the targets and its test accuracy, if any
+        self.spec = self.name  # how it was built, e.g. "soft:dtype=int8,topk=2" (set by build())
 
     def targets(self, idx: torch.Tensor, views: torch.Tensor, epoch: int) -> torch.Tensor:
         raise NotImplementedError
@@ -179,6 +180,7 @@ def build(name: str, syn, dataset, teacher, config, **options) -> LabelStore:
     store = cls.build(syn, dataset, teacher, config, **options)
     if teacher is not None and cls.needs_teacher:
         store.teacher_note = teacher.describe()
+    store.spec = name + (":" + ",".join(f"{k}={v}" for k, v in sorted(options.items())) if options else "")
     return store
 
 
@@ -201,6 +203,7 @@ def attach(syn, store: LabelStore) -> None:
     syn.extra_meta.update({PREFIX + k: str(v) for k, v in meta.items()})
     syn.extra_meta["label_store"] = store.name
     syn.extra_meta[PREFIX + "images"] = images_digest(syn.images)
+    syn.extra_meta[PREFIX + "spec"] = store.spec
     if store.teacher_note:
         syn.extra_meta[PREFIX + "teacher"] = store.teacher_note
 
@@ -219,7 +222,16 @@ def load_store(syn) -> LabelStore:
     meta = {k[len(PREFIX):]: v for k, v in syn.extra_meta.items() if k.startswith(PREFIX)}
     store = cls.from_state(tensors, meta, syn)
     store.teacher_note = meta.get("teacher", "")
+    store.spec = meta.get("spec", name)  # files from before specs were saved: the default options
     return store
+
+
+def same_kind(store: LabelStore, syn, dataset, teacher, config) -> LabelStore:
+    """A store built like `store` (same name and options) for other images `syn`: what the random
+    subset needs so that IOR compares like with like (DD-Ranking: same label type on both sides)."""
+    if isinstance(store, HardLabels):
+        return HardLabels(syn.labels, syn.num_classes)
+    return build_spec(store.spec, syn, dataset, teacher, config)
 
 
 from . import label_stores  # noqa: E402,F401  registers the stores beyond hard labels

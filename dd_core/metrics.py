@@ -1,7 +1,8 @@
 """DD-Ranking scores of a synthetic set, on accuracies given as fractions in [0, 1].
 
-HLR (hard-label recovery) = Acc(whole real set) - Acc(synthetic)          lower is better
-IOR (improvement over random) = Acc(synthetic) - Acc(random real subset)   higher is better
+HLR (hard-label recovery) = Acc(whole real set) - Acc(synthetic, hard labels)   lower is better
+IOR (improvement over random) = Acc(synthetic) - Acc(random real subset)        higher is better
+  (same evaluation recipe and the same kind of labels on both sides of IOR)
 alpha = w * IOR - (1 - w) * HLR;  LRS = (e^alpha - e^-1) / (e - e^-1)      in [0, 1]
 """
 from __future__ import annotations
@@ -28,6 +29,10 @@ def lrs(ior_value: float, hlr_value: float, w: float = 0.5) -> float:
     return (math.exp(alpha) - math.exp(-1)) / (math.e - math.exp(-1))
 
 
-def dd_ranking(acc_syn: float, acc_random: float, acc_whole: float, w: float = 0.5) -> dict[str, float]:
-    i, h = ior(acc_syn, acc_random), hlr(acc_whole, acc_syn)
+def dd_ranking(acc_syn: float, acc_random: float, acc_whole: float, w: float = 0.5, *,
+               acc_hard: float | None = None) -> dict[str, float]:
+    """IOR from the set with its own labels against a random subset with the same kind of labels;
+    HLR from the set trained on hard labels (`acc_hard`; the same as acc_syn for hard-label sets)."""
+    i = ior(acc_syn, acc_random)
+    h = hlr(acc_whole, acc_syn if acc_hard is None else acc_hard)
     return {"IOR": i, "HLR": h, "LRS": lrs(i, h, w)}

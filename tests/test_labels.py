@@ -3,6 +3,7 @@ replayed views, and the file round trip of every registered store (on the offlin
 from __future__ import annotations
 
 import dataclasses
+import importlib
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from dd_core.data import load_dataset
 from dd_core.evaluate import evaluate, protocol
 from dd_core.evaluate import test_accuracy as accuracy_on_test
 from dd_core.labels import (AUG_RECORD_BYTES, LABEL_STORES, HardLabels, LabelStore, TeacherRequired, attach, build,
-                            build_spec, load_store, parse_spec, soft_cross_entropy)
+                            build_spec, load_store, parse_spec, same_kind, soft_cross_entropy)
 from dd_core.label_stores.distance import distances, reconstruct
 from dd_core.label_stores.dynamic import AugRecord
 from dd_core.label_stores.soft import RowCodec
@@ -247,6 +248,31 @@ def test_every_store_round_trips_through_the_file(name, options, syn, digits, te
         idx = torch.randperm(len(syn.images), generator=g)[:7]
         views = syn.images[idx] + 0.1 * torch.randn(7, *syn.images.shape[1:], generator=g)
         assert torch.allclose(loaded.targets(idx, views, epoch), store.targets(idx, views, epoch), atol=1e-6)
+
+
+def test_the_spec_survives_the_file_and_rebuilds_the_same_kind(syn, digits, teacher, config):
+    holder = syn.clone()
+    attach(holder, build_spec("soft:dtype=int8,topk=2", holder, digits, teacher, config))
+    loaded = load_store(SyntheticSet.from_bytes(holder.to_bytes()))
+    assert loaded.spec == "soft:dtype=int8,topk=2"
+    other = init_synthetic(digits, 2, seed=5)  # a random subset: the IOR baseline's images
+    twin = same_kind(loaded, other, digits, teacher, config)
+    assert type(twin) is type(loaded) and twin.spec == loaded.spec and twin.nbytes() == loaded.nbytes()
+    assert tuple(twin.indices.shape) == (len(other.images), 2) and twin.values.dtype == torch.uint8, "same options"
+    hard = same_kind(HardLabels(syn.labels, C), other, digits, None, config)
+    assert isinstance(hard, HardLabels) and torch.equal(hard.labels, other.labels)
+
+
+def test_evaluate_synthetic_trains_on_the_attached_store(syn, digits, teacher, config, monkeypatch):
+    ev = importlib.import_module("dd_core.evaluate")  # the module (dd_core.evaluate is also a function)
+
+    seen = []
+    monkeypatch.setattr(ev, "evaluate", lambda images, labels, *a, **k: seen.append(labels))
+    holder = syn.clone()
+    attach(holder, build("soft", holder, digits, teacher, config))
+    ev.evaluate_synthetic(SyntheticSet.from_bytes(holder.to_bytes()), digits, config)
+    ev.evaluate_synthetic(syn, digits, config)
+    assert [s.name for s in seen] == ["soft", "hard"]
 
 
 def test_a_set_without_a_store_loads_hard_labels(syn):

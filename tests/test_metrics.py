@@ -37,6 +37,12 @@ def test_dd_ranking_worked_example():
     assert out["LRS"] == pytest.approx(0.271074, abs=1e-6)
 
 
+def test_hlr_uses_the_hard_label_accuracy_when_given():
+    # soft labels lift the set to 0.95, but on hard labels it reaches 0.90: HLR is 0.99 - 0.90
+    out = metrics.dd_ranking(0.95, 0.85, 0.99, acc_hard=0.90)
+    assert out["IOR"] == pytest.approx(0.10) and out["HLR"] == pytest.approx(0.09)
+
+
 def test_weight_moves_the_balance():
     # w = 1 counts only IOR: alpha = IOR = 0.1
     assert metrics.lrs(0.1, 0.5, w=1.0) == pytest.approx((math.exp(0.1) - 1 / E) / (E - 1 / E))
