@@ -10,12 +10,11 @@ from components import runtime
 
 runtime.configure()  # threads and numba's cache folder, before anything computes
 
-import importlib.util  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
 
-from components import api, distill_tab, evaluate_tab, feature_tab, learn_tab  # noqa: E402
+from components import api, distill_tab, evaluate_tab, feature_tab, labels_tab, learn_tab  # noqa: E402
 from components.sessions import drop_session  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -24,16 +23,6 @@ COMPUTE = dict(concurrency_id="compute", concurrency_limit=runtime.POOL)
 INTRO = ("# ⚗️ Distillery\nCompress a dataset into a handful of synthetic images per class, watch them learn, "
          "and measure how well they train a fresh network. Press **Distill** to start; read how each method "
          "works under **Learn**.")
-
-
-def _labels_tab(current_set: gr.State) -> None:
-    """The Labels & storage tab, written separately; skipped if its module is absent."""
-    if importlib.util.find_spec("components.labels_tab") is None:
-        return
-    from components import labels_tab
-
-    with gr.Tab("Labels & storage", id="labels"):
-        labels_tab.render(current_set)
 
 
 def build() -> gr.Blocks:
@@ -49,7 +38,8 @@ def build() -> gr.Blocks:
                 evaluate_tab.build(current_set, COMPUTE)
             with gr.Tab("Learn", id="learn") as learn_t:
                 learn_tab.build(tab.method.value)
-            _labels_tab(current_set)
+            with gr.Tab("Labels & storage", id="labels"):
+                labels_tab.render(current_set)
         for other in (distill_t, evaluate_t, learn_t):  # the live map only redraws while it is seen
             other.select(lambda: gr.Timer(active=False), outputs=live_timer, queue=False, api_visibility="private")
         gr.Markdown(f"<small>{runtime.device_note()}. {runtime.LIMITS.describe()} "

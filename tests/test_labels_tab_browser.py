@@ -2,58 +2,33 @@
 two label stores quickly, see the chart and the table. Slow (it trains the digits teacher once)."""
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-
 import pytest
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-sync_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt install chromium)")]
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+pytestmark = pytest.mark.slow
 WAIT = 180_000  # ms: the first run trains the digits teacher on a shared CPU
 
 
-@pytest.fixture(scope="module")
-def url():
-    import app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    app.demo.close()
-
-
-def test_upload_measure_and_see_the_trade_off(url, tmp_path):
+def test_upload_measure_and_see_the_trade_off(app_url, browser, tmp_path):
     from dd_core.data import load_dataset
     from dd_core.synthetic import init_synthetic
 
     path = tmp_path / "tiny.safetensors"
     init_synthetic(load_dataset("digits"), 1, seed=0).save(path)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_context(viewport={"width": 1400, "height": 1200}).new_page()
-        page.goto(url)
-        page.get_by_role("tab", name="Labels & storage").click()
-        page.get_by_label("an uploaded file").check()
-        page.locator("#labels-upload input[type=file]").set_input_files(str(path))
-        page.wait_for_selector("#labels-upload a, #labels-upload .file-name", timeout=WAIT)
-        for label in ("soft:dtype=int8", "dynamic", "dynamic-pruned:keep=0.02", "distance", "teacher"):
-            page.locator("#labels-stores").get_by_label(label, exact=True).uncheck()
-        box = page.locator("#labels-epochs input")
-        box.fill("2")
-        box.blur()
-        page.click("#labels-btn")
-        page.wait_for_function("() => (document.querySelector('#labels-status')?.innerText || '').includes('Done')",
-                               timeout=WAIT)
-        page.screenshot(path=str(tmp_path / "labels.png"), full_page=True)
-        table = page.locator("#labels-table").inner_text()
-        assert "soft:topk=1" in table and "Protocol" in table and "2 epochs" in table
-        assert page.locator("#labels-plot .plot-container").count() == 1
-        browser.close()
+    page = browser.new_context(viewport={"width": 1400, "height": 1200}).new_page()
+    page.goto(app_url)
+    page.get_by_role("tab", name="Labels & storage").click()
+    page.get_by_label("an uploaded file").check()
+    page.locator("#labels-upload input[type=file]").set_input_files(str(path))
+    page.wait_for_selector("#labels-upload a, #labels-upload .file-name", timeout=WAIT)
+    for label in ("soft:dtype=int8", "dynamic", "dynamic-pruned:keep=0.02", "distance", "teacher"):
+        page.locator("#labels-stores").get_by_label(label, exact=True).uncheck()
+    box = page.locator("#labels-epochs input")
+    box.fill("2")
+    box.blur()
+    page.click("#labels-btn")
+    page.wait_for_function("() => (document.querySelector('#labels-status')?.innerText || '').includes('Done')",
+                           timeout=WAIT)
+    page.screenshot(path=str(tmp_path / "labels.png"), full_page=True)
+    table = page.locator("#labels-table").inner_text()
+    assert "soft:topk=1" in table and "Protocol" in table and "2 epochs" in table
+    assert page.locator("#labels-plot .plot-container").count() == 1
