@@ -14,6 +14,7 @@ from dd_core.methods import METHODS
 from dd_core.registry import UnknownNameError
 from dd_core.synthetic import SyntheticFileError, check_ipc
 
+from . import runtime
 from .runtime import LIMITS
 
 log = logging.getLogger("distillery.app")
@@ -25,7 +26,8 @@ class UserError(ValueError):
 
 
 def dataset_choices() -> list[str]:
-    return [n for n in dataset_names() if not n.startswith("folder:")] + [FOLDER_CHOICE]
+    builtin = [n for n in dataset_names() if not n.startswith("folder:")]
+    return builtin + [FOLDER_CHOICE] if runtime.FOLDERS_ALLOWED else builtin
 
 
 def dataset_name(choice: str | None, folder_path: str | None = "") -> str:
@@ -33,7 +35,13 @@ def dataset_name(choice: str | None, folder_path: str | None = "") -> str:
     choice = (choice or "").strip()
     if not choice:
         raise UserError("Choose a dataset.")
-    if choice == FOLDER_CHOICE:
+    if choice == FOLDER_CHOICE or choice.startswith("folder:"):
+        if not runtime.FOLDERS_ALLOWED:
+            raise UserError("Image folders on the server's disk are turned off here (a public Space). Choose one of: "
+                            f"{', '.join(dataset_choices())}; or run the app on your own machine "
+                            "(or set DISTILLERY_FOLDERS=1) to distill your own images.")
+        if choice.startswith("folder:"):  # the API passes the engine's name directly
+            return choice
         path = (folder_path or "").strip()
         if not path:
             raise UserError("Type the path of an image folder (one sub-folder per class) in the folder box.")
@@ -89,6 +97,8 @@ def check_ipc_value(ipc, dataset=None) -> int:
 
 def open_dataset(name: str):
     """load_dataset with its errors turned into messages."""
+    if name.startswith("folder:"):
+        dataset_name(name)  # refused where folders are turned off
     try:
         return load_dataset(name)
     except (UnknownNameError, DatasetUnavailable, FolderError, OSError, ValueError) as err:

@@ -42,6 +42,11 @@ THREADS = _env_int("DISTILLERY_THREADS", max(1, CORES // POOL))
 LIMITS = (Limits(max_steps=20_000, max_seconds=30 * 60, max_ipc=100) if CUDA
           else Limits(max_steps=_env_int("DISTILLERY_MAX_STEPS", 3000),
                       max_seconds=float(_env_int("DISTILLERY_MAX_SECONDS", 300)), max_ipc=50))
+# Reading image folders from the server's disk: on for a local launch; off on a public Hugging Face
+# Space (SPACE_ID is set there), where a visitor must not browse the host's files.
+# DISTILLERY_FOLDERS=1 or 0 overrides either way.
+_folders = os.environ.get("DISTILLERY_FOLDERS")
+FOLDERS_ALLOWED = (_folders.strip().lower() in ("1", "true", "yes")) if _folders else not os.environ.get("SPACE_ID")
 QUEUE_SIZE = 16  # waiting events beyond this are refused with "queue full" instead of waiting for ever
 
 

@@ -90,6 +90,19 @@ def test_bad_dataset_is_a_message(session, dataset, folder, fragment):
     assert out(updates[-1], "distill_btn")["interactive"] is True
 
 
+def test_folders_are_off_on_a_public_space(session, tmp_path, monkeypatch):
+    from components import inputs, runtime
+
+    monkeypatch.setattr(runtime, "FOLDERS_ALLOWED", False)
+    assert "folder" not in inputs.dataset_choices()
+    for choice, path in (("folder", str(tmp_path)), (f"folder:{tmp_path}", "")):
+        with pytest.raises(inputs.UserError, match="turned off") as err:
+            distill_run.check_request(choice, path, "dm", 1, 3, 0)
+        assert "digits" in str(err.value) and "DISTILLERY_FOLDERS=1" in str(err.value)
+    with pytest.raises(inputs.UserError, match="turned off"):
+        inputs.open_dataset(f"folder:{tmp_path}")
+
+
 def test_folder_without_images_is_a_message(session, tmp_path):
     for name in ("cat", "dog"):
         (tmp_path / name).mkdir()
