@@ -118,3 +118,40 @@ def test_ncfm_phase_term_is_the_arctangent_form():
     ours = cf_distance((a.real[None], a.imag[None]), (b.real[None], b.imag[None]), alpha=0.0, beta=1.0)
     phase = 2 * a.abs() * b.abs() * (1 - torch.cos(a.angle() - b.angle()))
     assert torch.allclose(ours, torch.sqrt(phase + 1e-12).mean(), atol=1e-9)
+
+
+def test_ncfm_sampler_starts_as_the_gaussian_draw_and_keeps_lengths():
+    from dd_core.methods.ncfm import FrequencySampler
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(64, 16, generator=g)
+    sampler = FrequencySampler(16, 32, seed=0)
+    assert torch.allclose(sampler(z), z, atol=1e-6)  # the last layer starts at zero
+    with torch.no_grad():
+        sampler.body[2].weight.normal_(generator=g)
+    t = sampler(z)
+    assert not torch.allclose(t, z, atol=1e-3)
+    assert torch.allclose(t.norm(dim=1), z.norm(dim=1), atol=1e-5)  # only directions are learned
+
+
+def test_ncfm_sampler_ascends_the_distance_the_images_descend():
+    from dd_core.methods.ncfm import FrequencySampler
+
+    g = torch.Generator().manual_seed(1)
+    real = F.normalize(torch.randn(60, 8, generator=g), dim=1)
+    syn = F.normalize(torch.randn(6, 8, generator=g) + 0.3, dim=1)
+    g_real, g_syn = torch.arange(2).repeat_interleave(30), torch.arange(2).repeat_interleave(3)
+    z = torch.randn(128, 8, generator=g)
+    sampler = FrequencySampler(8, 32, seed=0)
+    opt = torch.optim.Adam(sampler.parameters(), lr=1e-2)
+
+    def distance():
+        t = sampler(z)
+        return cf_distance(class_cf(real, g_real, t, 2), class_cf(syn, g_syn, t, 2), alpha=0.5, beta=0.5)
+
+    before = distance().item()
+    for _ in range(20):
+        opt.zero_grad()
+        (-distance()).backward()
+        opt.step()
+    assert distance().item() > before * 1.05
