@@ -90,16 +90,30 @@ def run_seed(dataset, method_name: str, ipc: int, args, seed: int) -> dict:
     }
 
 
+def budget(r: dict) -> str:
+    """The distillation budget of a row: preset, steps, and the settings that set its cost."""
+    hp = r.get("hyperparameters", {})
+    parts = [r["preset"], f"{r['steps']} steps"]
+    if "model" in hp:
+        parts.append(hp["model"])
+    if "batch_real" in hp:
+        parts.append(f"{hp['batch_real']} real/class")
+    seeds = r.get("seed")
+    if isinstance(seeds, list) and len(seeds) > 1:
+        parts.append(f"{len(seeds)} seeds")
+    return ", ".join(parts)
+
+
 def table(paths: list[str]) -> str:
     rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
-    out = ["| dataset | method | IPC | preset, steps | distill s | eval protocol | accuracy % (mean ± std, n) "
+    out = ["| dataset | method | IPC | distillation budget | distill s | eval protocol | accuracy % (mean ± std, n) "
            "| eval s | published % | diff |", "|" + " --- |" * 10]
     for r in rows:
         e = r["eval"]
         mean, std = 100 * e["accuracy_mean"], 100 * e["accuracy_std"]
         pub = r.get("published_percent")
         diff = f"{mean - pub:+.1f}" if pub is not None else "-"
-        out.append(f"| {r['dataset']} | {r['method']} | {r['ipc']} | {r['preset']}, {r['steps']} | "
+        out.append(f"| {r['dataset']} | {r['method']} | {r['ipc']} | {budget(r)} | "
                    f"{r['distill_seconds']:.0f} | {e['protocol']} ({e['protocol_detail'].split(': ', 1)[1].split(', ')[4]}) | "
                    f"{mean:.1f} ± {std:.1f} ({len(e['accuracies'])}) | {e['seconds']:.0f} | "
                    f"{pub if pub is not None else '-'} | {diff} |")

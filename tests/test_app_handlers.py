@@ -213,3 +213,26 @@ def test_importing_the_app_starts_nothing():
             "assert not app.demo.is_running, 'a server was started'; "
             "assert e.WORKER._proc is None, 'the UMAP worker was started'")
     subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], check=True, timeout=120)
+
+
+def test_a_soft_label_set_is_compared_like_with_like(session, monkeypatch):
+    """IOR against a random subset with the same kind of labels; HLR from the set on hard labels."""
+    from components import evaluate_run
+    from dd_core.data import load_dataset
+    from dd_core.evaluate import protocol, test_accuracy
+    from dd_core.labels import attach, build_spec
+    from dd_core.synthetic import init_synthetic
+    from dd_core.teacher import Teacher, train_on_real
+
+    digits = load_dataset("digits")
+    net = train_on_real(digits, "mlp", 3, 0, "cpu").requires_grad_(False)
+    teacher = Teacher(net, "mlp", 3, test_accuracy(net, digits, "cpu"), 0.0)
+    monkeypatch.setattr(evaluate_run, "get_teacher", lambda dataset: teacher)
+    syn = init_synthetic(digits, 1, seed=3)
+    attach(syn, build_spec("soft:dtype=int8", syn, digits, teacher, protocol("fast")))
+    steps = list(evaluate_tab.run_evaluation(session, syn, "fast", 1, "mlp", compare=True))
+    status, report = steps[-1]
+    assert "Done" in status
+    assert "random real images, IPC 1, soft:dtype=int8 labels" in report
+    assert "synthetic on hard labels (for HLR)" in report and "**HLR**" in report
+    assert session.last_eval["labels"] == "soft:dtype=int8"
