@@ -75,7 +75,8 @@ def run_seed(dataset, method_name: str, ipc: int, args, seed: int) -> dict:
     snap = run_to_end(dataset, method, method_name=method_name, ipc=ipc, steps=steps, seed=seed,
                       snapshot_every=10**9)
     distill_s = time.perf_counter() - t0
-    config = protocol(args.protocol, num_models=args.models, **({"epochs": args.epochs} if args.epochs else {}))
+    config = protocol(args.protocol, num_models=args.models, dsa_ops=args.dsa_ops,
+                      **({"epochs": args.epochs} if args.epochs else {}))
     result = evaluate(snap.synthetic.images, snap.synthetic.labels, dataset, config)
     if args.save_dir:
         Path(args.save_dir).mkdir(parents=True, exist_ok=True)
@@ -131,6 +132,8 @@ def main() -> None:
     p.add_argument("--protocol", default="fast", choices=["fast", "paper"])
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--models", type=int, default=3)
+    p.add_argument("--dsa-ops", default="batch", choices=["batch", "image"],
+                   help="evaluation DSA: one op per batch (the reference) or per image (results before 2026-11-28)")
     p.add_argument("--seeds", nargs="*", type=int, default=[0],
                    help="distill (or select) once per seed; e.g. 0 1 2 averages random subsets")
     p.add_argument("--threads", type=int, default=2)

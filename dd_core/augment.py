@@ -46,8 +46,15 @@ class DSA:
         self.ops = tuple(ops)
 
     def sample(self, groups: int, generator: torch.Generator) -> DSAParams:
+        """An op and its numbers for each of `groups` groups."""
         choice = torch.randint(len(self.ops), (groups,), generator=generator).tolist()
         return DSAParams(op=[self.ops[i] for i in choice], u=torch.rand(groups, 4, generator=generator))
+
+    def sample_batch(self, n: int, generator: torch.Generator) -> DSAParams:
+        """One op for a whole batch of n images, each image with its own numbers: how the reference
+        code augments a training batch when evaluating (not Siamese: nothing to pair it with)."""
+        op = self.ops[int(torch.randint(len(self.ops), (1,), generator=generator))]
+        return DSAParams(op=[op] * n, u=torch.rand(n, 4, generator=generator))
 
     def apply(self, x: torch.Tensor, params: DSAParams, groups: torch.Tensor | None = None) -> torch.Tensor:
         """Augment x (n, c, h, w); image i uses parameter group groups[i] (all group 0 if None)."""

@@ -33,12 +33,13 @@ class EvalConfig:
     weight_decay: float = 5e-4
     batch_size: int = 256
     dsa: bool = True  # DSA augmentation of every training batch (per-image parameters)
+    dsa_ops: str = "batch"  # "batch": one op per batch, as the reference evaluation; "image": one per image
     num_models: int = 3
     report: str = "final"  # "final" epoch accuracy; "best" only to mimic papers that did so
     seed: int = 0
 
     def describe(self) -> str:
-        aug = "DSA" if self.dsa else "no augmentation"
+        aug = f"DSA (one op per {self.dsa_ops})" if self.dsa else "no augmentation"
         return (f"{self.protocol}: {self.model or 'ConvNet for the resolution'}, SGD lr {self.lr} mom {self.momentum} wd {self.weight_decay}, "
                 f"batch {self.batch_size}, {self.epochs} epochs (lr x0.1 at half), {aug}, "
                 f"{self.report} accuracy, {self.num_models} networks")
@@ -83,10 +84,17 @@ class EvalResult:
                 "stopped": self.stopped}
 
 
-def training_views(images: torch.Tensor, *, epochs: int, batch_size: int, augment, seed: int
-                   ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+DSA_OPS = ("batch", "image")
+
+
+def training_views(images: torch.Tensor, *, epochs: int, batch_size: int, augment, seed: int,
+                   dsa_ops: str = "batch") -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """The exact sequence of (epoch, indices, augmented views) an evaluation network trains on.
-    Deterministic for a seed, so a label store can replay it and label the very same views."""
+    Deterministic for a seed, so a label store can replay it and label the very same views.
+    Every image gets its own augmentation numbers; `dsa_ops` says whether the op itself is drawn
+    once per batch (the reference evaluation) or once per image."""
+    if dsa_ops not in DSA_OPS:
+        raise ValueError(f"unknown dsa_ops {dsa_ops!r}; valid values are: {', '.join(DSA_OPS)}")
     g = torch.Generator().manual_seed(seed)
     n = len(images)
     for epoch in range(epochs):
@@ -94,8 +102,8 @@ def training_views(images: torch.Tensor, *, epochs: int, batch_size: int, augmen
         for i in range(0, n, batch_size):
             idx = perm[i:i + batch_size]
             views = images[idx.to(images.device)]
-            if augment is not None:  # one parameter set per image
-                params = augment.sample(len(idx), g)
+            if augment is not None:
+                params = augment.sample_batch(len(idx), g) if dsa_ops == "batch" else augment.sample(len(idx), g)
                 views = augment.apply(views, params, torch.arange(len(idx)))
             yield epoch, idx, views
 
@@ -125,7 +133,7 @@ def train_network(images: torch.Tensor, labels: LabelStore, dataset: Dataset, co
     net.train()
     # A store that labelled one recorded schedule (dynamic labels) makes every network replay it.
     for epoch, idx, views in training_views(images, epochs=config.epochs, batch_size=config.batch_size,
-                                            augment=augment, seed=labels.view_seed(seed + 1)):
+                                            augment=augment, seed=labels.view_seed(seed + 1), dsa_ops=config.dsa_ops):
         if epoch != epoch_now:  # an epoch ended
             sched.step()
             if best is not None:

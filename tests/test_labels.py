@@ -315,3 +315,12 @@ def test_specs_are_parsed_and_checked():
 
 def test_aug_record_costs_what_it_says():
     assert AUG_RECORD_BYTES == 8 + 4 + 4
+
+
+def test_an_old_record_replays_one_op_per_image(syn, digits, teacher, config):
+    record = AugRecord.for_config(config)
+    assert record.dsa_ops == "batch" and record.meta()["dsa_ops"] == "batch"
+    old = {k: v for k, v in record.meta().items() if k != "dsa_ops"}  # a file from before the field
+    assert AugRecord.from_meta(old).dsa_ops == "image"
+    with pytest.raises(ValueError, match="one op per image"):
+        AugRecord.from_meta(old).check(config, "dynamic")

@@ -155,3 +155,30 @@ def test_ncfm_sampler_ascends_the_distance_the_images_descend():
         (-distance()).backward()
         opt.step()
     assert distance().item() > before * 1.05
+
+
+def test_evaluation_draws_one_dsa_op_per_batch_like_the_reference():
+    from dd_core.augment import DIGIT_OPS, DSA
+    from dd_core.evaluate import training_views
+
+    dsa = DSA(DIGIT_OPS)
+    params = dsa.sample_batch(6, torch.Generator().manual_seed(0))
+    assert len(set(params.op)) == 1 and params.u.shape == (6, 4)
+    assert len({tuple(row.tolist()) for row in params.u}) == 6  # each image its own numbers
+    # The schedule is: a permutation per epoch, then per batch one op and per-image numbers.
+    images = torch.randn(12, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    ops_seen = set()
+    g = torch.Generator().manual_seed(0)
+    schedule = training_views(images, epochs=10, batch_size=5, augment=dsa, seed=0)
+    for _epoch in range(10):
+        perm = torch.randperm(12, generator=g)
+        for start in range(0, 12, 5):
+            expected_idx = perm[start:start + 5]
+            p = dsa.sample_batch(len(expected_idx), g)
+            ops_seen.add(p.op[0])
+            _, idx, views = next(schedule)
+            assert torch.equal(idx, expected_idx)
+            assert torch.equal(views, dsa.apply(images[idx], p, torch.arange(len(idx))))
+    assert len(ops_seen) > 1  # batches differ in op
+    with pytest.raises(ValueError, match="batch, image"):
+        list(training_views(images, epochs=1, batch_size=5, augment=dsa, seed=0, dsa_ops="pixel"))

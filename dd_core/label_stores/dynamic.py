@@ -22,33 +22,39 @@ class AugRecord:
     epochs: int
     batch_size: int
     dsa: bool  # with the dataset's DSA ops, or no augmentation
+    dsa_ops: str = "batch"  # the op drawn once per batch or once per image (EvalConfig.dsa_ops)
 
     @classmethod
     def for_config(cls, config) -> "AugRecord":
-        return cls(config.seed + 1, config.epochs, config.batch_size, config.dsa)
+        return cls(config.seed + 1, config.epochs, config.batch_size, config.dsa, config.dsa_ops)
 
     def meta(self) -> dict[str, str]:
         return {"seed": str(self.seed), "epochs": str(self.epochs), "batch_size": str(self.batch_size),
-                "dsa": str(int(self.dsa))}
+                "dsa": str(int(self.dsa)), "dsa_ops": self.dsa_ops}
 
     @classmethod
     def from_meta(cls, meta: dict[str, str]) -> "AugRecord":
-        return cls(int(meta["seed"]), int(meta["epochs"]), int(meta["batch_size"]), meta["dsa"] == "1")
+        # files written before dsa_ops was recorded drew one op per image
+        return cls(int(meta["seed"]), int(meta["epochs"]), int(meta["batch_size"]), meta["dsa"] == "1",
+                   meta.get("dsa_ops", "image"))
 
     def views(self, images: torch.Tensor, dataset_name: str):
         """The (epoch, indices, views) sequence an evaluation network replaying this record sees."""
         from ..evaluate import training_views  # evaluate imports labels, which imports this file
 
         augment = dsa_for(dataset_name) if self.dsa else None
-        return training_views(images, epochs=self.epochs, batch_size=self.batch_size, augment=augment, seed=self.seed)
+        return training_views(images, epochs=self.epochs, batch_size=self.batch_size, augment=augment, seed=self.seed,
+                              dsa_ops=self.dsa_ops)
 
     def check(self, config, store: str) -> None:
-        wanted = (config.epochs, config.batch_size, config.dsa)
-        if wanted != (self.epochs, self.batch_size, self.dsa):
+        wanted = (config.epochs, config.batch_size, config.dsa, config.dsa and config.dsa_ops)
+        if wanted != (self.epochs, self.batch_size, self.dsa, self.dsa and self.dsa_ops):
+            def aug(dsa, ops):
+                return f"DSA with one op per {ops}" if dsa else "no augmentation"
             raise ValueError(f"the {store!r} labels were made for {self.epochs} epochs, batch {self.batch_size}, "
-                             f"{'DSA' if self.dsa else 'no augmentation'}; the evaluation asks for "
+                             f"{aug(self.dsa, self.dsa_ops)}; the evaluation asks for "
                              f"{config.epochs} epochs, batch {config.batch_size}, "
-                             f"{'DSA' if config.dsa else 'no augmentation'}. Rebuild the labels for it.")
+                             f"{aug(config.dsa, config.dsa_ops)}. Rebuild the labels for it.")
 
 
 def schedule_probabilities(syn, teacher, record: AugRecord, temperature: float) -> torch.Tensor:
