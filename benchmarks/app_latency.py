@@ -8,6 +8,7 @@
    other programs hits all three alike.
 
     python -m benchmarks.app_latency [--steps 60] [--repeats 3]
+    python -m benchmarks.app_latency --start-only --repeats 3   # start only, against bare imports
 """
 from __future__ import annotations
 
@@ -131,12 +132,54 @@ def handler_rate(steps: int) -> tuple[float, float]:
     return rate, 1 - inside[0] / total
 
 
+def bare_imports_s() -> float:
+    """Seconds from starting a fresh Python to its having imported torch and gradio (its exit, which
+    can take seconds more, is not counted): the floor under any start of the app."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", "import torch, gradio; print('ok', flush=True)"], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True, env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False"))
+    proc.stdout.readline()
+    seconds = time.perf_counter() - t0
+    proc.wait()
+    return seconds
+
+
+def start_only(repeats: int) -> dict:
+    """App start to a usable page, `repeats` times, each beside a bare-import baseline run just before it."""
+    from playwright.sync_api import sync_playwright
+
+    usable, http, bare = [], [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=ARGS)
+        for _ in range(repeats):
+            bare.append(bare_imports_s())
+            proc, url, seconds = launch(warmup=True)
+            t0 = time.perf_counter()
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.wait_for_selector("#distill-btn", timeout=60_000)
+            usable.append(seconds + time.perf_counter() - t0)
+            http.append(seconds)
+            page.close()
+            stop(proc)
+        browser.close()
+    med = statistics.median
+    return {"start_http_s": http, "start_page_usable_s": usable, "bare_import_torch_gradio_s": bare,
+            "median_usable_s": round(med(usable), 2), "median_bare_s": round(med(bare), 2),
+            "usable_over_bare": round(med(usable) / med(bare), 2), "load_average": os.getloadavg()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--start-only", action="store_true",
+                        help="only time app start to a usable page, against bare `import torch, gradio`")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
+    if args.start_only:
+        print(json.dumps(start_only(args.repeats), indent=1))
+        return
     from playwright.sync_api import sync_playwright
 
     from components import runtime
