@@ -19,6 +19,7 @@ from .runtime import LIMITS
 from .sessions import Session
 
 MAX_MODELS = 5
+SAME_ARCH = "the protocol's (ConvNet for the resolution)"  # the architecture choice meaning "no override"
 # Published whole-dataset accuracies (ConvNet-3, fractions), shown beside our own measurement.
 PUBLISHED_WHOLE = {"mnist": 0.996, "fashion_mnist": 0.935, "cifar10": 0.848}
 _baselines: dict[tuple, EvalResult] = {}  # read-only once computed: derived from real data only

@@ -15,7 +15,7 @@ from .runtime import LIMITS
 from .sessions import Session, session_for
 
 SOURCES = ("this session's set", "an uploaded file")
-SAME_ARCH = "the protocol's (convnet)"
+SAME_ARCH = evaluate_run.SAME_ARCH
 TABLE_COLUMNS = ["method", "dataset", "IPC", "labels", "bytes", "accuracy", "std", "networks", "protocol",
                  "architecture", "steps", "IOR", "HLR", "LRS"]
 

@@ -25,7 +25,7 @@ SOURCES = ("this session's set", "an uploaded file")
 QUICK_STORES = ["hard", "soft", "soft:dtype=int8", "soft:topk=1", "dynamic", "dynamic-pruned:keep=0.02",
                 "distance", "teacher"]
 DEFAULT_EPOCHS = 0 if CUDA else 50  # 0: the protocol's own (300 fast, 1000 paper)
-SAME_ARCH = "the protocol's (ConvNet for the resolution)"
+SAME_ARCH = evaluate_run.SAME_ARCH
 DEFAULT_NETWORKS = 3 if CUDA else 2
 POLL_SECONDS = 0.5
 INTRO = ("Distilled images are only half of what a student trains on: the other half is its **labels**. "
