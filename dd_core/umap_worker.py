@@ -100,7 +100,18 @@ def serve(inp, out) -> None:
         _send(out, reply)
 
 
+def _exit_with_parent(parent: int, every: float = 2.0) -> None:
+    """Leave as soon as the parent is gone, even mid-compile or mid-fit: an orphan at low priority
+    would otherwise linger until its current job ends, which on a loaded machine takes minutes."""
+    import time
+
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(0)
+
+
 def main() -> None:
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     proto_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything a library prints goes to stderr, never into the protocol
     serve(sys.stdin.buffer, proto_out)

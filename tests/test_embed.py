@@ -1,6 +1,8 @@
 """Feature maps: class-balanced samples, PCA, nearest real images, and the UMAP worker process."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -62,6 +64,41 @@ def test_worker_answers_and_reports_errors():
             worker.call("dance")
     finally:
         worker.close()
+
+
+def test_worker_leaves_when_its_parent_dies():
+    """A parent killed outright (no close, no pipe teardown in order) leaves no worker behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("from dd_core.umap_worker import UmapWorker; w = UmapWorker(nice=0); w.call('ping'); "
+            "print(w._proc.pid, flush=True); import time; time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[1])
+    child = int(parent.stdout.readline())
+    # hold the worker's stdin open from here, so only the parent-death watch can end it
+    holder = os.open(f"/proc/{child}/fd/0", os.O_WRONLY) if os.path.exists(f"/proc/{child}/fd/0") else None
+    try:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{child}/stat") as f:
+                    if f.read().split()[2] == "Z":  # exited, waiting for init to reap it
+                        break
+            except FileNotFoundError:  # exited and reaped
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(child, signal.SIGKILL)
+            pytest.fail("the UMAP worker outlived its parent by 20 s")
+    finally:
+        if holder is not None:
+            os.close(holder)
 
 
 @pytest.mark.slow
