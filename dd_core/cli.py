@@ -114,7 +114,8 @@ def cmd_evaluate(args) -> int:
 def cmd_labels(args) -> int:
     from .tradeoff import labels_command
 
-    return labels_command(args.file, args.protocol, args.stores, args.models, args.json)
+    return labels_command(args.file, args.protocol, args.stores, args.models, args.json, epochs=args.epochs,
+                          image_format=args.image_format, random_set=not args.no_random)
 
 
 def cmd_list(args) -> int:
@@ -180,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--protocol", default="fast", choices=["fast", "paper"])
     lab.add_argument("--stores", nargs="*", default=None)
     lab.add_argument("--models", type=int, default=None)
+    lab.add_argument("--epochs", type=int, default=None, help="training epochs (default: the protocol's)")
+    lab.add_argument("--image-format", default="uint8",
+                     help="how the images are stored, for their bytes: uint8, float16 or float32")
+    lab.add_argument("--no-random", action="store_true", help="skip the random-subset reference")
     lab.add_argument("--json", action="store_true")
     lab.set_defaults(func=cmd_labels)
 

@@ -140,7 +140,7 @@ class Tradeoff:
         return rows
 
     def as_rows(self) -> list[dict]:
-        rows = [p.as_dict() for p in self.points]
+        rows = [{"protocol": self.protocol, **p.as_dict()} for p in self.points]  # the recipe behind each number
         if self.whole_bytes:
             rows.append({"labels": "hard", "set": "whole", "image_format": "uint8",
                          "image_bytes": self.whole_image_bytes, "label_bytes": self.whole_label_bytes,

@@ -100,3 +100,15 @@ def test_labels_command_refuses_bad_input(args, message, tiny_file, capsys):
 def test_top_k_beyond_the_classes_is_reported(tiny_file, quick_teacher, capsys):
     assert labels_command(str(tiny_file), "fast", ["hard", "soft:topk=11"], 1, False, epochs=1) == 0
     assert capsys.readouterr().err.count("limit is k <= 10") == 1
+
+
+def test_the_cli_passes_epochs_image_format_and_no_random(tiny_file, quick_teacher, capsys):
+    from dd_core.cli import main
+
+    assert main(["labels", str(tiny_file), "--stores", "hard", "--models", "1", "--epochs", "1",
+                 "--image-format", "float16", "--no-random", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    synthetic = [r for r in rows if r["set"] == "synthetic"]
+    assert {r["set"] for r in rows} == {"synthetic", "whole"}  # no random subset
+    assert synthetic[0]["image_bytes"] == 10 * 8 * 8 * 2  # float16 images
+    assert "1 epochs" in synthetic[0]["protocol"]
