@@ -129,7 +129,7 @@ def main() -> None:
     p.add_argument("--preset", default="fast", choices=["fast", "paper"])
     p.add_argument("--steps", type=int, default=None, help="distillation steps (default: the preset's)")
     p.add_argument("--set", action="append", default=[], metavar="[METHOD.]FIELD=VALUE")
-    p.add_argument("--protocol", default="fast", choices=["fast", "paper"])
+    p.add_argument("--protocol", default="fast", choices=["fast", "paper", "dc"])
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--models", type=int, default=3)
     p.add_argument("--dsa-ops", default="batch", choices=["batch", "image"],

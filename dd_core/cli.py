@@ -165,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="train fresh networks on a synthetic set and report test accuracy")
     e.add_argument("file")
-    e.add_argument("--protocol", default="fast", choices=["fast", "paper"])
+    e.add_argument("--protocol", default="fast", choices=["fast", "paper", "dc"],
+                   help="fast: 300 epochs with DSA; paper: the DSA/DM paper protocol (1000 epochs, DSA); "
+                        "dc: the DC paper's (300 epochs, its crop/scale/rotate augmentation on MNIST)")
     e.add_argument("--models", type=int, default=None, help="number of evaluation networks")
     e.add_argument("--epochs", type=int, default=None)
     e.add_argument("--arch", default=None, help="evaluation network (cross-architecture)")

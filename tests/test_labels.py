@@ -214,6 +214,8 @@ def test_dynamic_labels_refuse_another_schedule(syn, digits, teacher, config):
     store = build_spec("dynamic", syn, digits, teacher, config)
     with pytest.raises(ValueError, match="made for 3 epochs"):
         evaluate(syn.images, store, digits, dataclasses.replace(config, epochs=5), device="cpu")
+    with pytest.raises(ValueError, match="not 'dc'"):
+        evaluate(syn.images, store, digits, dataclasses.replace(config, dsa=False, dc_aug=True), device="cpu")
 
 
 # -- the projector learns the teacher ----------------------------------------------------------------------

@@ -182,3 +182,43 @@ def test_evaluation_draws_one_dsa_op_per_batch_like_the_reference():
     assert len(ops_seen) > 1  # batches differ in op
     with pytest.raises(ValueError, match="batch, image"):
         list(training_views(images, epochs=1, batch_size=5, augment=dsa, seed=0, dsa_ops="pixel"))
+
+
+def test_dc_evaluation_augmentation_does_what_the_dc_paper_describes():
+    """The DC protocol's augmentation (MNIST only): one of crop (whole-pixel shifts in [-4, 3], padded
+    with the batch's channel means), nearest-neighbour scale by [0.8, 1.2] and whole-degree rotation."""
+    from dd_core.augment import DCAugment, dc_augment_for
+    from dd_core.evaluate import augment_for, protocol
+
+    aug = DCAugment()
+    x = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    params = aug.sample(16, torch.Generator().manual_seed(1))
+    assert set(params.op) <= {"crop", "scale", "rotate"} and len(set(params.op)) > 1  # drawn per image
+
+    def only(op, u):
+        return DSAParams(op=[op] * len(u), u=u)
+
+    u = torch.rand(16, 4, generator=torch.Generator().manual_seed(2))
+    cropped = aug.apply(x, only("crop", u), torch.arange(16))
+    fill = x.mean()
+    for i in range(16):
+        dy, dx = int(u[i, 0] * 8) - 4, int(u[i, 1] * 8) - 4
+        assert -4 <= dy <= 3 and -4 <= dx <= 3
+        expected = torch.full_like(x[i], fill.item())
+        src = x[i, :, max(dy, 0):28 + min(dy, 0), max(dx, 0):28 + min(dx, 0)]
+        expected[:, max(-dy, 0):max(-dy, 0) + src.shape[1], max(-dx, 0):max(-dx, 0) + src.shape[2]] = src
+        assert torch.allclose(cropped[i], expected, atol=1e-6)
+    # u = 0.5 is a zero-degree rotation and a scale factor of exactly 1: the image comes back.
+    half = torch.full((16, 4), 0.5)
+    assert torch.allclose(aug.apply(x, only("rotate", half), torch.arange(16)), x, atol=1e-5)
+    assert torch.equal(aug.apply(x, only("scale", half), torch.arange(16)), x)
+    # Shrinking leaves a border of zeros (the mean pixel); scaling takes pixel values, never blends.
+    shrunk = aug.apply(x, only("scale", torch.zeros(16, 4)), torch.arange(16))
+    assert (shrunk[:, :, :2] == 0).all() and (shrunk[:, :, :, :2] == 0).all()
+    assert torch.isin(shrunk[0], torch.cat([x[0].flatten(), torch.zeros(1)])).all()
+    # Only MNIST is augmented under the DC protocol; DSA protocols ignore it.
+    assert dc_augment_for("fashion_mnist") is None and isinstance(dc_augment_for("mnist"), DCAugment)
+    assert isinstance(augment_for(protocol("dc"), "mnist"), DCAugment)
+    assert augment_for(protocol("dc"), "digits") is None
+    assert isinstance(augment_for(protocol("paper"), "mnist"), DSA)
+    assert "DC augmentation" in protocol("dc").describe() and protocol("dc").epochs == 300

@@ -47,6 +47,9 @@ class AugRecord:
                               dsa_ops=self.dsa_ops)
 
     def check(self, config, store: str) -> None:
+        if not config.dsa and config.dc_aug:
+            raise ValueError(f"the {store!r} labels replay DSA or unaugmented schedules only; evaluate them "
+                             "with the 'paper' or 'fast' protocol, not 'dc'")
         wanted = (config.epochs, config.batch_size, config.dsa, config.dsa and config.dsa_ops)
         if wanted != (self.epochs, self.batch_size, self.dsa, self.dsa and self.dsa_ops):
             def aug(dsa, ops):
