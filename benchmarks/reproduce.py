@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from dd_core.data import load_dataset
-from dd_core.distill import run_to_end
+from dd_core.distill import run_to_end, time_budget
 from dd_core.evaluate import evaluate, protocol
 from dd_core.methods import METHODS, make_method
 
@@ -72,9 +72,12 @@ def run_seed(dataset, method_name: str, ipc: int, args, seed: int) -> dict:
     steps = args.steps if args.steps is not None else METHODS.get(method_name).default_steps(
         args.preset, dataset=dataset.name, ipc=ipc)
     t0 = time.perf_counter()
+    stop, timer = time_budget(args.minutes)
     snap = run_to_end(dataset, method, method_name=method_name, ipc=ipc, steps=steps, seed=seed,
-                      snapshot_every=10**9)
+                      snapshot_every=10**9, stop=stop)
     distill_s = time.perf_counter() - t0
+    if timer is not None:
+        timer.cancel()
     config = protocol(args.protocol, num_models=args.models, dsa_ops=args.dsa_ops,
                       **({"epochs": args.epochs} if args.epochs else {}))
     result = evaluate(snap.synthetic.images, snap.synthetic.labels, dataset, config)
@@ -85,7 +88,7 @@ def run_seed(dataset, method_name: str, ipc: int, args, seed: int) -> dict:
     return {
         "dataset": dataset.name, "method": method_name, "ipc": ipc, "preset": args.preset, "steps": snap.step,
         "status": snap.status, "hyperparameters": method.config(), "seed": seed,
-        "distill_seconds": round(distill_s, 1), "eval": result.as_dict(), "published_percent": published,
+        "distill_seconds": round(distill_s, 1), "minutes_budget": args.minutes, "eval": result.as_dict(), "published_percent": published,
         "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
         "code_version": code_version(),
     }
@@ -95,6 +98,8 @@ def budget(r: dict) -> str:
     """The distillation budget of a row: preset, steps, and the settings that set its cost."""
     hp = r.get("hyperparameters", {})
     parts = [r["preset"], f"{r['steps']} steps"]
+    if r.get("minutes_budget"):
+        parts[1] += f" (what {r['minutes_budget']:g} min allowed)"
     if "model" in hp:
         parts.append(hp["model"])
     if "batch_real" in hp:
@@ -128,6 +133,8 @@ def main() -> None:
     p.add_argument("--ipcs", nargs="*", type=int, default=[1, 10])
     p.add_argument("--preset", default="fast", choices=["fast", "paper"])
     p.add_argument("--steps", type=int, default=None, help="distillation steps (default: the preset's)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="time budget per distillation: stop after this many minutes (the steps reached are reported)")
     p.add_argument("--set", action="append", default=[], metavar="[METHOD.]FIELD=VALUE")
     p.add_argument("--protocol", default="fast", choices=["fast", "paper", "dc"])
     p.add_argument("--epochs", type=int, default=None)

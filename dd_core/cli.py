@@ -35,7 +35,7 @@ def _parse_value(text: str):
 
 def cmd_distill(args) -> int:
     from .data import load_dataset
-    from .distill import distill
+    from .distill import distill, time_budget
     from .methods import METHODS, make_method
 
     from .synthetic import check_ipc
@@ -48,13 +48,16 @@ def cmd_distill(args) -> int:
     steps = args.steps if args.steps is not None else METHODS.get(args.method).default_steps(
         args.preset, dataset=dataset.name, ipc=args.ipc)
     bar = _progress(steps, f"{args.method} {dataset.name} ipc={args.ipc}", args.quiet)
+    stop, timer = time_budget(args.minutes)
     last = None
     for last in distill(dataset, method, method_name=args.method, ipc=args.ipc, steps=steps, seed=args.seed,
-                        init=args.init, snapshot_every=max(1, steps // 100)):
+                        init=args.init, snapshot_every=max(1, steps // 100), stop=stop):
         bar.n = last.step
         bar.set_postfix({k: f"{v:.4g}" for k, v in last.stats.items() if k != "step"})
         bar.refresh()
     bar.close()
+    if timer is not None:
+        timer.cancel()
     syn = last.synthetic
     syn.extra_meta["preset"] = args.preset
     syn.extra_meta["seconds"] = f"{last.elapsed:.2f}"
@@ -154,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--method", default="dm")
     d.add_argument("--ipc", type=int, default=10, help="images per class")
     d.add_argument("--steps", type=int, default=None, help="outer iterations (default: the preset's)")
+    d.add_argument("--minutes", type=float, default=None,
+                   help="time budget: stop after this many minutes (setup included) and keep the last good set")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--preset", default="fast", choices=["fast", "paper"])
     d.add_argument("--init", default="real", choices=["real", "noise"])

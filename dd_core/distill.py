@@ -106,3 +106,18 @@ def run_to_end(dataset: Dataset, method: Method, **kw) -> Snapshot:
     for last in distill(dataset, method, **kw):
         pass
     return last
+
+
+def time_budget(minutes: float | None, stop: threading.Event | None = None) -> tuple[threading.Event, threading.Timer | None]:
+    """A stop event that sets itself after `minutes` of wall time (setup included), so a run does at
+    most that much work and ends with status "stopped" and its last good images. Cancel the timer
+    when the run ends."""
+    stop = stop or threading.Event()
+    if minutes is None:
+        return stop, None
+    if minutes <= 0:
+        raise ValueError(f"a time budget must be positive, got {minutes} minutes")
+    timer = threading.Timer(minutes * 60, stop.set)
+    timer.daemon = True
+    timer.start()
+    return stop, timer

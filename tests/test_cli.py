@@ -42,6 +42,7 @@ def test_distill_then_evaluate_round_trip(tmp_path):
     (["distill", "--ipc", "500"], "at most 139"),
     (["distill", "--ipc", "0"], "at least 1"),
     (["distill", "--set", "bogus=1"], "valid ones are"),
+    (["distill", "--minutes", "0"], "must be positive"),
 ])
 def test_bad_input_exits_2_with_a_helpful_line(capsys, args, message):
     assert main(args + ["--quiet", "--out", "/dev/null"]) == 2
@@ -53,3 +54,13 @@ def test_evaluate_rejects_a_foreign_file(tmp_path, capsys):
     bad.write_bytes(b"\x00" * 16)
     assert main(["evaluate", str(bad)]) == 2
     assert "not a readable .safetensors file" in capsys.readouterr().err
+
+
+def test_a_time_budget_stops_the_run_and_keeps_its_last_good_set(tmp_path, capsys):
+    out = tmp_path / "budget.safetensors"
+    assert main(["distill", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--steps", "1000000",
+                 "--minutes", "0.05", "--quiet", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["status"] == "stopped" and 0 < summary["steps"] < 1000000
+    assert summary["seconds"] < 60  # setup counts against the budget, not in "seconds"
+    assert SyntheticSet.load(out).steps == summary["steps"]
