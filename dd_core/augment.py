@@ -133,11 +133,14 @@ def _scale(x, u):
     return _affine(x, theta)
 
 
-def _rotate(x, u):
-    a = (u[:, 0] - 0.5) * 2 * ROTATE / 180 * math.pi
+def _rotation(a: torch.Tensor) -> torch.Tensor:
+    """(n, 2, 3) affine matrices rotating by angles a (radians) about the centre."""
     c, s, zero = torch.cos(a), torch.sin(a), torch.zeros_like(a)
-    theta = torch.stack([torch.stack([c, -s, zero], 1), torch.stack([s, c, zero], 1)], 1)
-    return _affine(x, theta)
+    return torch.stack([torch.stack([c, -s, zero], 1), torch.stack([s, c, zero], 1)], 1)
+
+
+def _rotate(x, u):
+    return _affine(x, _rotation((u[:, 0] - 0.5) * 2 * ROTATE / 180 * math.pi))
 
 
 _OP_FUNCS = {"color": _color, "crop": _crop, "cutout": _cutout, "flip": _flip, "scale": _scale, "rotate": _rotate}
@@ -213,10 +216,7 @@ def _dc_scale(x, u, fill):
 
 def _dc_rotate(x, u, fill):
     angle = (u[:, 0] * 2 * DC_ROTATE).floor() - DC_ROTATE  # whole degrees
-    a = angle / 180 * math.pi
-    c, s, zero = torch.cos(a), torch.sin(a), torch.zeros_like(a)
-    theta = torch.stack([torch.stack([c, -s, zero], 1), torch.stack([s, c, zero], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = F.affine_grid(_rotation(angle / 180 * math.pi), list(x.shape), align_corners=False)
     cval = fill.mean()
     return F.grid_sample(x - cval, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + cval
 
