@@ -88,6 +88,7 @@ def run_seed(dataset, method_name: str, ipc: int, args, seed: int) -> dict:
     return {
         "dataset": dataset.name, "method": method_name, "ipc": ipc, "preset": args.preset, "steps": snap.step,
         "status": snap.status, "hyperparameters": method.config(), "seed": seed,
+        "features": snap.synthetic.extra_meta.get("features"),  # a feature coreset's network
         "distill_seconds": round(distill_s, 1), "minutes_budget": args.minutes, "eval": result.as_dict(), "published_percent": published,
         "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
         "code_version": code_version(),
@@ -104,6 +105,8 @@ def budget(r: dict) -> str:
         parts.append(hp["model"])
     if "batch_real" in hp:
         parts.append(f"{hp['batch_real']} real/class")
+    if r.get("features"):
+        parts.append("features of " + r["features"].replace(" on the whole training set", ""))
     seeds = r.get("seed")
     if isinstance(seeds, list) and len(seeds) > 1:
         parts.append(f"{len(seeds)} seeds")

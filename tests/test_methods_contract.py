@@ -16,6 +16,7 @@ import torch
 from dd_core import load_dataset
 from dd_core.distill import run_to_end
 from dd_core.methods import METHODS, hyperparameters, make_method
+from dd_core.registry import UnknownNameError
 from dd_core.synthetic import SyntheticSet, init_synthetic
 
 # Small settings, applied to whichever method has the field: a 2-block ConvNet, 16 real images a
@@ -109,3 +110,23 @@ def test_ncfm_min_max_runs_finite_and_deterministic():
     assert first.status == "done", first.message
     assert all(math.isfinite(s["loss"]) and s["freq_shift"] >= 0 for s in first.history)
     assert torch.equal(first.synthetic.images, again.synthetic.images)
+
+
+@pytest.mark.parametrize("name", ["herding", "kcenter"])
+def test_feature_coreset_uses_the_named_network_and_records_it(name, digits, tmp_path):
+    # The features a coreset was chosen in move its accuracy (REFERENCE.md): the chosen network and
+    # its training length are hyperparameters, and the set says which was used, also after a reload.
+    runs = {}
+    for epochs in (1, 2):
+        method = make_method(name, dataset="digits", ipc=3, feature_model="mlp", feature_epochs=epochs)
+        runs[epochs] = run_to_end(digits, method, method_name=name, ipc=3, steps=1, device=torch.device("cpu")).synthetic
+        assert runs[epochs].extra_meta["features"].startswith(f"mlp trained {epochs} epochs on the whole training set")
+    assert not torch.equal(runs[1].images, runs[2].images), "other features must choose other images"
+    runs[1].save(tmp_path / "set.safetensors")
+    assert SyntheticSet.load(tmp_path / "set.safetensors").extra_meta["features"] == runs[1].extra_meta["features"]
+
+
+def test_feature_coreset_rejects_an_unknown_network(digits):
+    method = make_method("herding", dataset="digits", ipc=1, feature_model="nope")
+    with pytest.raises(UnknownNameError, match="valid models are: .*convnet"):
+        run_to_end(digits, method, method_name="herding", ipc=1, steps=1, device=torch.device("cpu"))
