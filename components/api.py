@@ -65,7 +65,7 @@ def attach(tab, compute: dict) -> None:
         progress = gr.JSON(label="progress")
         set_out = gr.File(label="synthetic set (.safetensors)")
         set_in = gr.File(label="synthetic set (.safetensors)", file_types=[".safetensors"])
-        protocol = gr.Radio(["fast", "paper"], value="fast", label="protocol")
+        protocol = gr.Radio(list(evaluate_run.PROTOCOLS), value="fast", label="protocol", info=evaluate_run.PROTOCOL_HELP)
         num_models = gr.Number(1, label="networks", precision=0)
         model = gr.Textbox("", label="architecture (empty: the protocol's)")
         result = gr.JSON(label="result")

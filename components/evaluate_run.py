@@ -9,7 +9,7 @@ from typing import Callable
 
 from dd_core import metrics
 from dd_core.labels import HardLabels, LabelStore, load_store, same_kind
-from dd_core.evaluate import EvalConfig, EvalResult, evaluate, protocol as make_protocol
+from dd_core.evaluate import PROTOCOLS, EvalConfig, EvalResult, evaluate, protocol as make_protocol
 from dd_core.models import MODELS
 from dd_core.synthetic import SyntheticSet, init_synthetic
 from dd_core.teacher import get_teacher
@@ -38,9 +38,14 @@ class Report:
     hard: EvalResult | None = None  # the set on hard labels, for HLR, when it carries other labels
 
 
+# What each protocol is, in one line, for the Evaluate tab and the API.
+PROTOCOL_HELP = ("fast: 300 epochs with DSA; paper: 1000 epochs with DSA (the DSA and DM papers); "
+                 "dc: 300 epochs with the DC paper's crop/scale/rotate on MNIST (its own and its coreset figures)")
+
+
 def config_for(protocol: str, num_models, model: str | None) -> EvalConfig:
-    if protocol not in ("fast", "paper"):
-        raise inputs.UserError(f"Unknown protocol {protocol!r}; choose fast or paper.")
+    if protocol not in PROTOCOLS:
+        raise inputs.UserError(f"Unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}.")
     n = inputs.as_int(num_models, "Number of networks")
     if not 1 <= n <= MAX_MODELS:
         raise inputs.UserError(f"Number of networks must be between 1 and {MAX_MODELS} (got {n}).")

@@ -132,8 +132,8 @@ def build(current_set: gr.State, compute: dict) -> None:
             source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Evaluate", elem_id="eval-source")
             upload = gr.File(label="Synthetic set (.safetensors)", file_types=[".safetensors"], visible=False,
                              elem_id="eval-upload")
-            protocol = gr.Radio(["fast", "paper"], value="fast", label="Protocol",
-                                info="fast: 300 epochs; paper: 1000 epochs (DC/DSA/DM), both with DSA")
+            protocol = gr.Radio(list(evaluate_run.PROTOCOLS), value="fast", label="Protocol",
+                                info=evaluate_run.PROTOCOL_HELP)
             num_models = gr.Slider(1, evaluate_run.MAX_MODELS, value=1, step=1, label="Networks",
                                    info="mean and std over this many fresh networks")
             arch = gr.Dropdown([SAME_ARCH] + MODELS.names(), value=SAME_ARCH, label="Architecture", elem_id="eval-arch",

@@ -236,3 +236,11 @@ def test_a_soft_label_set_is_compared_like_with_like(session, monkeypatch):
     assert "random real images, IPC 1, soft:dtype=int8 labels" in report
     assert "synthetic on hard labels (for HLR)" in report and "**HLR**" in report
     assert session.last_eval["labels"] == "soft:dtype=int8"
+
+
+def test_evaluate_offers_the_dc_protocol_and_names_the_valid_ones(session):
+    run_all(session, distill_run.check_request("digits", "", "random", 1, 1, 0))
+    status, report = list(evaluate_tab.run_evaluation(session, session.current(), "dc", 1, "mlp", compare=False))[-1]
+    assert "Done" in status and "Protocol: dc: " in report and "300 epochs" in report
+    with pytest.raises(inputs.UserError, match="choose one of: paper, fast, dc"):
+        list(evaluate_tab.run_evaluation(session, session.current(), "dsa", 1, "mlp", compare=False))
