@@ -52,10 +52,10 @@ class EvalConfig:
 
 
 PROTOCOLS = {
-    # The DC/DSA/DM protocol: 1000 epochs with DSA, final epoch.
-    "paper": EvalConfig(protocol="paper", epochs=1000, dsa=True, num_models=5),
-    # The same recipe, shorter: for interactive use on a CPU.
+    # The DC/DSA/DM recipe, shorter: for interactive use on a CPU.
     "fast": EvalConfig(protocol="fast", epochs=300, dsa=True, num_models=3),
+    # The DSA/DM protocol: 1000 epochs with DSA, final epoch.
+    "paper": EvalConfig(protocol="paper", epochs=1000, dsa=True, num_models=5),
     # The DC paper's protocol, behind its own figures and its coreset baselines (random, herding,
     # k-center): 300 epochs, its own augmentation instead of DSA.
     "dc": EvalConfig(protocol="dc", epochs=300, dsa=False, dc_aug=True, num_models=5),

@@ -242,5 +242,5 @@ def test_evaluate_offers_the_dc_protocol_and_names_the_valid_ones(session):
     run_all(session, distill_run.check_request("digits", "", "random", 1, 1, 0))
     status, report = list(evaluate_tab.run_evaluation(session, session.current(), "dc", 1, "mlp", compare=False))[-1]
     assert "Done" in status and "Protocol: dc: " in report and "300 epochs" in report
-    with pytest.raises(inputs.UserError, match="choose one of: paper, fast, dc"):
+    with pytest.raises(inputs.UserError, match="choose one of: fast, paper, dc"):
         list(evaluate_tab.run_evaluation(session, session.current(), "dsa", 1, "mlp", compare=False))
