@@ -3,6 +3,7 @@ snapshots and files. Yields `Tick`s; the Distill tab and the /distill API each r
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,11 +60,10 @@ def check_request(dataset_choice, folder, method, ipc, steps, seed, preset="fast
     return Request(name, method, ipc, steps, seed, preset, dict(overrides or {}))
 
 
-def _stop_text(snap: Snapshot, capped: str) -> str:
-    kept = "Everything made so far is kept."
-    if capped:
-        return f"Stopped at step {snap.step} of {snap.total_steps}: {capped}. {kept}"
-    return f"Stopped at step {snap.step} of {snap.total_steps} (you pressed Stop). {kept}"
+def _stop_text(snap: Snapshot, capped: bool) -> str:
+    why = (f"reached this machine's limit of {LIMITS.max_seconds / 60:g} minutes per run" if capped
+           else "you pressed Stop")
+    return f"Stopped at step {snap.step} of {snap.total_steps}: {why} ({snap.message}). Everything made so far is kept."
 
 
 def run(session: Session, req: Request) -> Iterator[Tick]:
@@ -81,15 +81,24 @@ def run(session: Session, req: Request) -> Iterator[Tick]:
     session.run = record = RunRecord(req.dataset, req.method, req.ipc, req.steps, req.seed, dataset_name=dataset.name)
     yield Tick("warming", "Warming up: building the networks and the first batch…" if learns else
                "Selecting real images (herding and k-center train a feature network on first use; cached afterwards)…")
-    capped, last_save = "", 0.0
+    # The machine's cap on one run, setup included: a timer sets the session's stop, which the
+    # engine honours between steps and inside long ones (a feature network's training, DC's loops).
+    capped = threading.Event()
+
+    def cap() -> None:
+        if session.run is record:  # never stop a later run of the same session
+            capped.set()
+            session.stop.set()
+
+    timer = threading.Timer(LIMITS.max_seconds, cap)
+    timer.daemon = True
+    timer.start()
+    last_save = 0.0
     try:
         for snap in distill(dataset, method, method_name=req.method, ipc=req.ipc, steps=req.steps, seed=req.seed,
                             snapshot_every=10**9, snapshot_seconds=SNAPSHOT_SECONDS, stop=session.stop):
             record.final, record.history = snap.synthetic, snap.history
             record.keep(snap.step, snap.synthetic.images)
-            if not snap.finished and snap.elapsed > LIMITS.max_seconds and not session.stop.is_set():
-                capped = f"reached this machine's limit of {LIMITS.max_seconds / 60:.0f} minutes per run"
-                session.stop.set()
             if session.closed:
                 return
             if snap.finished:
@@ -108,10 +117,12 @@ def run(session: Session, req: Request) -> Iterator[Tick]:
             write_exports(session)
         yield Tick("error", record.message, None, save_current(session))
         return
+    finally:
+        timer.cancel()
     record.keep_last(snap.step, snap.synthetic.images)
     record.status, record.elapsed = snap.status, snap.elapsed
     if snap.status == "stopped":
-        record.message = _stop_text(snap, capped)
+        record.message = _stop_text(snap, capped.is_set())
     elif snap.status == "failed":
         record.message = f"Ended early: {snap.message}"
     else:

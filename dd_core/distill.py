@@ -1,6 +1,7 @@
 """The one distillation loop: runs a method step by step and yields snapshots.
 
-It honours a stop signal between steps, is deterministic for a seed on the CPU, runs on CUDA
+It honours a stop signal between steps (and inside long steps and setups, which check it between
+their pieces and raise `Interrupted`), is deterministic for a seed on the CPU, runs on CUDA
 when present, and never hands back a corrupted set: a non-finite loss or image restores the
 last good images and ends the run with a message.
 """
@@ -15,6 +16,7 @@ from typing import Iterator
 import torch
 
 from .data import Dataset
+from .interrupt import Interrupted
 from .methods.base import Method
 from .synthetic import SyntheticSet, init_synthetic
 
@@ -59,11 +61,9 @@ def distill(dataset: Dataset, method: Method, *, method_name: str, ipc: int, ste
     torch.manual_seed(seed)  # anything a method draws outside its own generator is reproducible too
     syn = initial.clone() if initial is not None else init_synthetic(dataset, ipc, init=init, seed=seed)
     syn.method, syn.seed, syn.config = method_name, seed, method.config()
-    method.setup(dataset, syn, seed=seed, device=device)
-    good = method.images().cpu().clone()
+    method.stop_ = stop
     history: list[dict] = []
-    t0 = time.perf_counter()
-    last_yield = t0
+    good, t0 = syn.images.detach().cpu().clone(), time.perf_counter()
 
     def snapshot(step: int, status: str, message: str = "") -> Snapshot:
         out = syn.clone()
@@ -71,6 +71,13 @@ def distill(dataset: Dataset, method: Method, *, method_name: str, ipc: int, ste
         return Snapshot(step, steps, out, dict(history[-1]) if history else {}, time.perf_counter() - t0,
                         status, message, list(history))
 
+    try:
+        method.setup(dataset, syn, seed=seed, device=device)
+    except Interrupted:  # e.g. a long feature-network training: keep the initial images
+        yield snapshot(0, "stopped", "stopped while setting up, before step 1; kept the initial images")
+        return
+    good = method.images().cpu().clone()
+    t0 = last_yield = time.perf_counter()
     yield snapshot(0, "running", "initialised")
     if not method.learns_images:
         steps = min(steps, 1)  # a coreset is chosen in one step
@@ -80,6 +87,10 @@ def distill(dataset: Dataset, method: Method, *, method_name: str, ipc: int, ste
             return
         try:
             stats = method.step()
+        except Interrupted:
+            method.restore(good)
+            yield snapshot(step - 1, "stopped", f"stopped during step {step}; kept the images of step {step - 1}")
+            return
         except RuntimeError as err:  # e.g. out of memory: keep what we have
             method.restore(good)
             yield snapshot(step - 1, "failed", f"step {step} failed ({err}); kept the images of step {step - 1}")

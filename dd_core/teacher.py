@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .augment import dsa_for
 from .data import Dataset
+from .interrupt import check
 from .models import model_for
 
 # Per dataset: (architecture, epochs). Small enough to train on a 2-core CPU in about a minute.
@@ -25,7 +26,8 @@ RECIPES = {
 }
 DEFAULT_RECIPE = ("convnet_w32", 5)
 _memory: dict[str, "Teacher"] = {}
-_lock = threading.Lock()
+_locks: dict[str, threading.Lock] = {}  # one per key: a network in training blocks only those who want it
+_locks_guard = threading.Lock()
 
 
 @dataclass
@@ -74,8 +76,10 @@ def _key(dataset: Dataset, arch: str, epochs: int, seed: int) -> str:
     return f"{dataset.name.replace(':', '_').replace('/', '_')}-{arch}-e{epochs}-s{seed}-{digest}"
 
 
-def train_on_real(dataset: Dataset, arch: str, epochs: int, seed: int, device, batch_size: int = 128) -> torch.nn.Module:
-    """Plain supervised training: SGD lr 0.01 (x0.1 at half), momentum 0.9, wd 5e-4, batch 128."""
+def train_on_real(dataset: Dataset, arch: str, epochs: int, seed: int, device, batch_size: int = 128,
+                  stop: threading.Event | None = None) -> torch.nn.Module:
+    """Plain supervised training: SGD lr 0.01 (x0.1 at half), momentum 0.9, wd 5e-4, batch 128.
+    Raises `Interrupted` between batches once `stop` is set."""
     net = model_for(dataset, arch, seed=seed, device=device)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     g = torch.Generator().manual_seed(seed)
@@ -87,6 +91,7 @@ def train_on_real(dataset: Dataset, arch: str, epochs: int, seed: int, device, b
                 group["lr"] = 0.001
         perm = torch.randperm(n, generator=g)
         for i in range(0, n, batch_size):
+            check(stop)
             idx = perm[i:i + batch_size]
             loss = F.cross_entropy(net(dataset.x_train[idx].to(device)), dataset.y_train[idx].to(device))
             opt.zero_grad(set_to_none=True)
@@ -97,15 +102,18 @@ def train_on_real(dataset: Dataset, arch: str, epochs: int, seed: int, device, b
 
 
 def get_teacher(dataset: Dataset, *, arch: str | None = None, epochs: int | None = None, seed: int = 0,
-                device=None) -> Teacher:
-    """The cached trained network for a dataset (trained now if not cached)."""
+                device=None, stop: threading.Event | None = None) -> Teacher:
+    """The cached trained network for a dataset (trained now if not cached). Training stops with
+    `Interrupted` once `stop` is set; nothing is cached then."""
     from .evaluate import test_accuracy
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     default_arch, default_epochs = RECIPES.get(dataset.name, DEFAULT_RECIPE)
     arch, epochs = arch or default_arch, epochs or default_epochs
     key = _key(dataset, arch, epochs, seed)
-    with _lock:  # one training per key, even with several users asking at once
+    with _locks_guard:
+        lock = _locks.setdefault(key, threading.Lock())
+    with lock:  # one training per key, even with several users asking at once
         if key in _memory:
             return _memory[key]
         path = cache_dir() / "teachers" / f"{key}.pt"
@@ -115,7 +123,7 @@ def get_teacher(dataset: Dataset, *, arch: str | None = None, epochs: int | None
             net.load_state_dict(torch.load(path, map_location=device, weights_only=True))
             net.eval()
         else:
-            net = train_on_real(dataset, arch, epochs, seed, device)
+            net = train_on_real(dataset, arch, epochs, seed, device, stop=stop)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             torch.save(net.state_dict(), tmp)

@@ -188,6 +188,21 @@ def test_a_run_stops_at_the_time_cap(session, monkeypatch):
     assert SyntheticSet.load(session.run.files["safetensors"]).steps < 3000
 
 
+def test_the_time_cap_also_ends_a_long_setup(session, monkeypatch):
+    # A feature network asked to train a million epochs would hold a compute slot for hours: the
+    # cap's timer stops it inside the training, and the page says so and keeps the initial set.
+    from components.runtime import Limits
+
+    monkeypatch.setattr(distill_run, "LIMITS", Limits(max_steps=3000, max_seconds=1.0, max_ipc=50))
+    req = distill_run.check_request("digits", "", "herding", 2, 1, 0,
+                                    overrides={"feature_model": "mlp", "feature_epochs": 1_000_000})
+    updates = run_all(session, req)
+    status = out(updates[-1], "status")
+    assert "limit" in status and "setting up" in status and "Everything made so far is kept" in status
+    syn = SyntheticSet.load(session.run.files["safetensors"])
+    assert syn.steps == 0 and syn.images.shape == (20, 1, 8, 8)
+
+
 def test_heavy_events_share_one_pool_and_the_queue_is_bounded():
     import app
     from components import runtime

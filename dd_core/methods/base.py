@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import torch
 
+from ..interrupt import check
 from ..registry import Registry
 
 METHODS: Registry = Registry("method")
@@ -28,6 +29,12 @@ class Method:
     def step(self) -> dict[str, float]:
         """One outer iteration; updates the synthetic images in place; returns finite floats."""
         raise NotImplementedError
+
+    def check_stop(self) -> None:
+        """Raise `Interrupted` if the run's stop signal is set (distill() sets `stop_`). Long work
+        inside setup() or step() calls this between its pieces, so a stop or a time cap takes
+        effect within one piece instead of one whole step."""
+        check(getattr(self, "stop_", None))
 
     def images(self) -> torch.Tensor:
         """The current synthetic images (n, c, h, w), detached."""

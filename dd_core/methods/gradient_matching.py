@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import DSA, dsa_for, fyi_flip
+from ..interrupt import check
 from ..models import build_model, resolve_model
 from .base import METHODS, Method, hp, is_small
 from .sampling import RealSampler
@@ -68,7 +69,8 @@ def matching_loss(net: nn.Module, x_real: torch.Tensor, y_real: torch.Tensor, x_
 
 
 def train_on_synthetic(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
-                       batch_size: int, generator: torch.Generator, augment: DSA | None = None) -> nn.Module:
+                       batch_size: int, generator: torch.Generator, augment: DSA | None = None,
+                       stop=None) -> nn.Module:
     """A trained copy of `net`: `epochs` passes of plain SGD (no momentum, as in DC) over the synthetic
     set, shuffled by `generator`. The network passed in and the images are left unchanged."""
     net = copy.deepcopy(net)
@@ -77,6 +79,7 @@ def train_on_synthetic(net: nn.Module, images: torch.Tensor, labels: torch.Tenso
     images = images.detach()
     n = len(images)
     for _ in range(epochs):
+        check(stop)
         perm = torch.randperm(n, generator=generator)
         for i in range(0, n, batch_size):
             idx = perm[i:i + batch_size].to(images.device)
@@ -169,6 +172,7 @@ class DC(Method):
         classes = self.shape_["num_classes"]
         total = 0.0
         for ol in range(outer):
+            self.check_stop()
             self.set_batchnorm_statistics(net)
             x_real, g_real = self.real_.all_classes(self.batch_real, self.gen_)
             x_syn, g_syn = self.synthetic_views()
@@ -183,7 +187,8 @@ class DC(Method):
             if ol < outer - 1:
                 x_syn, g_syn = self.synthetic_views()
                 net = train_on_synthetic(net, x_syn, g_syn, epochs=inner, lr=self.lr_net,
-                                         batch_size=self.batch_train, generator=self.gen_, augment=self.dsa_)
+                                         batch_size=self.batch_train, generator=self.gen_, augment=self.dsa_,
+                                         stop=getattr(self, "stop_", None))
         return {"loss": total / (outer * classes)}  # mean distance per class and matching update
 
 

@@ -1,0 +1,100 @@
+"""The distillation loop's promises: a bad step never corrupts the set, and a stop takes effect inside
+long work (a step of many inner loops, a feature network's training), keeping the last good images."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from dd_core import load_dataset
+from dd_core.distill import distill, run_to_end
+from dd_core.methods import make_method
+from dd_core.teacher import cache_dir, get_teacher
+from dd_core.interrupt import Interrupted
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def stop_after(seconds: float) -> threading.Event:
+    stop = threading.Event()
+    timer = threading.Timer(seconds, stop.set)
+    timer.daemon = True
+    timer.start()
+    return stop
+
+
+def test_a_non_finite_step_keeps_the_last_good_images(digits):
+    method = make_method("dm", dataset="digits", ipc=1, lr_img=1e38)  # overflows within a few steps
+    snaps = list(distill(digits, method, method_name="dm", ipc=1, steps=20, snapshot_every=1, device=CPU))
+    good, last = snaps[-2], snaps[-1]
+    assert last.status == "failed" and "non-finite" in last.message and "lower learning rate" in last.message
+    assert last.step == good.step < 20 and torch.equal(last.synthetic.images, good.synthetic.images)
+    assert torch.isfinite(last.synthetic.images).all()
+    assert torch.equal(method.images(), good.synthetic.images), "the method's own images are restored too"
+
+
+def test_a_stop_inside_a_long_step_keeps_the_images_of_the_step_before(digits):
+    # Two matching updates with ten million inner epochs between them: one step would take hours.
+    method = make_method("dc", dataset="digits", ipc=1, outer_loop=2, inner_loop=10_000_000)
+    t0 = time.perf_counter()
+    snaps = list(distill(digits, method, method_name="dc", ipc=1, steps=3, stop=stop_after(1.0), device=CPU))
+    took = time.perf_counter() - t0
+    last = snaps[-1]
+    assert last.status == "stopped" and "during step 1" in last.message, last.message
+    assert last.step == 0 and torch.equal(last.synthetic.images, snaps[0].synthetic.images)
+    # The first matching update did change the method's images; the restore undid it.
+    assert torch.equal(method.images(), snaps[0].synthetic.images)
+    assert took < 60, f"the stop took {took:.0f} s to take effect"
+
+
+def test_a_stop_while_a_feature_network_trains_ends_the_setup_and_caches_nothing(digits):
+    method = make_method("herding", dataset="digits", ipc=2, feature_model="mlp", feature_epochs=1_000_000)
+    t0 = time.perf_counter()
+    snaps = list(distill(digits, method, method_name="herding", ipc=2, steps=1, stop=stop_after(1.0), device=CPU))
+    assert time.perf_counter() - t0 < 60
+    (last,) = snaps  # no "initialised" snapshot: the setup never finished
+    assert last.status == "stopped" and "setting up" in last.message and last.step == 0
+    assert last.synthetic.images.shape == (20, 1, 8, 8) and torch.isfinite(last.synthetic.images).all()
+    assert not list((cache_dir() / "teachers").glob("*-mlp-e1000000-*")), "a half-trained network was cached"
+
+
+def test_one_network_in_training_does_not_block_another(digits):
+    # A long training of one (dataset, network) holds only its own lock: a different teacher is
+    # served meanwhile. The long one is then stopped and raises Interrupted.
+    stop, outcome = threading.Event(), {}
+
+    def long_training():
+        try:
+            get_teacher(digits, arch="mlp", epochs=1_000_000, device=CPU, stop=stop)
+        except Interrupted:
+            outcome["interrupted"] = True
+
+    worker = threading.Thread(target=long_training, daemon=True)
+    worker.start()
+    try:
+        time.sleep(0.2)
+        served = []
+        other = threading.Thread(target=lambda: served.append(get_teacher(digits, arch="mlp", epochs=3, device=CPU)),
+                                 daemon=True)
+        other.start()
+        other.join(60)
+        assert served, "the other teacher waited for the long training"
+        assert worker.is_alive(), "the long training ended before the other teacher was served"
+        assert served[0].epochs == 3 and served[0].test_accuracy > 0.2  # trained: above chance (0.1)
+    finally:
+        stop.set()
+        worker.join(60)
+    assert outcome == {"interrupted": True}
+
+
+def test_without_a_stop_a_run_finishes(digits):
+    method = make_method("dc", dataset="digits", ipc=1, outer_loop=2, inner_loop=1, model="convnet_d2", batch_real=16)
+    snap = run_to_end(digits, method, method_name="dc", ipc=1, steps=2, device=CPU)
+    assert snap.status == "done" and snap.step == 2
