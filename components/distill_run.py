@@ -63,7 +63,9 @@ def check_request(dataset_choice, folder, method, ipc, steps, seed, preset="fast
 def _stop_text(snap: Snapshot, capped: bool) -> str:
     why = (f"reached this machine's limit of {LIMITS.max_seconds / 60:g} minutes per run" if capped
            else "you pressed Stop")
-    return f"Stopped at step {snap.step} of {snap.total_steps}: {why} ({snap.message}). Everything made so far is kept."
+    # The engine says more when the stop came inside a step or the set-up; not when between steps.
+    detail = "" if snap.message.startswith("stopped at step") else f" ({snap.message})"
+    return f"Stopped at step {snap.step} of {snap.total_steps}: {why}{detail}. Everything made so far is kept."
 
 
 def run(session: Session, req: Request) -> Iterator[Tick]:
