@@ -10,7 +10,7 @@ import dataclasses
 import gradio as gr
 
 from dd_core.methods import METHODS
-from dd_core.methods.base import field_help, hyperparameters
+from dd_core.methods.base import field_choices, field_help, hyperparameters
 from dd_core.models import MODELS
 
 from .inputs import UserError
@@ -40,6 +40,8 @@ def _widget(f: dataclasses.Field, value) -> gr.components.Component:
         return gr.Number(value=value, label=label, info=info, precision=0)
     if isinstance(value, float):
         return gr.Number(value=value, label=label, info=info)
+    if field_choices(f):  # a named option: only its valid values
+        return gr.Dropdown(choices=list(field_choices(f)), value=value, label=label, info=info)
     if f.name == "model" or f.name.endswith("_model"):  # a network name: offer the registered ones
         choices = MODELS.names() + ([value] if value and value not in MODELS else [])  # e.g. "auto"
         return gr.Dropdown(choices=choices, value=value, label=label, info=info, allow_custom_value=True)

@@ -144,6 +144,13 @@ def features(net: torch.nn.Module, x: torch.Tensor, device, chunk: int = 512) ->
 
 
 @torch.no_grad()
+def logits(net: torch.nn.Module, x: torch.Tensor, device, chunk: int = 512) -> torch.Tensor:
+    """(n, c, h, w) -> (n, classes) class scores on the CPU."""
+    net.eval()
+    return torch.cat([net(x[i:i + chunk].to(device)).cpu() for i in range(0, len(x), chunk)])
+
+
+@torch.no_grad()
 def probabilities(net: torch.nn.Module, x: torch.Tensor, device, temperature: float = 1.0,
                   chunk: int = 512) -> torch.Tensor:
     """(n, c, h, w) -> (n, classes) softmax(logits / temperature) on the CPU: a teacher's soft labels."""

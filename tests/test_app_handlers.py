@@ -150,6 +150,15 @@ def _widgets_for(cls, method):
     return [method_params.ParamWidget(method, f.name, type(f.default), None) for f in hyperparameters(cls)]
 
 
+def test_a_named_option_is_a_dropdown_of_its_valid_values():
+    import gradio as gr
+    from dd_core.methods.base import hyperparameters
+
+    field = next(f for f in hyperparameters(METHODS.get("herding")) if f.name == "feature_layer")
+    widget = method_params._widget(field, "embedding")
+    assert isinstance(widget, gr.Dropdown) and [value for _, value in widget.choices] == ["embedding", "logits"]
+
+
 def test_overrides_convert_and_check_types():
     widgets = [method_params.ParamWidget("dm", "lr_img", float, None), method_params.ParamWidget("dm", "dsa", bool, None),
                method_params.ParamWidget("dc", "lr_img", float, None)]

@@ -126,6 +126,17 @@ def test_feature_coreset_uses_the_named_network_and_records_it(name, digits, tmp
     assert SyntheticSet.load(tmp_path / "set.safetensors").extra_meta["features"] == runs[1].extra_meta["features"]
 
 
+def test_feature_coreset_can_select_on_the_logits(digits):
+    method = make_method("herding", dataset="digits", ipc=3, feature_model="mlp", feature_epochs=2, feature_layer="logits")
+    syn = run_to_end(digits, method, method_name="herding", ipc=3, steps=1, device=torch.device("cpu")).synthetic
+    assert syn.extra_meta["features"].endswith(", its logits")
+    embedding = make_method("herding", dataset="digits", ipc=3, feature_model="mlp", feature_epochs=2)
+    other = run_to_end(digits, embedding, method_name="herding", ipc=3, steps=1, device=torch.device("cpu")).synthetic
+    assert not torch.equal(syn.images, other.images), "10 class scores and the 128-d embedding choose alike"
+    with pytest.raises(ValueError, match="unknown feature_layer 'pixels'; valid ones are: embedding, logits"):
+        make_method("herding", dataset="digits", ipc=1, feature_layer="pixels")
+
+
 def test_feature_coreset_rejects_an_unknown_network(digits):
     method = make_method("herding", dataset="digits", ipc=1, feature_model="nope")
     with pytest.raises(UnknownNameError, match="valid models are: .*convnet"):

@@ -30,6 +30,12 @@ class Method:
         """One outer iteration; updates the synthetic images in place; returns finite floats."""
         raise NotImplementedError
 
+    def __post_init__(self):
+        for f in hyperparameters(type(self)):
+            valid, value = field_choices(f), getattr(self, f.name)
+            if valid and value not in valid:
+                raise ValueError(f"unknown {f.name} {value!r}; valid ones are: {', '.join(map(str, valid))}")
+
     def check_stop(self) -> None:
         """Raise `Interrupted` if the run's stop signal is set (distill() sets `stop_`). Long work
         inside setup() or step() calls this between its pieces, so a stop or a time cap takes
@@ -79,9 +85,15 @@ def field_help(f: dataclasses.Field) -> str:
     return f.metadata.get("help", "")
 
 
-def hp(default, help: str):
-    """A hyperparameter field with its help text (unit and reason)."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def hp(default, help: str, choices: tuple | None = None):
+    """A hyperparameter field with its help text (unit and reason) and, for a named option, the
+    valid values (checked when the method is made; offered as a dropdown in the app)."""
+    meta = {"help": help, **({"choices": tuple(choices)} if choices else {})}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def field_choices(f: dataclasses.Field) -> tuple | None:
+    return f.metadata.get("choices")
 
 
 def make_method(name: str, *, preset: str = "fast", dataset: str, ipc: int, **overrides) -> Method:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..teacher import features, get_teacher
+from ..teacher import features, get_teacher, logits
 from .base import METHODS, Method, hp
 
 
@@ -48,6 +48,8 @@ class _FeatureCoreset(_Coreset):
                                     "(convnet_w32 on MNIST-sized data)")
     feature_epochs: int = hp(0, "epochs that network is trained on the whole training set; 0 = the "
                                 "dataset's default (2 on MNIST)")
+    feature_layer: str = hp("embedding", "which output is the feature: 'embedding' (the penultimate "
+                                         "layer) or 'logits' (the class scores)", choices=("embedding", "logits"))
 
     def setup(self, real, syn, *, seed, device):
         super().setup(real, syn, seed=seed, device=device)
@@ -58,8 +60,11 @@ class _FeatureCoreset(_Coreset):
             raise ValueError(f"feature_epochs must be 0 (the default) or more, got {self.feature_epochs}")
         teacher = get_teacher(real, arch=None if self.feature_model in ("", "auto") else self.feature_model,
                               epochs=self.feature_epochs or None, device=device, stop=getattr(self, "stop_", None))
-        self.features_from_ = teacher.describe()
+        layer = "" if self.feature_layer == "embedding" else f", its {self.feature_layer}"
+        self.features_from_ = teacher.describe() + layer
         idx = real.indices_of(c)
+        if self.feature_layer == "logits":
+            return idx, logits(teacher.net, real.x_train[idx], device)  # (n_c,), (n_c, classes)
         return idx, features(teacher.net, real.x_train[idx], device)  # (n_c,), (n_c, d)
 
 
@@ -105,7 +110,7 @@ class KCenter(_FeatureCoreset):
     """k-center greedy (Sener & Savarese, ICLR 2018): repeatedly add the point farthest from the chosen set."""
 
     paper = "Sener & Savarese, Active Learning for CNNs: A Core-Set Approach, ICLR 2018"
-    start: str = hp("mean", "first point: 'mean' (closest to the class mean) or 'random'")
+    start: str = hp("mean", "first point: 'mean' (closest to the class mean) or 'random'", choices=("mean", "random"))
 
     def select(self, real, c, ipc, device):
         idx, f = self.class_features(real, c, device)

@@ -60,7 +60,8 @@ class NCFM(DM):
     paper = ("Wang et al., Dataset Distillation with Neural Characteristic Function: A Minmax "
              "Perspective, CVPR 2025")
 
-    optimizer: str = hp("adam", "optimizer of the synthetic pixels: 'adam' (the paper's code) or 'sgd' (with momentum)")
+    optimizer: str = hp("adam", "optimizer of the synthetic pixels: 'adam' (the paper's code) or 'sgd' (with momentum)",
+                        choices=("adam", "sgd"))
     lr_img: float = hp(0.001, "learning rate of the synthetic pixels (Adam 0.001 = the paper's 0.01 x 0.1 Adam scale)")
     batch_real: int = hp(1024, "real images per class per step (1024 in the paper's CIFAR configs)")
     num_freqs: int = hp(4096, "frequencies t ~ N(0, I) at which the characteristic functions are compared")
@@ -85,8 +86,6 @@ class NCFM(DM):
         return 20000 if name == "paper" else (200 if is_small(dataset) else 1000)
 
     def setup(self, real, syn, *, seed, device):
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid optimizers are: adam, sgd")
         super().setup(real, syn, seed=seed, device=device)
         if self.optimizer == "adam":
             self.opt_ = torch.optim.Adam([self.images_], lr=self.lr_img)
