@@ -83,7 +83,7 @@ def main():
         t_ref, l_ref, t_new, l_new, batch = time_steps(dataset, preset, args.ipc, args.steps + 1, args.seed)
         ref, new = statistics.median(t_ref[1:]), statistics.median(t_new[1:])
         max_rel = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(l_ref, l_new))
-        rows.append({"dataset": args.dataset, "ipc": args.ipc, "preset": preset, "batch_real": batch,
+        rows.append({"dataset": args.dataset, "ipc": args.ipc, "preset": preset, "batch_real": batch, "threads": args.threads,
                      "reference_s_per_step": round(ref, 4), "ours_s_per_step": round(new, 4),
                      "speedup": round(ref / new, 2), "max_rel_loss_diff": max_rel,
                      "losses_ref": [round(v, 5) for v in l_ref], "losses_ours": [round(v, 5) for v in l_new]})

@@ -222,3 +222,21 @@ def test_dc_evaluation_augmentation_does_what_the_dc_paper_describes():
     assert augment_for(protocol("dc"), "digits") is None
     assert isinstance(augment_for(protocol("paper"), "mnist"), DSA)
     assert "DC augmentation" in protocol("dc").describe() and protocol("dc").epochs == 300
+
+
+def test_chunks_fit_the_cache_and_change_nothing_but_rounding():
+    from dd_core.methods.sampling import chunk_size, embed_chunked, embed_in_chunks
+    from dd_core.models import MLP
+
+    x = torch.randn(40, 1, 28, 28)
+    wide = ConvNet(channels=1, num_classes=10, image_size=(28, 28))  # 128 x 32 x 32 floats: 512 KiB an image
+    assert chunk_size(wide, x) == 16
+    assert chunk_size(ConvNet(channels=1, num_classes=10, image_size=(28, 28), width=32), x) == 64
+    assert chunk_size(MLP(channels=1, num_classes=10, image_size=(28, 28)), x) == 64
+    torch.testing.assert_close(embed_chunked(wide, x), wide.embed(x).detach(), rtol=1e-5, atol=1e-6)
+    # With gradients: the chunks' graphs give the whole batch's gradient.
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    assert embed_in_chunks(wide, a).shape == (40, wide.feat_dim)
+    (embed_in_chunks(wide, a) ** 2).mean().backward()
+    (wide.embed(b) ** 2).mean().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-7)

@@ -15,7 +15,7 @@ from torch import nn
 from ..models import build_model, resolve_model
 from .base import METHODS, hp, is_small
 from .dm import DM
-from .sampling import class_means
+from .sampling import chunk_size, class_means
 
 # The public code scales the whole loss by 100; we keep it, so that lr_img = 1 (SGD) means the
 # step size it meant there.
@@ -83,8 +83,9 @@ class DataDAM(DM):
         are exactly the per-class loop of the reference code."""
         x_real, x_syn, g_syn = self.views(x_real, g_real, params)
         c = self.shape_["num_classes"]
-        with torch.no_grad():  # real side: chunks of 128 images keep activations in cache
-            chunks = [attention_features(net, x_real[i:i + 128], self.power) for i in range(0, len(x_real), 128)]
+        with torch.no_grad():  # real side: cache-sized chunks (sampling.chunk_size)
+            step = chunk_size(net, x_real)
+            chunks = [attention_features(net, x_real[i:i + step], self.power) for i in range(0, len(x_real), step)]
             real = [torch.cat(parts) for parts in zip(*chunks)]
         syn = attention_features(net, x_syn, self.power)
         terms = [((class_means(r, g_real, c) - class_means(s, g_syn, c)) ** 2).sum() for r, s in zip(real, syn)]

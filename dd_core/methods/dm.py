@@ -8,7 +8,7 @@ import torch
 from ..augment import dsa_for, fyi_flip
 from ..models import build_model, resolve_model
 from .base import METHODS, Method, hp, is_small
-from .sampling import RealSampler, class_means, embed_chunked, frozen
+from .sampling import RealSampler, class_means, embed_chunked, embed_in_chunks, frozen
 
 
 @METHODS.register("dm")
@@ -79,7 +79,7 @@ class DM(Method):
         x_real, x_syn, g_syn = self.views(x_real, g_real, params)
         c = self.shape_["num_classes"]
         mean_real = class_means(embed_chunked(net, x_real), g_real, c)  # (classes, d)
-        mean_syn = class_means(net.embed(x_syn), g_syn, c)  # (classes, d)
+        mean_syn = class_means(embed_in_chunks(net, x_syn), g_syn, c)  # (classes, d)
         return ((mean_real - mean_syn) ** 2).sum()
 
     def step(self):
