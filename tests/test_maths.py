@@ -240,3 +240,18 @@ def test_chunks_fit_the_cache_and_change_nothing_but_rounding():
     (embed_in_chunks(wide, a) ** 2).mean().backward()
     (wide.embed(b) ** 2).mean().backward()
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape, width", [((1, 28, 28), 128), ((3, 32, 32), 32), ((1, 8, 8), 16)])
+def test_the_fast_embedding_is_the_embedding(shape, width):
+    net = ConvNet(channels=shape[0], num_classes=10, image_size=shape[1:], width=width)
+    a, b = torch.randn(12, *shape).requires_grad_(True), None
+    b = a.detach().clone().requires_grad_(True)
+    fast, plain = net.embed_fast(a), net.embed(b)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    (fast ** 2).sum().backward()
+    (plain ** 2).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+    w_fast = torch.autograd.grad((net.embed_fast(a) ** 2).sum(), net.features[0].weight)[0]
+    w_plain = torch.autograd.grad((net.embed(b) ** 2).sum(), net.features[0].weight)[0]
+    torch.testing.assert_close(w_fast, w_plain, rtol=1e-4, atol=1e-4)

@@ -65,8 +65,9 @@ def chunk_size(net: torch.nn.Module, x: torch.Tensor) -> int:
 def embed_chunked(net, x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """Embed without gradients, chunk by chunk (see chunk_size)."""
     chunk = chunk or chunk_size(net, x)
+    embed = getattr(net, "embed_fast", net.embed)  # ConvNet's faster CPU path
     with torch.no_grad():
-        return torch.cat([net.embed(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+        return torch.cat([embed(x[i:i + chunk]) for i in range(0, len(x), chunk)])
 
 
 def embed_in_chunks(net, x: torch.Tensor) -> torch.Tensor:
