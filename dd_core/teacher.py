@@ -154,6 +154,4 @@ def logits(net: torch.nn.Module, x: torch.Tensor, device, chunk: int = 512) -> t
 def probabilities(net: torch.nn.Module, x: torch.Tensor, device, temperature: float = 1.0,
                   chunk: int = 512) -> torch.Tensor:
     """(n, c, h, w) -> (n, classes) softmax(logits / temperature) on the CPU: a teacher's soft labels."""
-    net.eval()
-    return torch.cat([F.softmax(net(x[i:i + chunk].to(device)) / temperature, dim=1).cpu()
-                      for i in range(0, len(x), chunk)])
+    return F.softmax(logits(net, x, device, chunk) / temperature, dim=1)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -21,6 +22,8 @@ class Method:
     family: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     learns_images: ClassVar[bool] = True  # coresets select real images and learn nothing
+    # The run's stop signal, set per instance by distill(); long work checks it via check_stop().
+    stop_: ClassVar[threading.Event | None] = None
 
     def setup(self, real, syn, *, seed: int, device: torch.device) -> None:
         """Create state for distilling `real` into `syn` (a SyntheticSet); syn.images may be replaced."""
@@ -40,7 +43,7 @@ class Method:
         """Raise `Interrupted` if the run's stop signal is set (distill() sets `stop_`). Long work
         inside setup() or step() calls this between its pieces, so a stop or a time cap takes
         effect within one piece instead of one whole step."""
-        check(getattr(self, "stop_", None))
+        check(self.stop_)
 
     def images(self) -> torch.Tensor:
         """The current synthetic images (n, c, h, w), detached."""

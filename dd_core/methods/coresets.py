@@ -59,7 +59,7 @@ class _FeatureCoreset(_Coreset):
         if self.feature_epochs < 0:
             raise ValueError(f"feature_epochs must be 0 (the default) or more, got {self.feature_epochs}")
         teacher = get_teacher(real, arch=None if self.feature_model in ("", "auto") else self.feature_model,
-                              epochs=self.feature_epochs or None, device=device, stop=getattr(self, "stop_", None))
+                              epochs=self.feature_epochs or None, device=device, stop=self.stop_)
         layer = "" if self.feature_layer == "embedding" else f", its {self.feature_layer}"
         self.features_from_ = teacher.describe() + layer
         idx = real.indices_of(c)

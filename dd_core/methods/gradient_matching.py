@@ -188,7 +188,7 @@ class DC(Method):
                 x_syn, g_syn = self.synthetic_views()
                 net = train_on_synthetic(net, x_syn, g_syn, epochs=inner, lr=self.lr_net,
                                          batch_size=self.batch_train, generator=self.gen_, augment=self.dsa_,
-                                         stop=getattr(self, "stop_", None))
+                                         stop=self.stop_)
         return {"loss": total / (outer * classes)}  # mean distance per class and matching update
 
 

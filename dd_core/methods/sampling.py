@@ -62,18 +62,19 @@ def chunk_size(net: torch.nn.Module, x: torch.Tensor) -> int:
     return int(max(1, min(256, CHUNK_ACTIVATION_BYTES // per_image)))
 
 
+def _in_chunks(embed, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    if chunk >= len(x):
+        return embed(x)
+    return torch.cat([embed(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+
+
 def embed_chunked(net, x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
-    """Embed without gradients, chunk by chunk (see chunk_size)."""
-    chunk = chunk or chunk_size(net, x)
-    embed = getattr(net, "embed_fast", net.embed)  # ConvNet's faster CPU path
+    """Embed without gradients, chunk by chunk (see chunk_size), through ConvNet's faster CPU path."""
     with torch.no_grad():
-        return torch.cat([embed(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+        return _in_chunks(getattr(net, "embed_fast", net.embed), x, chunk or chunk_size(net, x))
 
 
 def embed_in_chunks(net, x: torch.Tensor) -> torch.Tensor:
     """Embed *with* gradients, chunk by chunk: the same cache effect for the synthetic side, whose
     chunks each keep their own graph for the backward pass."""
-    chunk = chunk_size(net, x)
-    if chunk >= len(x):
-        return net.embed(x)
-    return torch.cat([net.embed(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+    return _in_chunks(net.embed, x, chunk_size(net, x))
