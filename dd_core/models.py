@@ -25,6 +25,51 @@ def _norm(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r}; valid norms are: batchnorm, instancenorm, none")
 
 
+def _plain_conv(conv: nn.Conv2d) -> bool:
+    return conv.groups == 1 and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.padding_mode == "zeros"
+
+
+def _pool2(layer: nn.Module) -> bool:
+    return isinstance(layer, nn.AvgPool2d) and layer.kernel_size == 2 and layer.stride == 2 and layer.padding == 0
+
+
+def _foldable_first_block(layers: list[nn.Module], x: torch.Tensor) -> bool:
+    """conv -> GroupNorm with one group per channel -> ReLU -> 2x2 pool, with an even conv output."""
+    if len(layers) < 4 or not isinstance(layers[0], nn.Conv2d) or not _plain_conv(layers[0]):
+        return False
+    conv, norm = layers[0], layers[1]
+    if not (isinstance(norm, nn.GroupNorm) and norm.num_groups == norm.num_channels == conv.out_channels and norm.affine):
+        return False
+    ho, wo = (size + 2 * pad - k + 1 for size, pad, k in zip(x.shape[-2:], conv.padding, conv.kernel_size))
+    return isinstance(layers[2], nn.ReLU) and _pool2(layers[3]) and ho % 2 == 0 and wo % 2 == 0
+
+
+def _first_block(conv: nn.Conv2d, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """avgpool2(relu(instance_norm(conv(x)))) as one matrix product per image.
+
+    Each output channel of the conv is w_c . p + b over the image's patches p, so its mean over the
+    image is w_c . mean(p) + b and its variance w_c^T S w_c, with S the patches' (k x k) covariance
+    (k = in_channels * 9). The norm therefore folds into per-image weights: out_c = (gamma_c / sd_c)
+    w_c . (p - mean(p)) + beta_c (the conv's bias cancels). The patches are ordered so that the four
+    pixels of each pooling window lie in four contiguous rows, and the pool becomes their sum. On
+    MNIST this replaces five passes over the widest activation (conv, two of the norm, ReLU, pool)
+    with three (product, ReLU, sum)."""
+    n = x.shape[0]
+    ho, wo = (size + 2 * pad - k + 1 for size, pad, k in zip(x.shape[-2:], conv.padding, conv.kernel_size))
+    patches = F.unfold(x, conv.kernel_size, padding=conv.padding)  # (n, k, ho * wo)
+    k = patches.shape[1]
+    patches = patches.view(n, k, ho // 2, 2, wo // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(n, k, ho * wo)
+    mean = patches.mean(2)  # (n, k)
+    centred = patches - mean[:, :, None]
+    cov = centred @ centred.transpose(1, 2) / (ho * wo)  # (n, k, k)
+    w = conv.weight.reshape(conv.out_channels, k)  # (C, k)
+    var = ((w @ cov) * w).sum(-1)  # (n, C): each channel's variance over the image
+    scale = norm.weight * torch.rsqrt(var + norm.eps)  # (n, C)
+    out = torch.baddbmm(norm.bias[None, :, None].expand(n, -1, 1), w * scale[:, :, None], centred)  # (n, C, ho*wo)
+    out = out.relu_().view(n, conv.out_channels, 4, ho * wo // 4)
+    return ((out[:, :, 0] + out[:, :, 1]) + (out[:, :, 2] + out[:, :, 3])).mul_(0.25).view(n, -1, ho // 2, wo // 2)
+
+
 class ConvNet(nn.Module):
     """The ConvNet of the DC/DSA/DM papers: depth x [conv3x3 -> norm -> ReLU -> avgpool2]."""
 
@@ -52,19 +97,22 @@ class ConvNet(nn.Module):
         return self.features(x).flatten(1)  # (n, feat_dim)
 
     def embed_fast(self, x: torch.Tensor) -> torch.Tensor:
-        """`embed` through faster CPU kernels for two of its layers (the same function to float
-        rounding, gradients included): a first conv with one input channel through the plain
-        im2col kernel (oneDNN took about 9x longer on 1-channel 28x28 input), and each 2x2 average
-        pool as the mean of four strided slices (about 4x faster than avg_pool2d on NCHW here).
-        Measured on MNIST, ConvNet-3 width 128, chunks of 16 (BENCHMARKS.md, section 3)."""
+        """`embed` through faster CPU kernels (the same function to float rounding, gradients
+        included). The first block (conv -> instance norm -> ReLU -> 2x2 average pool) runs as one
+        matrix product per image (`_first_block`); otherwise a first conv with one input channel
+        goes through the plain im2col kernel (oneDNN took about 9x longer on 1-channel 28x28 input),
+        and each 2x2 average pool is the mean of four strided slices (about 4x faster than
+        avg_pool2d on NCHW here). Measured on MNIST, ConvNet-3 width 128 (BENCHMARKS.md, section 3)."""
         if x.device.type != "cpu":
             return self.embed(x)
-        for layer in self.features:
-            if isinstance(layer, nn.Conv2d) and layer.in_channels == 1 and layer.groups == 1 \
-                    and layer.stride == (1, 1) and layer.dilation == (1, 1) and layer.padding_mode == "zeros":
+        layers = list(self.features)
+        if _foldable_first_block(layers, x):
+            x, layers = _first_block(layers[0], layers[1], x), layers[4:]
+        for layer in layers:
+            if isinstance(layer, nn.Conv2d) and layer.in_channels == 1 and _plain_conv(layer):
                 x = torch.ops.aten._slow_conv2d_forward(x, layer.weight, list(layer.kernel_size), layer.bias,
                                                         [1, 1], list(layer.padding))
-            elif isinstance(layer, nn.AvgPool2d) and layer.kernel_size == 2 and layer.stride == 2 and layer.padding == 0:
+            elif _pool2(layer):
                 h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
                 x = (x[..., 0:h:2, 0:w:2] + x[..., 1:h:2, 0:w:2] + x[..., 0:h:2, 1:w:2] + x[..., 1:h:2, 1:w:2]) * 0.25
             else:

@@ -12,7 +12,7 @@ from dd_core.augment import DSA, OPS, DSAParams
 from dd_core.labels import soft_cross_entropy
 from dd_core.methods.gradient_matching import matching_loss, train_on_synthetic
 from dd_core.methods.ncfm import class_cf, cf_distance
-from dd_core.models import ConvNet
+from dd_core.models import ConvNet, _first_block, _foldable_first_block
 
 
 def tiny_net(seed: int = 0, dtype=torch.float32) -> ConvNet:
@@ -255,3 +255,21 @@ def test_the_fast_embedding_is_the_embedding(shape, width):
     w_fast = torch.autograd.grad((net.embed_fast(a) ** 2).sum(), net.features[0].weight)[0]
     w_plain = torch.autograd.grad((net.embed(b) ** 2).sum(), net.features[0].weight)[0]
     torch.testing.assert_close(w_fast, w_plain, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 8, 8)])
+def test_the_first_block_folds_the_instance_norm_into_one_product(shape):
+    net = ConvNet(channels=shape[0], num_classes=10, image_size=shape[1:], width=16)
+    with torch.no_grad():  # a non-trivial affine norm and bias, and one blank image (zero variance)
+        net.features[1].weight.uniform_(0.5, 2.0), net.features[1].bias.uniform_(-1, 1), net.features[0].bias.uniform_(-1, 1)
+    x = torch.cat([torch.randn(5, *shape), torch.zeros(1, *shape)])
+    layers = list(net.features)
+    assert _foldable_first_block(layers, x)
+    torch.testing.assert_close(_first_block(layers[0], layers[1], x), net.features[:4](x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_first_block_without_instance_norm_takes_the_plain_path():
+    net = ConvNet(channels=1, num_classes=10, image_size=(28, 28), width=16, norm="batchnorm").eval()
+    x = torch.randn(4, 1, 28, 28)
+    assert not _foldable_first_block(list(net.features), x)
+    torch.testing.assert_close(net.embed_fast(x), net.embed(x), rtol=1e-5, atol=1e-5)

@@ -137,6 +137,19 @@ def test_feature_coreset_can_select_on_the_logits(digits):
         make_method("herding", dataset="digits", ipc=1, feature_layer="pixels")
 
 
+def test_herding_nearest_mean_rule_takes_the_images_nearest_the_class_mean(digits):
+    runs = {}
+    for rule in ("argmin", "nearest-mean"):
+        method = make_method("herding", dataset="digits", ipc=5, feature_model="mlp", feature_epochs=2, rule=rule)
+        runs[rule] = run_to_end(digits, method, method_name="herding", ipc=5, steps=1, device=torch.device("cpu")).synthetic
+    idx, f = method.class_features(digits, 0, torch.device("cpu"))
+    nearest = idx[(f - f.mean(0)).norm(dim=1).argsort()[:5]]
+    assert torch.equal(runs["nearest-mean"].images[runs["nearest-mean"].labels == 0], digits.x_train[nearest])
+    first = runs["argmin"].labels == 0
+    assert torch.equal(runs["argmin"].images[first][0], runs["nearest-mean"].images[first][0]), "both start at the nearest"
+    assert not torch.equal(runs["argmin"].images, runs["nearest-mean"].images), "herding is not the nearest-mean shortcut"
+
+
 def test_feature_coreset_rejects_an_unknown_network(digits):
     method = make_method("herding", dataset="digits", ipc=1, feature_model="nope")
     with pytest.raises(UnknownNameError, match="valid models are: .*convnet"):

@@ -86,10 +86,15 @@ class Herding(_FeatureCoreset):
     """Herding (Welling, ICML 2009): greedily keep the running mean of chosen features closest to the class mean."""
 
     paper = "Welling, Herding Dynamical Weights to Learn, ICML 2009"
+    rule: str = hp("argmin", "'argmin': herding (each pick brings the running mean closest to the class "
+                             "mean); 'nearest-mean': the ipc images nearest the class mean, a common "
+                             "shortcut kept to compare against published figures", choices=("argmin", "nearest-mean"))
 
     def select(self, real, c, ipc, device):
         idx, f = self.class_features(real, c, device)
         target = f.mean(0)  # (d,)
+        if self.rule == "nearest-mean":
+            return idx[(f - target).norm(dim=1).argsort()[:ipc]]
         chosen: list[int] = []
         total = torch.zeros_like(target)
         available = torch.ones(len(f), dtype=torch.bool)

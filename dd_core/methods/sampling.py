@@ -76,5 +76,5 @@ def embed_chunked(net, x: torch.Tensor, chunk: int | None = None) -> torch.Tenso
 
 def embed_in_chunks(net, x: torch.Tensor) -> torch.Tensor:
     """Embed *with* gradients, chunk by chunk: the same cache effect for the synthetic side, whose
-    chunks each keep their own graph for the backward pass."""
-    return _in_chunks(net.embed, x, chunk_size(net, x))
+    chunks each keep their own graph for the backward pass; through the faster CPU path too."""
+    return _in_chunks(getattr(net, "embed_fast", net.embed), x, chunk_size(net, x))
