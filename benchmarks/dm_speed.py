@@ -17,6 +17,8 @@ from dd_core.data import load_dataset
 from dd_core.methods import make_method
 from dd_core.synthetic import init_synthetic
 
+from .reproduce import code_version
+
 
 def reference_loss(method, net, x_real, g_real, params):
     """The original DM loop: per class, augment real and synthetic with that class's parameters,
@@ -86,7 +88,8 @@ def main():
         rows.append({"dataset": args.dataset, "ipc": args.ipc, "preset": preset, "batch_real": batch, "threads": args.threads,
                      "reference_s_per_step": round(ref, 4), "ours_s_per_step": round(new, 4),
                      "speedup": round(ref / new, 2), "max_rel_loss_diff": max_rel,
-                     "losses_ref": [round(v, 5) for v in l_ref], "losses_ours": [round(v, 5) for v in l_new]})
+                     "losses_ref": [round(v, 5) for v in l_ref], "losses_ours": [round(v, 5) for v in l_new],
+                     "code_version": code_version()})
         print(json.dumps(rows[-1]), flush=True)
 
 
