@@ -61,19 +61,33 @@ def write_exports(session: Session) -> dict[str, Path]:
     return files
 
 
-def labelled_grid(syn, *, target: int = 480, margin: int = 56) -> Image.Image:
-    """The set's grid (a row per class) enlarged to about `target` pixels, class names on the left."""
+def labelled_grid(syn, *, target: int = 480, max_margin: int = 160) -> Image.Image:
+    """The set's grid (a row per class) enlarged to about `target` pixels, class names on the left
+    in a margin as wide as the longest name (names wider than `max_margin` end in an ellipsis)."""
     from PIL import ImageDraw, ImageFont
 
     grid = syn.grid_image(upscale=1)
     scale = max(1, target // max(grid.size))
     grid = grid.resize((grid.size[0] * scale, grid.size[1] * scale), Image.NEAREST).convert("RGB")
+    row = grid.size[1] / max(1, syn.num_classes)
+    names: list[str] = []
+    margin = 8
+    if row >= 9:  # too many classes for readable names: no margin
+        font = ImageFont.load_default(size=max(9, min(16, int(row * 0.6))))
+        names = [_fit(str(name), font, max_margin - 8) for name in syn.classes]
+        margin = int(max(font.getlength(name) for name in names)) + 8
     out = Image.new("RGB", (grid.size[0] + margin, grid.size[1]), "white")
     out.paste(grid, (margin, 0))
     draw = ImageDraw.Draw(out)
-    row = grid.size[1] / max(1, syn.num_classes)
-    if row >= 9:  # too many classes for readable names: leave the margin blank
-        font = ImageFont.load_default(size=max(9, min(16, int(row * 0.6))))
-        for k, name in enumerate(syn.classes):
-            draw.text((margin - 4, int(k * row + row / 2)), str(name)[:8], fill=(40, 40, 40), font=font, anchor="rm")
+    for k, name in enumerate(names):
+        draw.text((margin - 4, int(k * row + row / 2)), name, fill=(40, 40, 40), font=font, anchor="rm")
     return out
+
+
+def _fit(text: str, font, width: int) -> str:
+    """`text`, cut and ended with an ellipsis if it is wider than `width` pixels in `font`."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…"

@@ -66,3 +66,19 @@ def test_live_tick_redraws_only_when_the_run_moved_on(session):
     list(distill_tab.ui_updates(session, distill_run.check_request("digits", "", "dm", 2, 3, 1)))
     plot, rows = feature_tab.live_tick("random", True, WHO)
     assert plot != gr.skip() and len(rows) == 20
+
+
+def test_the_grid_margin_fits_the_class_names():
+    import torch
+
+    from components.exports import labelled_grid
+    from dd_core.synthetic import SyntheticSet
+
+    names = ("T-shirt/top", "Trouser", "Sneaker", "Ankle boot", "a class name far too long for any margin")
+    syn = SyntheticSet(torch.zeros(10, 1, 28, 28), torch.arange(5).repeat_interleave(2), "test", names, (0.0,), (1.0,))
+    image = np.asarray(labelled_grid(syn).convert("L"))
+    grid = syn.grid_image(upscale=1)
+    margin = image.shape[1] - grid.size[0] * (480 // max(grid.size))  # the grid is scaled to about 480 px
+    ink = np.nonzero((image[:, :margin] < 128).any(axis=0))[0]
+    assert len(ink) and ink.min() >= 2, "a class name is cut at the image's left edge"
+    assert 60 < margin <= 160, "the margin follows the longest name and stops at the cap"
