@@ -1,8 +1,10 @@
-"""DM seconds per step: our batched step against a reference loop built the way the original DM
-code is (one forward per class for the real and for the synthetic batch, augmentation per class),
-measured in the same run, with the same draws, so the losses must agree.
+"""DM (or DataDAM) seconds per step: our batched step against a reference loop built the way the
+original code is (one forward per class for the real and for the synthetic batch, augmentation per
+class; for DataDAM the attention maps as |a|^p through abs and pow), measured in the same run, with
+the same draws, so the losses must agree.
 
     DD_DATA_ROOT=<data> python -m benchmarks.dm_speed --dataset mnist --ipc 10 --steps 5
+    DD_DATA_ROOT=<data> python -m benchmarks.dm_speed --method datadam --presets paper --steps 5
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torch
 
 from dd_core.data import load_dataset
 from dd_core.methods import make_method
+from dd_core.methods.datadam import LOSS_SCALE
 from dd_core.synthetic import init_synthetic
 
 from .reproduce import code_version
@@ -37,39 +40,71 @@ def reference_loss(method, net, x_real, g_real, params):
     return loss
 
 
-def make(dataset, preset, ipc, seed):
+def reference_loss_datadam(method, net, x_real, g_real, params):
+    """The original DataDAM loop: per class, augment both sides with that class's parameters, walk
+    the network block by block, and compare the mean attention map (|a|^p averaged over channels,
+    normalised per image) of every block but the last, then the mean embedding."""
+    def features(x):
+        maps = []
+        for layer in net.features:
+            x = layer(x)
+            if isinstance(layer, torch.nn.ReLU):
+                maps.append(torch.nn.functional.normalize(x.abs().pow(method.power).mean(dim=1).flatten(1), dim=1))
+        return maps[:-1] + [x.flatten(1)]
+
+    loss = torch.zeros(())
+    for c in range(method.shape_["num_classes"]):
+        real_c = x_real[g_real == c]
+        syn_c = method.images_[method.labels_ == c]
+        if params is not None:
+            real_c = method.dsa_.apply(real_c, params, torch.full((len(real_c),), c, dtype=torch.long))
+            syn_c = method.dsa_.apply(syn_c, params, torch.full((len(syn_c),), c, dtype=torch.long))
+        with torch.no_grad():
+            real = features(real_c)
+        syn = features(syn_c)
+        terms = [((r.mean(0) - s_.mean(0)) ** 2).sum() for r, s_ in zip(real, syn)]
+        loss = loss + sum(terms[:-1]) + method.task_balance * terms[-1]
+    return loss * LOSS_SCALE
+
+
+REFERENCES = {"dm": reference_loss, "datadam": reference_loss_datadam}
+
+
+def make(dataset, preset, ipc, seed, name="dm"):
     # The network of the issue's speed target (ConvNet-3 width 128) for both presets; the fast
     # preset's own network (width 32) is timed by reproduce.py's distillation seconds.
-    method = make_method("dm", preset=preset, dataset=dataset.name, ipc=ipc, model="convnet")
+    method = make_method(name, preset=preset, dataset=dataset.name, ipc=ipc, model="convnet")
     method.setup(dataset, init_synthetic(dataset, ipc, seed=seed), seed=seed, device=torch.device("cpu"))
     return method
 
 
-def one_step(method, reference: bool) -> tuple[float, float]:
+def one_step(method, reference=None) -> tuple[float, float]:
+    """One step, through `reference(method, *drawn)` if given, else the method's own loss."""
     t0 = time.perf_counter()
     drawn = method.sample()
-    loss = reference_loss(method, *drawn) if reference else method.loss(*drawn)
+    loss = reference(method, *drawn) if reference else method.loss(*drawn)
     method.opt_.zero_grad(set_to_none=True)
     loss.backward()
     method.opt_.step()
     return time.perf_counter() - t0, loss.item()
 
 
-def time_steps(dataset, preset, ipc, steps, seed):
+def time_steps(dataset, preset, ipc, steps, seed, name="dm"):
     """Two runs from the same seed, stepped alternately (reference, ours, reference, ...), so that
     a shared machine's changing load falls on both alike."""
-    ref, ours = make(dataset, preset, ipc, seed), make(dataset, preset, ipc, seed)
+    ref, ours = make(dataset, preset, ipc, seed, name), make(dataset, preset, ipc, seed, name)
     t_ref, l_ref, t_new, l_new = [], [], [], []
     for _ in range(steps):
-        t, l = one_step(ref, True)
+        t, l = one_step(ref, REFERENCES[name])
         t_ref.append(t), l_ref.append(l)
-        t, l = one_step(ours, False)
+        t, l = one_step(ours)
         t_new.append(t), l_new.append(l)
     return t_ref, l_ref, t_new, l_new, ours.batch_real
 
 
 def main():
     p = argparse.ArgumentParser()
+    p.add_argument("--method", default="dm", choices=sorted(REFERENCES))
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--ipc", type=int, default=10)
     p.add_argument("--steps", type=int, default=5)
@@ -82,10 +117,10 @@ def main():
     rows = []
     for preset in args.presets:
         # The first step of each is warm-up and not timed.
-        t_ref, l_ref, t_new, l_new, batch = time_steps(dataset, preset, args.ipc, args.steps + 1, args.seed)
+        t_ref, l_ref, t_new, l_new, batch = time_steps(dataset, preset, args.ipc, args.steps + 1, args.seed, args.method)
         ref, new = statistics.median(t_ref[1:]), statistics.median(t_new[1:])
         max_rel = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(l_ref, l_new))
-        rows.append({"dataset": args.dataset, "ipc": args.ipc, "preset": preset, "batch_real": batch, "threads": args.threads,
+        rows.append({"method": args.method, "dataset": args.dataset, "ipc": args.ipc, "preset": preset, "batch_real": batch, "threads": args.threads,
                      "reference_s_per_step": round(ref, 4), "ours_s_per_step": round(new, 4),
                      "speedup": round(ref / new, 2), "max_rel_loss_diff": max_rel,
                      "losses_ref": [round(v, 5) for v in l_ref], "losses_ours": [round(v, 5) for v in l_new],

