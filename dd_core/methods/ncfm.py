@@ -15,7 +15,7 @@ from torch import nn
 
 from .base import METHODS, hp, is_small
 from .dm import DM
-from .sampling import class_means, embed_chunked
+from .sampling import class_means, embed_chunked, embed_in_chunks
 
 SQRT_EPS = 1e-12  # keeps the square root differentiable where real and synthetic CFs coincide
 
@@ -109,7 +109,7 @@ class NCFM(DM):
         """L2-normalised embeddings of the real (no gradient) and synthetic views, with their classes."""
         x_real, x_syn, g_syn = self.views(x_real, g_real, params)
         f_real = F.normalize(embed_chunked(net, x_real), dim=1)  # (n_real, d)
-        f_syn = F.normalize(net.embed(x_syn), dim=1)  # (n_syn, d)
+        f_syn = F.normalize(embed_in_chunks(net, x_syn), dim=1)  # (n_syn, d)
         return f_real, g_real, f_syn, g_syn
 
     def cf_loss(self, feats, t) -> torch.Tensor:
