@@ -107,6 +107,8 @@ def budget(r: dict) -> str:
         parts.append(f"{hp['batch_real']} real/class")
     if r.get("features"):
         parts.append("features of " + r["features"].replace(" on the whole training set", ""))
+    if hp.get("rule", "argmin") != "argmin":
+        parts.append(f"rule {hp['rule']}")
     seeds = r.get("seed")
     if isinstance(seeds, list) and len(seeds) > 1:
         parts.append(f"{len(seeds)} seeds")
