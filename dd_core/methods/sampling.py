@@ -50,9 +50,12 @@ CHUNK_ACTIVATION_BYTES = 8 * 2**20
 
 
 def chunk_size(net: torch.nn.Module, x: torch.Tensor) -> int:
-    """Images per chunk for `net` on `x`: all of them on a GPU; on a CPU, as many as keep the first
-    conv's output near CHUNK_ACTIVATION_BYTES (64 for a network without convolutions)."""
-    if x.device.type != "cpu":
+    """Images per chunk for `net` on `x`: all of them on a GPU, or where a batch norm in training
+    mode makes each image's output depend on its batch (the reference DM code embeds such networks
+    in one batch); on a CPU, as many as keep the first conv's output near CHUNK_ACTIVATION_BYTES
+    (64 for a network without convolutions)."""
+    batch_stats = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training for m in net.modules())
+    if x.device.type != "cpu" or batch_stats:
         return max(1, len(x))
     conv = next((m for m in net.modules() if isinstance(m, torch.nn.Conv2d)), None)
     if conv is None:
