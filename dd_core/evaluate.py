@@ -18,7 +18,7 @@ import torch
 from .augment import dc_augment_for, dsa_for
 from .data import Dataset
 from .labels import HardLabels, LabelStore, soft_cross_entropy
-from .models import default_model, model_for
+from .models import default_model, fast_forward, model_for
 
 
 @dataclass(frozen=True)
@@ -122,11 +122,6 @@ def training_views(images: torch.Tensor, *, epochs: int, batch_size: int, augmen
                 params = augment.sample_batch(len(idx), g) if dsa_ops == "batch" else augment.sample(len(idx), g)
                 views = augment.apply(views, params, torch.arange(len(idx)))
             yield epoch, idx, views
-
-
-def fast_forward(net: torch.nn.Module):
-    """The network's forward through its faster CPU path where it has one (ConvNet.forward_fast)."""
-    return getattr(net, "forward_fast", net)
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..augment import DSA, dsa_for, fyi_flip
 from ..interrupt import check
-from ..models import build_model, resolve_model
+from ..models import build_model, fast_forward, resolve_model
 from .base import METHODS, Method, hp, is_small
 from .sampling import RealSampler
 
@@ -61,7 +61,8 @@ def matching_loss(net: nn.Module, x_real: torch.Tensor, y_real: torch.Tensor, x_
         real_c, syn_c = y_real == c, y_syn == c
         if not bool(syn_c.any()) or not bool(real_c.any()):
             continue
-        g_real = torch.autograd.grad(F.cross_entropy(net(x_real[real_c]), y_real[real_c]), weights)
+        # The real side is differentiated once: the fast CPU path (the synthetic side, twice: forward).
+        g_real = torch.autograd.grad(F.cross_entropy(fast_forward(net)(x_real[real_c]), y_real[real_c]), weights)
         g_real = [g.detach() for g in g_real]
         g_syn = torch.autograd.grad(F.cross_entropy(net(x_syn[syn_c]), y_syn[syn_c]), weights, create_graph=True)
         loss = loss + gradient_distance(g_real, g_syn)
@@ -75,6 +76,7 @@ def train_on_synthetic(net: nn.Module, images: torch.Tensor, labels: torch.Tenso
     set, shuffled by `generator`. The network passed in and the images are left unchanged."""
     net = copy.deepcopy(net)
     net.train()
+    forward = fast_forward(net)
     opt = torch.optim.SGD(net.parameters(), lr=lr)
     images = images.detach()
     n = len(images)
@@ -86,7 +88,7 @@ def train_on_synthetic(net: nn.Module, images: torch.Tensor, labels: torch.Tenso
             x = images[idx]
             if augment is not None:  # one parameter set per image, as when evaluating
                 x = augment.apply(x, augment.sample(len(idx), generator), torch.arange(len(idx)))
-            loss = F.cross_entropy(net(x), labels[idx])
+            loss = F.cross_entropy(forward(x), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
