@@ -32,12 +32,24 @@ PUBLISHED = {
 }
 
 
-def code_version() -> str:
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+
+
+def _read_code_version() -> str:
+    """The commit this process started from, '-dirty' if tracked files differed from it."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+        head = _git("rev-parse", "--short", "HEAD") or "unknown"
+        return head + ("-dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
     except OSError:
         return "unknown"
+
+
+_CODE_VERSION = _read_code_version()  # read when the benchmark starts: a long run may outlive several commits
+
+
+def code_version() -> str:
+    return _CODE_VERSION
 
 
 def run_one(dataset, method_name: str, ipc: int, args) -> dict:
