@@ -18,7 +18,7 @@ import torch
 from .augment import dc_augment_for, dsa_for
 from .data import Dataset
 from .labels import HardLabels, LabelStore, soft_cross_entropy
-from .models import default_model, fast_forward, model_for
+from .models import chunk_size, default_model, fast_forward, model_for
 
 
 @dataclass(frozen=True)
@@ -126,9 +126,7 @@ def training_views(images: torch.Tensor, *, epochs: int, batch_size: int, augmen
 
 @torch.no_grad()
 def test_accuracy(net: torch.nn.Module, dataset: Dataset, device, chunk: int | None = None) -> float:
-    """Accuracy on the test set, in cache-sized chunks on a CPU (sampling.chunk_size), 1000 on a GPU."""
-    from .methods.sampling import chunk_size
-
+    """Accuracy on the test set, in cache-sized chunks on a CPU (models.chunk_size), 1000 on a GPU."""
     net.eval()
     forward = fast_forward(net)
     chunk = chunk or (1000 if torch.device(device).type != "cpu" else chunk_size(net, dataset.x_test[:1]))

@@ -34,6 +34,35 @@ def _pool2(layer: nn.Module) -> bool:
     return isinstance(layer, nn.AvgPool2d) and layer.kernel_size == 2 and layer.stride == 2 and layer.padding == 0
 
 
+def _conv_out_size(conv: nn.Conv2d, x: torch.Tensor) -> tuple[int, int]:
+    """(h, w) of a stride-1 conv's output on x."""
+    h, w = (size + 2 * pad - k + 1 for size, pad, k in zip(x.shape[-2:], conv.padding, conv.kernel_size))
+    return h, w
+
+
+# On a CPU, a forward pass runs fastest when its widest activation (the first conv's output) stays
+# in the last-level cache: chunks are sized so that one chunk's is about this many bytes. Measured
+# on MNIST, ConvNet-3 width 128 (512 KiB a 32x32 image): 16 images a chunk embedded 2,560 real
+# images 1.2-1.6x faster than 64 and 1.5-1.8x faster than 256, on 1 and 2 threads (BENCHMARKS.md, 3).
+CHUNK_ACTIVATION_BYTES = 8 * 2**20
+
+
+def chunk_size(net: nn.Module, x: torch.Tensor) -> int:
+    """Images per chunk for `net` on `x`: all of them on a GPU, or where a batch norm in training
+    mode makes each image's output depend on its batch (the reference DM code embeds such networks
+    in one batch); on a CPU, as many as keep the first conv's output near CHUNK_ACTIVATION_BYTES
+    (64 for a network without convolutions)."""
+    batch_stats = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in net.modules())
+    if x.device.type != "cpu" or batch_stats:
+        return max(1, len(x))
+    conv = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        return 64
+    h, w = _conv_out_size(conv, x)
+    per_image = conv.out_channels * max(1, h) * max(1, w) * x.element_size()
+    return int(max(1, min(256, CHUNK_ACTIVATION_BYTES // per_image)))
+
+
 def _foldable_first_block(layers: list[nn.Module], x: torch.Tensor) -> bool:
     """conv -> GroupNorm with one group per channel -> ReLU -> 2x2 pool, with an even conv output."""
     if len(layers) < 4 or not isinstance(layers[0], nn.Conv2d) or not _plain_conv(layers[0]):
@@ -41,7 +70,7 @@ def _foldable_first_block(layers: list[nn.Module], x: torch.Tensor) -> bool:
     conv, norm = layers[0], layers[1]
     if not (isinstance(norm, nn.GroupNorm) and norm.num_groups == norm.num_channels == conv.out_channels and norm.affine):
         return False
-    ho, wo = (size + 2 * pad - k + 1 for size, pad, k in zip(x.shape[-2:], conv.padding, conv.kernel_size))
+    ho, wo = _conv_out_size(conv, x)
     return isinstance(layers[2], nn.ReLU) and _pool2(layers[3]) and ho % 2 == 0 and wo % 2 == 0
 
 
@@ -71,7 +100,7 @@ def _first_block(conv: nn.Conv2d, norm: nn.GroupNorm, x: torch.Tensor, relu_hook
     MNIST this replaces five passes over the widest activation (conv, two of the norm, ReLU, pool)
     with three (product, ReLU, sum)."""
     n = x.shape[0]
-    ho, wo = (size + 2 * pad - k + 1 for size, pad, k in zip(x.shape[-2:], conv.padding, conv.kernel_size))
+    ho, wo = _conv_out_size(conv, x)
     patches = _window_patches(x, conv.kernel_size, conv.padding, ho, wo)  # (n, k, ho * wo)
     k = patches.shape[1]
     mean = patches.mean(2)  # (n, k)
@@ -82,10 +111,10 @@ def _first_block(conv: nn.Conv2d, norm: nn.GroupNorm, x: torch.Tensor, relu_hook
     scale = norm.weight * torch.rsqrt(var + norm.eps)  # (n, C)
     out = torch.baddbmm(norm.bias[None, :, None].expand(n, -1, 1), w * scale[:, :, None], centred)  # (n, C, ho*wo)
     out = out.relu_().view(n, conv.out_channels, 4, ho * wo // 4)
-    if relu_hook is not None:  # column (a, b, u, v) is pixel (2u + a, 2v + b)
-        rows, cols = torch.arange(ho, device=x.device), torch.arange(wo, device=x.device)
-        order = (rows[:, None] * wo + cols).view(ho // 2, 2, wo // 2, 2).permute(1, 3, 0, 2).reshape(-1)
-        relu_hook(out.view(n, conv.out_channels, ho * wo), order)
+    if relu_hook is not None:  # pixel (2u + a, 2v + b) is in column (a, b, u, v)
+        i, j = torch.arange(ho, device=x.device)[:, None], torch.arange(wo, device=x.device)
+        columns = ((i % 2) * 2 + j % 2) * (ho * wo // 4) + (i // 2) * (wo // 2) + j // 2
+        relu_hook(out.view(n, conv.out_channels, ho * wo), columns.reshape(-1))
     return out.sum(2).mul_(0.25).view(n, -1, ho // 2, wo // 2)  # 5x faster than adding the four rows, both ways
 
 
@@ -129,9 +158,9 @@ class ConvNet(nn.Module):
         and each 2x2 average pool is the mean of four strided slices (about 4x faster than
         avg_pool2d on NCHW here). Measured on MNIST, ConvNet-3 width 128 (BENCHMARKS.md, section 3).
 
-        `relu_hook(a, order)`, if given, sees every block's ReLU output in turn: `a` is (n, c, pixels)
-        and `order[j]` the row-major number of pixel j (None when the pixels are in row-major
-        order already; the folded first block keeps each pooling window's pixels together)."""
+        `relu_hook(a, columns)`, if given, sees every block's ReLU output in turn: `a` is (n, c, pixels)
+        and `a[..., columns]` puts them in row-major order (columns is None when they are already;
+        the folded first block keeps each pooling window's pixels together)."""
         cpu, layers = x.device.type == "cpu", list(self.features)
         if cpu and _foldable_first_block(layers, x):
             x, layers = _first_block(layers[0], layers[1], x, relu_hook), layers[4:]

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import build_model, resolve_model
+from ..models import build_model, chunk_size, resolve_model
 from .base import METHODS, hp, is_small
 from .dm import DM
-from .sampling import chunk_size, class_means
+from .sampling import class_means
 
 # The public code scales the whole loss by 100; we keep it, so that lr_img = 1 (SGD) means the
 # step size it meant there.
@@ -53,9 +53,9 @@ def attention_features(net: nn.Module, x: torch.Tensor, power: float) -> list[to
     if hasattr(net, "embed_fast"):
         maps: list[torch.Tensor] = []
 
-        def keep_map(activation, order):
-            att = spatial_attention(activation, power)  # (n, pixels) in `order`
-            maps.append(att if order is None else att[:, torch.argsort(order)])
+        def keep_map(activation, columns):
+            att = spatial_attention(activation, power)  # (n, pixels), in the activation's column order
+            maps.append(att if columns is None else att[:, columns])
 
         embedding = net.embed_fast(x, relu_hook=keep_map)
         return maps[:-1] + [embedding]
@@ -64,7 +64,7 @@ def attention_features(net: nn.Module, x: torch.Tensor, power: float) -> list[to
 
 
 def attention_in_chunks(net: nn.Module, x: torch.Tensor, power: float) -> list[torch.Tensor]:
-    """attention_features in cache-sized chunks (sampling.chunk_size), concatenated."""
+    """attention_features in cache-sized chunks (models.chunk_size), concatenated."""
     step = chunk_size(net, x)
     chunks = [attention_features(net, x[i:i + step], power) for i in range(0, len(x), step)]
     return [torch.cat(parts) for parts in zip(*chunks)]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from ..models import chunk_size
+
 
 class RealSampler:
     """Draws `n` real images of a class (or of every class at once) from the training tensors."""
@@ -40,29 +42,6 @@ def frozen(net: torch.nn.Module) -> torch.nn.Module:
     for p in net.parameters():
         p.requires_grad_(False)
     return net
-
-
-# On a CPU, a forward pass runs fastest when its widest activation (the first conv's output) stays
-# in the last-level cache: chunks are sized so that one chunk's is about this many bytes. Measured
-# on MNIST, ConvNet-3 width 128 (512 KiB a 32x32 image): 16 images a chunk embedded 2,560 real
-# images 1.2-1.6x faster than 64 and 1.5-1.8x faster than 256, on 1 and 2 threads (BENCHMARKS.md, 3).
-CHUNK_ACTIVATION_BYTES = 8 * 2**20
-
-
-def chunk_size(net: torch.nn.Module, x: torch.Tensor) -> int:
-    """Images per chunk for `net` on `x`: all of them on a GPU, or where a batch norm in training
-    mode makes each image's output depend on its batch (the reference DM code embeds such networks
-    in one batch); on a CPU, as many as keep the first conv's output near CHUNK_ACTIVATION_BYTES
-    (64 for a network without convolutions)."""
-    batch_stats = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training for m in net.modules())
-    if x.device.type != "cpu" or batch_stats:
-        return max(1, len(x))
-    conv = next((m for m in net.modules() if isinstance(m, torch.nn.Conv2d)), None)
-    if conv is None:
-        return 64
-    h, w = (size + 2 * pad - k + 1 for size, pad, k in zip(x.shape[-2:], conv.padding, conv.kernel_size))
-    per_image = conv.out_channels * max(1, h) * max(1, w) * x.element_size()
-    return int(max(1, min(256, CHUNK_ACTIVATION_BYTES // per_image)))
 
 
 def _in_chunks(embed, x: torch.Tensor, chunk: int) -> torch.Tensor:
