@@ -1,0 +1,70 @@
+"""DC/DSA seconds per step: the fast CPU path (`forward_fast` for the real side's gradients and the
+inner training) against the plain `forward` everywhere, alternated in one run from the same seed,
+so the matching losses must agree to rounding.
+
+    DD_DATA_ROOT=<data> python -m benchmarks.dsa_speed --dataset fashion_mnist --ipc 10 --steps 2 --repeats 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from dd_core.data import load_dataset
+from dd_core.methods import gradient_matching as gm
+from dd_core.methods import make_method
+from dd_core.synthetic import init_synthetic
+
+from .reproduce import code_version
+
+
+def one_run(dataset, name: str, preset: str, ipc: int, steps: int, plain: bool) -> tuple[float, list[float]]:
+    """Seconds per step (mean over `steps`, after setup) and each step's matching loss."""
+    fast = gm.fast_forward
+    if plain:
+        gm.fast_forward = lambda net: net
+    try:
+        method = make_method(name, preset=preset, dataset=dataset.name, ipc=ipc)
+        method.setup(dataset, init_synthetic(dataset, ipc, seed=0), seed=0, device=torch.device("cpu"))
+        losses = []
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            losses.append(method.step()["loss"])
+        return (time.perf_counter() - t0) / steps, losses
+    finally:
+        gm.fast_forward = fast
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--dataset", default="fashion_mnist")
+    p.add_argument("--method", default="dsa", choices=["dc", "dsa"])
+    p.add_argument("--preset", default="fast", choices=["fast", "paper"])
+    p.add_argument("--ipc", type=int, default=10)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    dataset = load_dataset(args.dataset)
+    times = {"plain": [], "fast": []}
+    losses = {}
+    for _ in range(args.repeats):
+        for kind in ("plain", "fast"):
+            t, losses[kind] = one_run(dataset, args.method, args.preset, args.ipc, args.steps, kind == "plain")
+            times[kind].append(t)
+    plain, fast = statistics.median(times["plain"]), statistics.median(times["fast"])
+    hp = make_method(args.method, preset=args.preset, dataset=args.dataset, ipc=args.ipc).config()
+    print(json.dumps({"dataset": args.dataset, "method": args.method, "preset": args.preset, "ipc": args.ipc,
+                      "hyperparameters": hp, "steps": args.steps, "repeats": args.repeats, "threads": args.threads,
+                      "plain_s_per_step": round(plain, 2), "fast_s_per_step": round(fast, 2),
+                      "speedup": round(plain / fast, 2), "loss_plain": losses["plain"], "loss_fast": losses["fast"],
+                      "max_loss_diff": max(abs(a - b) for a, b in zip(losses["plain"], losses["fast"])),
+                      "code_version": code_version()}))
+
+
+if __name__ == "__main__":
+    main()
