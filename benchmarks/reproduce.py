@@ -37,10 +37,12 @@ def _git(*args: str) -> str:
 
 
 def _read_code_version() -> str:
-    """The commit this process started from, '-dirty' if tracked files differed from it."""
+    """The commit this process started from, '-dirty' if tracked code differed from it (results and
+    Markdown files, which benchmarks append to while others run, do not count)."""
     try:
         head = _git("rev-parse", "--short", "HEAD") or "unknown"
-        return head + ("-dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
+        changed = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results", ":!*.md")
+        return head + ("-dirty" if changed else "")
     except OSError:
         return "unknown"
 
