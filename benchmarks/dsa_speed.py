@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import torch
@@ -18,35 +17,34 @@ from dd_core.methods import gradient_matching as gm
 from dd_core.methods import make_method
 from dd_core.synthetic import init_synthetic
 
+from .alternate import plain_forward, plain_then_fast
 from .reproduce import code_version
 
 
-def one_run(dataset, name: str, preset: str, ipc: int, steps: int, plain: bool) -> tuple[float, list[float], list[float]]:
-    """Seconds per step (mean over `steps`, after setup), each step's mean matching loss, and each
-    step's first matching loss (taken before that step's inner training)."""
-    fast, matching_loss = gm.fast_forward, gm.matching_loss
-    if plain:
-        gm.fast_forward = lambda net: net
+def one_run(dataset, name: str, preset: str, ipc: int, steps: int, plain: bool) -> tuple[float, tuple[list, list]]:
+    """Seconds per step (mean over `steps`, after setup), and (each step's mean matching loss, each
+    step's first matching loss, taken before that step's inner training)."""
+    matching_loss = gm.matching_loss
     first = []
 
-    def recorded(net, *args):  # each step's first matching loss: the same network on both paths
+    def recorded(net, *args):
         loss = matching_loss(net, *args)
         first.append(loss.item())
         return loss
 
     gm.matching_loss = recorded
     try:
-        method = make_method(name, preset=preset, dataset=dataset.name, ipc=ipc)
-        method.setup(dataset, init_synthetic(dataset, ipc, seed=0), seed=0, device=torch.device("cpu"))
-        losses = []
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            losses.append(method.step()["loss"])
-        seconds = (time.perf_counter() - t0) / steps
-        outer = method.loops_[0]
-        return seconds, losses, first[::outer]
+        with plain_forward(gm, plain):
+            method = make_method(name, preset=preset, dataset=dataset.name, ipc=ipc)
+            method.setup(dataset, init_synthetic(dataset, ipc, seed=0), seed=0, device=torch.device("cpu"))
+            losses = []
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                losses.append(method.step()["loss"])
+            seconds = (time.perf_counter() - t0) / steps
+        return seconds, (losses, first[::method.loops_[0]])
     finally:
-        gm.fast_forward, gm.matching_loss = fast, matching_loss
+        gm.matching_loss = matching_loss
 
 
 def main():
@@ -61,13 +59,11 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     dataset = load_dataset(args.dataset)
-    times = {"plain": [], "fast": []}
-    losses, firsts = {}, {}
-    for _ in range(args.repeats):
-        for kind in ("plain", "fast"):
-            t, losses[kind], firsts[kind] = one_run(dataset, args.method, args.preset, args.ipc, args.steps, kind == "plain")
-            times[kind].append(t)
-    plain, fast = statistics.median(times["plain"]), statistics.median(times["fast"])
+    seconds, runs = plain_then_fast(
+        lambda plain: one_run(dataset, args.method, args.preset, args.ipc, args.steps, plain), args.repeats)
+    plain, fast = seconds["plain"], seconds["fast"]
+    losses = {kind: r[-1][0] for kind, r in runs.items()}  # the last repeat's
+    firsts = {kind: r[-1][1] for kind, r in runs.items()}
     hp = make_method(args.method, preset=args.preset, dataset=args.dataset, ipc=args.ipc).config()
     print(json.dumps({"dataset": args.dataset, "method": args.method, "preset": args.preset, "ipc": args.ipc,
                       "hyperparameters": hp, "steps": args.steps, "repeats": args.repeats, "threads": args.threads,

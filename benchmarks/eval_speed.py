@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import statistics
 import time
 
 import torch
@@ -16,22 +15,18 @@ import torch
 from dd_core.data import load_dataset
 from dd_core.synthetic import init_synthetic
 
+from .alternate import plain_forward, plain_then_fast
 from .reproduce import code_version
 
 ev = importlib.import_module("dd_core.evaluate")  # the module (the package exports a function of that name)
 
 
 def one_run(dataset, syn, epochs: int, plain: bool) -> tuple[float, float]:
-    fast = ev.fast_forward
-    if plain:
-        ev.fast_forward = lambda net: net
-    try:
+    with plain_forward(ev, plain):
         t0 = time.perf_counter()
         result = ev.evaluate(syn.images, syn.labels, dataset, ev.protocol("paper", epochs=epochs, num_models=1),
                              device=torch.device("cpu"))
         return time.perf_counter() - t0, result.accuracies[0]
-    finally:
-        ev.fast_forward = fast
 
 
 def main():
@@ -45,14 +40,8 @@ def main():
     torch.set_num_threads(args.threads)
     dataset = load_dataset(args.dataset)
     syn = init_synthetic(dataset, args.ipc, seed=0)  # real images of each class: a typical set to train on
-    times = {"plain": [], "fast": []}
-    accs = {"plain": [], "fast": []}
-    for _ in range(args.repeats):
-        for kind in ("plain", "fast"):
-            t, a = one_run(dataset, syn, args.epochs, kind == "plain")
-            times[kind].append(t)
-            accs[kind].append(a)
-    plain, fast = statistics.median(times["plain"]), statistics.median(times["fast"])
+    seconds, accs = plain_then_fast(lambda plain: one_run(dataset, syn, args.epochs, plain), args.repeats)
+    plain, fast = seconds["plain"], seconds["fast"]
     print(json.dumps({"dataset": args.dataset, "ipc": args.ipc, "epochs": args.epochs, "threads": args.threads,
                       "protocol": "paper (DSA), 1 network, final test accuracy on the whole test set",
                       "plain_s": round(plain, 1), "fast_s": round(fast, 1), "speedup": round(plain / fast, 2),
