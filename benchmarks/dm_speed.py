@@ -14,13 +14,16 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from dd_core.data import load_dataset
 from dd_core.methods import make_method
 from dd_core.methods.datadam import LOSS_SCALE
+from dd_core.models import chunk_size
 from dd_core.synthetic import init_synthetic
 
-from .reproduce import code_version
+from .reproduce import allocator, code_version
 
 
 def reference_loss(method, net, x_real, g_real, params):
@@ -70,6 +73,54 @@ def reference_loss_datadam(method, net, x_real, g_real, params):
 REFERENCES = {"dm": reference_loss, "datadam": reference_loss_datadam}
 
 
+def conv_inputs(net, x):
+    """The input shape of each of the network's convs on images shaped like x, in order."""
+    shapes = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: shapes.append(args[0].shape[1:]))
+             for m in net.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        net.embed(x[:1])
+    for h in hooks:
+        h.remove()
+    return shapes
+
+
+def conv_floor(method, net, x_real, g_real, params):
+    """Only convolutions that an exact float32 step cannot avoid, on oneDNN's kernels and in the chunks
+    our step uses: each conv after the first forward for the real images (no gradients), and forward
+    plus the gradient with respect to its input for the synthetic ones (the network is frozen: no
+    weight gradients). Inputs are random tensors of the right shapes. The first conv (one input
+    channel on MNIST: 2% of the arithmetic, and folded into our first block), the norms, ReLUs,
+    pools, augmentation and everything else are left out, so its time is a lower bound on any exact
+    step through these kernels on this CPU."""
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)][1:]
+    shapes = conv_inputs(net, x_real)[1:]
+    n_syn = len(method.images_) * (2 if getattr(method, "fyi", False) else 1)
+    for n, grad in ((len(x_real), False), (n_syn, True)):
+        chunk = chunk_size(net, x_real[:n])
+        for i in range(0, n, chunk):
+            m = min(chunk, n - i)
+            for conv, shape in zip(convs, shapes):
+                x = _random_input((m, *shape), grad)
+                with torch.set_grad_enabled(grad):
+                    out = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding)
+                if grad:
+                    out.backward(torch.ones_like(out))
+                    x.grad = None
+    return None
+
+
+_INPUTS: dict = {}
+
+
+def _random_input(shape, grad):
+    """A random input of that shape, drawn once (drawing it each time would be timed too)."""
+    key = (tuple(shape), grad)
+    if key not in _INPUTS:
+        _INPUTS[key] = torch.randn(*shape, requires_grad=grad)
+    return _INPUTS[key]
+
+
 def make(dataset, preset, ipc, seed, name="dm", model="convnet"):
     # By default the network of the issue's speed target (ConvNet-3 width 128) for every preset;
     # model=None keeps the preset's own (the fast preset's is width 32).
@@ -84,23 +135,29 @@ def one_step(method, reference=None) -> tuple[float, float]:
     t0 = time.perf_counter()
     drawn = method.sample()
     loss = reference(method, *drawn) if reference else method.loss(*drawn)
+    if loss is None:  # conv_floor: nothing to step
+        return time.perf_counter() - t0, float("nan")
     method.opt_.zero_grad(set_to_none=True)
     loss.backward()
     method.opt_.step()
     return time.perf_counter() - t0, loss.item()
 
 
-def time_steps(dataset, preset, ipc, steps, seed, name="dm", model="convnet"):
+def time_steps(dataset, preset, ipc, steps, seed, name="dm", model="convnet", floor=False):
     """Two runs from the same seed, stepped alternately (reference, ours, reference, ...), so that
-    a shared machine's changing load falls on both alike."""
+    a shared machine's changing load falls on both alike; with floor, a third (conv_floor) in the
+    same rotation. Returns the times and losses of each, the floor's times ([] without) and ours."""
     ref, ours = make(dataset, preset, ipc, seed, name, model), make(dataset, preset, ipc, seed, name, model)
-    t_ref, l_ref, t_new, l_new = [], [], [], []
+    lower = make(dataset, preset, ipc, seed, name, model) if floor else None
+    t_ref, l_ref, t_new, l_new, t_floor = [], [], [], [], []
     for _ in range(steps):
         t, l = one_step(ref, REFERENCES[name])
         t_ref.append(t), l_ref.append(l)
         t, l = one_step(ours)
         t_new.append(t), l_new.append(l)
-    return t_ref, l_ref, t_new, l_new, ours
+        if lower is not None:
+            t_floor.append(one_step(lower, conv_floor)[0])
+    return t_ref, l_ref, t_new, l_new, t_floor, ours
 
 
 def main():
@@ -114,22 +171,31 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--own-model", action="store_true",
                    help="each preset's own network (fast: width 32) instead of ConvNet-3 width 128 for all")
+    p.add_argument("--floor", action="store_true",
+                   help="also time the step's wide convolutions alone (conv_floor), in the same rotation: the "
+                        "ratio reference / floor bounds what any exact step through the same conv kernels can gain")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     dataset = load_dataset(args.dataset)
     rows = []
     for preset in args.presets:
         # The first step of each is warm-up and not timed.
-        t_ref, l_ref, t_new, l_new, ours = time_steps(dataset, preset, args.ipc, args.steps + 1, args.seed, args.method,
-                                                      None if args.own_model else "convnet")
+        t_ref, l_ref, t_new, l_new, t_floor, ours = time_steps(dataset, preset, args.ipc, args.steps + 1, args.seed,
+                                                               args.method, None if args.own_model else "convnet",
+                                                               args.floor)
         ref, new = statistics.median(t_ref[1:]), statistics.median(t_new[1:])
+        floor = {}
+        if t_floor:
+            low = statistics.median(t_floor[1:])
+            floor = {"floor_s_per_step": round(low, 4), "ceiling_speedup": round(ref / low, 2),
+                     "share_of_ceiling": round((ref / new) / (ref / low), 2)}
         max_rel = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(l_ref, l_new))
         rows.append({"method": args.method, "dataset": args.dataset, "ipc": args.ipc, "preset": preset, "model": ours.net_name_, "batch_real": ours.batch_real,
                      "threads": args.threads,
                      "reference_s_per_step": round(ref, 4), "ours_s_per_step": round(new, 4),
-                     "speedup": round(ref / new, 2), "max_rel_loss_diff": max_rel,
+                     "speedup": round(ref / new, 2), **floor, "max_rel_loss_diff": max_rel,
                      "losses_ref": [round(v, 5) for v in l_ref], "losses_ours": [round(v, 5) for v in l_new],
-                     "code_version": code_version()})
+                     "allocator": allocator(), "code_version": code_version()})
         print(json.dumps(rows[-1]), flush=True)
 
 

@@ -18,7 +18,7 @@ from dd_core.methods import make_method
 from dd_core.synthetic import init_synthetic
 
 from .alternate import plain_forward, plain_then_fast
-from .reproduce import code_version
+from .reproduce import allocator, code_version
 
 
 def one_run(dataset, name: str, preset: str, ipc: int, steps: int, plain: bool) -> tuple[float, tuple[list, list]]:
@@ -75,7 +75,7 @@ def main():
                       "first_loss_plain": firsts["plain"][0], "first_loss_fast": firsts["fast"][0],
                       "rel_first_loss_diff": abs(firsts["plain"][0] - firsts["fast"][0]) / abs(firsts["plain"][0]),
                       "max_rel_step_loss_diff": max(abs(a - b) / abs(a) for a, b in zip(losses["plain"], losses["fast"])),
-                      "code_version": code_version()}))
+                      "allocator": allocator(), "code_version": code_version()}))
 
 
 if __name__ == "__main__":

@@ -54,6 +54,21 @@ def code_version() -> str:
     return _CODE_VERSION
 
 
+# Environment variables that change how freed memory is handled (glibc's malloc tunables, a
+# preloaded allocator, PyTorch's huge-page switch). They move step times a lot, and unevenly: code
+# that allocates large fresh buffers on every call (the reference loops) gains the most when freed
+# memory is kept (BENCHMARKS.md, section 3). Speed rows record them.
+_ALLOCATOR_VARS = ("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD", "THP_MEM_ALLOC_ENABLE")
+
+
+def allocator() -> str:
+    """How this process allocates: 'default', or the variables set that change it."""
+    import os
+
+    set_vars = sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith(_ALLOCATOR_VARS))
+    return " ".join(set_vars) or "default"
+
+
 def run_one(dataset, method_name: str, ipc: int, args) -> dict:
     """Distill with each seed in args.seeds and evaluate args.models networks on each set."""
     rows = [run_seed(dataset, method_name, ipc, args, seed) for seed in args.seeds]
