@@ -33,7 +33,8 @@ PUBLISHED = {
 
 
 def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+    # From the repository's root: pathspecs below are relative to it.
+    return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent).stdout.strip()
 
 
 def _read_code_version() -> str:
