@@ -12,7 +12,7 @@ from dd_core.labels import HardLabels, LabelStore, load_store, same_kind
 from dd_core.evaluate import PROTOCOLS, EvalConfig, EvalResult, evaluate, protocol as make_protocol
 from dd_core.models import MODELS
 from dd_core.synthetic import SyntheticSet, init_synthetic
-from dd_core.teacher import get_teacher
+from dd_core.teacher import get_teacher, whole_reference as teacher_whole_reference
 
 from . import inputs
 from .runtime import LIMITS
@@ -20,8 +20,6 @@ from .sessions import Session
 
 MAX_MODELS = 5
 SAME_ARCH = "the protocol's (ConvNet for the resolution)"  # the architecture choice meaning "no override"
-# Published whole-dataset accuracies (ConvNet-3, fractions), shown beside our own measurement.
-PUBLISHED_WHOLE = {"mnist": 0.996, "fashion_mnist": 0.935, "cifar10": 0.848}
 _baselines: dict[tuple, EvalResult] = {}  # read-only once computed: derived from real data only
 _baseline_lock = threading.Lock()
 
@@ -135,12 +133,7 @@ def baseline(session: Session, syn: SyntheticSet, config: EvalConfig,
 
 def whole_reference(session: Session, syn: SyntheticSet) -> tuple[float, str]:
     """Test accuracy of the cached network trained on the whole training set, and what it is."""
-    dataset = dataset_of(session, syn)
-    teacher = get_teacher(dataset)
-    note = teacher.describe()
-    if dataset.name in PUBLISHED_WHOLE:
-        note += f"; the papers report {PUBLISHED_WHOLE[dataset.name]:.3f} for ConvNet-3 trained to convergence"
-    return teacher.test_accuracy, note
+    return teacher_whole_reference(dataset_of(session, syn))
 
 
 def scores(synthetic: EvalResult, base: EvalResult | None, whole: float | None,

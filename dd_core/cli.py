@@ -92,7 +92,7 @@ def cmd_evaluate(args) -> int:
     result = evaluate(syn.images, store, dataset, config, progress=progress)
     out = {"file": str(args.file), "dataset": dataset.name, "method": syn.method, "ipc": syn.ipc, **result.as_dict(),
            "label_spec": store.spec}
-    if args.baseline:
+    if args.baseline or args.whole is not None:
         # DD-Ranking: IOR against a random subset with the same kind of labels; HLR on hard labels.
         rnd = init_synthetic(dataset, max(syn.ipc, 1), init="real", seed=syn.seed)
         teacher = None
@@ -101,17 +101,42 @@ def cmd_evaluate(args) -> int:
             teacher = get_teacher(dataset)
         base = evaluate(rnd.images, same_kind(store, rnd, dataset, teacher, config), dataset, config, progress=progress)
         out["random_mean"], out["random_std"] = base.mean, base.std
-        if args.whole is not None:
-            hard = result if store.name == "hard" else evaluate(syn.images, syn.labels, dataset, config, progress=progress)
-            out["hard_mean"] = hard.mean
-            out.update(dd_ranking(result.mean, base.mean, args.whole, acc_hard=hard.mean))
+    if args.whole is not None:
+        if args.whole == "measure":
+            from .teacher import whole_reference
+
+            out["whole_accuracy"], out["whole_detail"] = whole_reference(dataset)
+        else:
+            out["whole_accuracy"], out["whole_detail"] = args.whole, "given on the command line"
+        hard = result if store.name == "hard" else evaluate(syn.images, syn.labels, dataset, config, progress=progress)
+        out["hard_mean"] = hard.mean
+        out.update(dd_ranking(result.mean, base.mean, out["whole_accuracy"], acc_hard=hard.mean))
     bar.close()
     if args.json:
         print(json.dumps(out))
-    else:
-        print(f"{syn.method} on {dataset.name}, IPC {syn.ipc}, labels {store.spec}: accuracy {result.mean:.4f} "
-              f"+- {result.std:.4f} ({config.describe()})")
+        return 0
+    print(f"{syn.method} on {dataset.name}, IPC {syn.ipc}, labels {store.spec}: accuracy {result.mean:.4f} "
+          f"+- {result.std:.4f} ({config.describe()})")
+    if "random_mean" in out:
+        print(f"random real subset, IPC {max(syn.ipc, 1)}, same labels: {out['random_mean']:.4f} +- {out['random_std']:.4f}")
+    if "whole_accuracy" in out:
+        print(f"whole dataset: {out['whole_accuracy']:.4f} ({out['whole_detail']})")
+        print(f"DD-Ranking: IOR {out['IOR']:+.4f}, HLR {out['HLR']:+.4f}, LRS {out['LRS']:.4f}")
     return 0
+
+
+def _whole(value: str) -> float | str:
+    """--whole: 'measure', or an accuracy given as a fraction in [0, 1]."""
+    if value == "measure":
+        return value
+    try:
+        whole = float(value)
+    except ValueError:
+        whole = -1.0
+    if not 0.0 <= whole <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected 'measure' or a fraction in [0, 1] (got {value!r}; "
+                                         "divide a percentage by 100)")
+    return whole
 
 
 def cmd_labels(args) -> int:
@@ -178,7 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--arch", default=None, help="evaluation network (cross-architecture)")
     e.add_argument("--dataset", default=None, help="default: the dataset recorded in the file")
     e.add_argument("--baseline", action="store_true", help="also evaluate a random real subset of the same IPC")
-    e.add_argument("--whole", type=float, default=None, help="whole-dataset accuracy (fraction) for DD-Ranking scores")
+    e.add_argument("--whole", type=_whole, default=None, metavar="measure|FRACTION",
+                   help="the whole-dataset reference for the DD-Ranking scores (IOR, HLR, LRS): 'measure' uses "
+                        "the cached network trained on the whole training set (trained now if not cached), or "
+                        "give its accuracy as a fraction; implies --baseline")
     e.add_argument("--json", action="store_true")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)

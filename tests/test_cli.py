@@ -64,3 +64,24 @@ def test_a_time_budget_stops_the_run_and_keeps_its_last_good_set(tmp_path, capsy
     assert summary["status"] == "stopped" and 0 < summary["steps"] < 1000000
     assert summary["seconds"] < 60  # setup counts against the budget, not in "seconds"
     assert SyntheticSet.load(out).steps == summary["steps"]
+
+
+def test_evaluate_measures_the_whole_dataset_reference_and_scores(tmp_path, capsys):
+    out = tmp_path / "r.safetensors"
+    assert main(["distill", "--dataset", "digits", "--method", "random", "--ipc", "1", "--quiet", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--whole", "measure", "--models", "1", "--epochs", "5", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert 0.8 < result["whole_accuracy"] <= 1.0 and "trained 30 epochs on the whole training set" in result["whole_detail"]
+    assert 0.0 <= result["random_mean"] <= 1.0  # --whole implies the random baseline that IOR needs
+    assert result["IOR"] == pytest.approx(result["accuracy_mean"] - result["random_mean"])
+    assert result["HLR"] == pytest.approx(result["whole_accuracy"] - result["hard_mean"])
+    assert 0.0 <= result["LRS"] <= 1.0
+
+
+@pytest.mark.parametrize("value", ["93", "-0.1", "most"])
+def test_evaluate_rejects_a_whole_accuracy_that_is_not_a_fraction(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", str(tmp_path / "x.safetensors"), "--whole", value])
+    assert exit_.value.code == 2
+    assert "expected 'measure' or a fraction in [0, 1]" in capsys.readouterr().err
