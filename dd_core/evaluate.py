@@ -48,7 +48,7 @@ class EvalConfig:
             aug = "no augmentation"
         return (f"{self.protocol}: {self.model or 'ConvNet for the resolution'}, SGD lr {self.lr} mom {self.momentum} wd {self.weight_decay}, "
                 f"batch {self.batch_size}, {self.epochs} epochs (lr x0.1 at half), {aug}, "
-                f"{self.report} accuracy, {self.num_models} networks")
+                f"{self.report} accuracy, {self.num_models} network{'' if self.num_models == 1 else 's'}")
 
 
 PROTOCOLS = {
