@@ -68,6 +68,11 @@ def figure(result: Tradeoff | None) -> go.Figure:
                                                    f"{acc:.4f}<extra></extra>"))
     fig.update_xaxes(type="log", title="total bytes (images + labels), log scale")
     fig.update_yaxes(title="test accuracy (fraction, mean ± std)")
+    if result is None or not result.points:  # an empty plot: a sensible frame and what to do, not plotly's -1..3
+        fig.update_xaxes(range=[2, 7])  # 100 B to 10 MB
+        fig.update_yaxes(range=[0, 1])
+        fig.add_annotation(text="Press <b>Measure bytes and accuracy</b> to place each label store here",
+                           x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font=dict(size=14, color="#777"))
     fig.update_layout(height=520, uirevision="labels", template="plotly_white", margin=dict(l=60, r=10, t=30, b=110),
                       legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0))
     return fig

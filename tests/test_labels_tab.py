@@ -43,6 +43,13 @@ def test_the_tab_measures_and_draws(tiny_file, quick_teacher):
     assert fig.layout.xaxis.type == "log" and any("frontier" in (t.name or "") for t in fig.data)
     assert "| soft:topk=1 |" in report and "**Protocol** of every accuracy: fast" in report
     assert "1 epochs" in report  # the recipe behind the numbers is named
+    assert not fig.layout.annotations and fig.layout.yaxis.range is None  # measured: autorange, no hint
+
+
+def test_the_empty_plot_has_an_accuracy_frame_and_says_what_to_do():
+    fig = labels_tab.figure(None)
+    assert tuple(fig.layout.yaxis.range) == (0, 1) and fig.layout.xaxis.type == "log"
+    assert "Measure bytes and accuracy" in fig.layout.annotations[0].text
 
 
 def test_another_evaluation_network_is_named(tiny_file, quick_teacher):
