@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import time
@@ -64,8 +65,6 @@ _ALLOCATOR_VARS = ("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD", "THP_MEM_ALLOC_ENA
 
 def allocator() -> str:
     """How this process allocates: 'default', or the variables set that change it."""
-    import os
-
     set_vars = sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith(_ALLOCATOR_VARS))
     return " ".join(set_vars) or "default"
 
