@@ -38,6 +38,9 @@ class Method:
             valid, value = field_choices(f), getattr(self, f.name)
             if valid and value not in valid:
                 raise ValueError(f"unknown {f.name} {value!r}; valid ones are: {', '.join(map(str, valid))}")
+            bounds = field_range(f)
+            if bounds and isinstance(value, (int, float)) and not bounds[0] <= value <= bounds[1]:
+                raise ValueError(f"{f.name} = {value!r} is out of range; valid values are {bounds[0]} to {bounds[1]}")
 
     def check_stop(self) -> None:
         """Raise `Interrupted` if the run's stop signal is set (distill() sets `stop_`). Long work
@@ -88,11 +91,18 @@ def field_help(f: dataclasses.Field) -> str:
     return f.metadata.get("help", "")
 
 
-def hp(default, help: str, choices: tuple | None = None):
-    """A hyperparameter field with its help text (unit and reason) and, for a named option, the
-    valid values (checked when the method is made; offered as a dropdown in the app)."""
-    meta = {"help": help, **({"choices": tuple(choices)} if choices else {})}
+def hp(default, help: str, choices: tuple | None = None, range: tuple | None = None):
+    """A hyperparameter field with its help text (unit and reason), and either the valid values of
+    a named option (offered as a dropdown in the app) or the inclusive numeric `range` (lo, hi).
+    Both are checked when the method is made, so nothing outside them reaches the engine."""
+    meta = {"help": help, **({"choices": tuple(choices)} if choices else {}),
+            **({"range": tuple(range)} if range else {})}
     return dataclasses.field(default=default, metadata=meta)
+
+
+def field_range(f: dataclasses.Field) -> tuple | None:
+    """The inclusive (lo, hi) a numeric hyperparameter must lie in, or None."""
+    return f.metadata.get("range")
 
 
 def field_choices(f: dataclasses.Field) -> tuple | None:
