@@ -111,6 +111,14 @@ def cmd_evaluate(args) -> int:
         hard = result if store.name == "hard" else evaluate(syn.images, syn.labels, dataset, config, progress=progress)
         out["hard_mean"] = hard.mean
         out.update(dd_ranking(result.mean, base.mean, out["whole_accuracy"], acc_hard=hard.mean))
+    if args.rs2:
+        # RS2: the same per-epoch image budget (the set's size) and epochs, from the whole training set
+        from .rs2 import describe_rs2, evaluate_rs2
+
+        rs2 = evaluate_rs2(dataset, config, len(syn.images), progress=progress)
+        out.update({"rs2_mean": rs2.mean, "rs2_std": rs2.std, "rs2_accuracies": rs2.accuracies,
+                    "rs2_seconds": round(rs2.seconds, 2), "rs2_detail": describe_rs2(len(syn.images), dataset, config),
+                    "distill_seconds": float(syn.extra_meta["seconds"]) if "seconds" in syn.extra_meta else None})
     bar.close()
     if args.json:
         print(json.dumps(out))
@@ -122,6 +130,11 @@ def cmd_evaluate(args) -> int:
     if "whole_accuracy" in out:
         print(f"whole dataset: {out['whole_accuracy']:.4f} ({out['whole_detail']})")
         print(f"DD-Ranking: IOR {out['IOR']:+.4f}, HLR {out['HLR']:+.4f}, LRS {out['LRS']:.4f}")
+    if "rs2_mean" in out:
+        made = "" if out["distill_seconds"] is None else f", after {out['distill_seconds']:.1f} s of distillation"
+        print(f"training on the set: {result.seconds:.1f} s{made}")
+        print(f"RS2, {len(syn.images)} fresh real images an epoch: {out['rs2_mean']:.4f} +- {out['rs2_std']:.4f} "
+              f"in {out['rs2_seconds']:.1f} s ({out['rs2_detail']})")
     return 0
 
 
@@ -207,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the whole-dataset reference for the DD-Ranking scores (IOR, HLR, LRS): 'measure' uses "
                         "the cached network trained on the whole training set (trained now if not cached), or "
                         "give its accuracy as a fraction; implies --baseline")
+    e.add_argument("--rs2", action="store_true",
+                   help="also train with RS2 (Okanovic et al. 2023): a fresh random subset of the whole training "
+                        "set each epoch, as many images as the set holds, for the same epochs; with both wall times")
     e.add_argument("--json", action="store_true")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)
