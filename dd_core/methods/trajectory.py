@@ -1,0 +1,301 @@
+"""The shared core of trajectory matching (MTT and its descendants TESLA, FTD, DATM, SeT).
+
+A student network, held as one flat parameter vector, starts from an expert's checkpoint at epoch
+t, takes `syn_steps` SGD steps on the synthetic set with a learnable lr, and is compared with the
+same expert at epoch t + expert_epochs:
+
+    loss = ||theta_student - theta*_{t+M}||^2 / ||theta*_t - theta*_{t+M}||^2
+
+Two ways to differentiate the unroll, giving the same gradient: `unroll_autograd` keeps the
+graph of every step (MTT; memory grows with syn_steps), `unroll_adjoint` walks it backward one step
+at a time with Hessian-vector products (TESLA; one step's graph at a time). Every random draw of an
+outer step (batches, augmentation) is made before the unroll, so both see the same ones.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from ..augment import DSAParams, dsa_for
+from ..experts import ExpertRecipe, Trajectories, get_experts
+from ..label_stores.learned import LearnedLabels
+from ..labels import PREFIX, attach, images_digest
+from ..models import build_model, resolve_model
+from ..data import dataset_facts
+from .base import Method, hp
+
+
+class FlatNet:
+    """A network as a function of one flat parameter vector: f(theta, x) via functional_call."""
+
+    def __init__(self, net: torch.nn.Module):
+        self.net = net
+        self.names = [n for n, _ in net.named_parameters()]
+        self.shapes = [p.shape for p in net.parameters()]
+        self.numels = [p.numel() for p in net.parameters()]
+
+    def module_at(self, theta: torch.Tensor) -> torch.nn.Module:
+        """A copy of the network holding `theta`, for work without gradients (embeddings, choosing images)."""
+        net = copy.deepcopy(self.net)
+        torch.nn.utils.vector_to_parameters(theta.detach(), net.parameters())
+        return net.eval()
+
+    def __call__(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        views = [t.view(s) for t, s in zip(theta.split(self.numels), self.shapes)]
+        return functional_call(self.net, dict(zip(self.names, views)), (x,))
+
+
+@dataclass
+class Draws:
+    """What one outer step samples before its unroll: per inner step, a batch and its augmentation."""
+
+    batches: list[torch.Tensor]  # per inner step, indices into the synthetic set
+    augment: list[DSAParams | None]
+
+
+def soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+def inner_loss(f: FlatNet, theta, images, targets, idx, aug, augmenter) -> torch.Tensor:
+    """The student's training loss on one synthetic batch, as the student sees it (augmented)."""
+    x = images[idx]
+    if aug is not None:
+        x = augmenter.apply(x, aug, torch.arange(len(idx)))
+    return soft_ce(f(theta, x), targets[idx])
+
+
+def unroll_autograd(f: FlatNet, start, target, images, targets, lr, draws: Draws, augmenter, *,
+                    checkpoints: dict[int, torch.Tensor] | None = None):
+    """MTT: the unrolled student with its whole graph kept; returns (loss, student distance), and
+    with `checkpoints` ({inner step k: expert parameters}) also the students at those steps (SeT)."""
+    theta = start.clone().requires_grad_(True)
+    seen = {}
+    for k, (idx, aug) in enumerate(zip(draws.batches, draws.augment), start=1):
+        g = torch.autograd.grad(inner_loss(f, theta, images, targets, idx, aug, augmenter), theta, create_graph=True)[0]
+        theta = theta - lr * g
+        if checkpoints and k in checkpoints:
+            seen[k] = theta
+    out = matching_loss(theta, start, target), (theta - target).norm().detach()
+    return (*out, seen) if checkpoints else out
+
+
+def matching_loss(theta, start, target) -> torch.Tensor:
+    return ((theta - target) ** 2).sum() / ((start - target) ** 2).sum()
+
+
+def unroll_adjoint(f: FlatNet, start, target, images, targets, lr, draws: Draws, augmenter):
+    """TESLA: the same gradient as `unroll_autograd`, with one inner step's graph alive at a time.
+
+    Forward, without graphs: theta_{i+1} = theta_i - lr g_i, keeping only the flat thetas (P floats
+    each). Backward, with a = dL/dtheta_{i+1}: dL/dlr -= a . g_i; the images and labels receive
+    -lr (dg_i/dX)^T a; and a becomes a - lr H_i a. The last two come from one backward pass of the
+    scalar g_i . a, so each step costs one double backward, as in MTT, plus one plain gradient.
+    Returns (loss value, student distance, grad of images, grad of lr, grad of targets or None)."""
+    thetas = [start]
+    theta = start
+    for idx, aug in zip(draws.batches, draws.augment):
+        theta = theta.detach().requires_grad_(True)
+        with torch.enable_grad():
+            g = torch.autograd.grad(inner_loss(f, theta, images.detach(), targets.detach(), idx, aug, augmenter), theta)[0]
+        theta = (theta - lr.detach() * g).detach()
+        thetas.append(theta)
+    final = thetas[-1].requires_grad_(True)
+    loss = matching_loss(final, start, target)
+    a = torch.autograd.grad(loss, final)[0]  # dL/dtheta_N
+    leaves = [images] + ([targets] if targets.requires_grad else [])
+    grads = [torch.zeros_like(t) for t in leaves]
+    grad_lr = torch.zeros_like(lr)
+    for i in reversed(range(len(draws.batches))):
+        theta = thetas[i].detach().requires_grad_(True)
+        g = torch.autograd.grad(inner_loss(f, theta, images, targets, draws.batches[i], draws.augment[i], augmenter),
+                                theta, create_graph=True)[0]
+        grad_lr -= (a * g.detach()).sum()
+        hv, *leaf_grads = torch.autograd.grad((g * a).sum(), [theta, *leaves], allow_unused=True)
+        for acc, lg in zip(grads, leaf_grads):
+            if lg is not None:
+                acc -= lr.detach() * lg
+        a = a - lr.detach() * hv
+    student_distance = (thetas[-1] - target).norm()
+    return loss.detach(), student_distance, grads[0], grad_lr, (grads[1] if len(grads) > 1 else None)
+
+
+@dataclass
+class TrajectoryMethod(Method):
+    """Base of the trajectory-matching family: experts, the start/target draw, the learned lr."""
+
+    family = "trajectory matching"
+    constant_memory: ClassVar[bool] = False  # True: unroll_adjoint (TESLA) instead of unroll_autograd
+    expert_rho: ClassVar[float] = 0.0  # FTD: SAM-trained experts
+    paper_epochs: ClassVar[int] = 50  # how long the paper's experts train
+
+    model: str = hp("auto", "student and expert network; auto = the DD ConvNet for the resolution (ConvNet-3 at 28-32 px)")
+    num_experts: int = hp(100, "expert trajectories trained (cached) and drawn from; MTT uses 100", range=(1, 1000))
+    expert_epochs: int = hp(2, "M: the target is this many expert epochs after the start", range=(1, 100))
+    max_start_epoch: int = hp(20, "T+: the start epoch is drawn uniformly from [0, T+)", range=(1, 200))
+    syn_steps: int = hp(30, "N: student SGD steps on the synthetic set per iteration", range=(1, 200))
+    lr_img: float = hp(100.0, "SGD lr of the synthetic pixels (momentum 0.5)", range=(1e-3, 1e5))
+    lr_lr: float = hp(1e-5, "SGD lr of the learned student lr (momentum 0.5)", range=(0.0, 1.0))
+    lr_teacher: float = hp(0.01, "initial student lr (learned from there); the experts' own lr is 0.01", range=(1e-5, 1.0))
+    batch_syn: int = hp(0, "synthetic images per student step; 0 = all of them", range=(0, 100000))
+    dsa: bool = hp(True, "DSA augmentation of every student batch (and of the experts' training)")
+    expert_seed: int = hp(0, "seed of the first expert (expert i uses seed + i)", range=(0, 2**31 - 1))
+
+    @classmethod
+    def default_steps(cls, name, *, dataset, ipc):
+        return 5000 if name == "paper" else (200 if dataset_facts(dataset).small else 500)
+
+    @classmethod
+    def fast_preset(cls, dataset: str, ipc: int) -> dict:
+        """Sized for a CPU: a few short experts, a short unroll, the start window of the early epochs.
+        On digits one expert epoch is only 6 SGD steps (1,437 images, batch 256), so 10 student steps
+        match 2 epochs; the lr's own lr is lower than MTT's CIFAR value, which halved it in one step."""
+        if dataset_facts(dataset).small:
+            return {"num_experts": 3, "expert_epochs": 2, "max_start_epoch": 2, "syn_steps": 10,
+                    "lr_img": 100.0, "lr_lr": 1e-6, "lr_teacher": 0.01}
+        return {"model": "convnet_w32", "num_experts": 5, "expert_epochs": 2, "max_start_epoch": 2, "syn_steps": 20,
+                "lr_img": 100.0, "lr_lr": 1e-6, "lr_teacher": 0.01}
+
+    @classmethod
+    def preset(cls, name, *, dataset, ipc):
+        if name == "fast":
+            return cls.fast_preset(dataset, ipc)
+        # MTT's CIFAR-10 table (REFERENCE.md): (syn_steps, expert_epochs, max_start_epoch, lr_img, lr_lr, lr_teacher)
+        table = {1: (50, 2, 2, 100.0, 1e-7, 0.01), 10: (30, 2, 20, 100.0, 1e-5, 0.001), 50: (30, 2, 40, 1000.0, 1e-5, 0.001)}
+        n, m, t, lr_img, lr_lr, lr_t = table[min(table, key=lambda k: abs(k - ipc))]
+        return {"syn_steps": n, "expert_epochs": m, "max_start_epoch": t, "lr_img": lr_img, "lr_lr": lr_lr,
+                "lr_teacher": lr_t, "num_experts": 100}
+
+    # -- experts -----------------------------------------------------------------------------------
+
+    def recipe(self, dataset) -> ExpertRecipe:
+        """The expert recipe this method needs: MTT's, trained only as far as the start window reaches."""
+        return ExpertRecipe(model=self.model, epochs=self.max_start_epoch + self.expert_epochs, dsa=self.dsa,
+                            rho=self.expert_rho)
+
+    def load_experts(self, real, device) -> Trajectories:
+        traj = get_experts(real, self.recipe(real), self.num_experts, seed=self.expert_seed, stop=self.stop_)
+        needed = self.max_start_epoch + self.expert_epochs
+        if traj.epochs < needed:
+            raise ValueError(f"max_start_epoch {self.max_start_epoch} + expert_epochs {self.expert_epochs} needs "
+                             f"{needed} stored epochs, but the experts hold {traj.epochs}: lower max_start_epoch to at "
+                             f"most {traj.epochs - self.expert_epochs}, or train longer experts")
+        return traj
+
+    # -- setup / step ------------------------------------------------------------------------------
+
+    def setup(self, real, syn, *, seed, device):
+        self.gen_ = torch.Generator().manual_seed(seed)
+        self.device_ = device
+        self.experts_ = self.load_experts(real, device)
+        self.check_stop()
+        net = build_model(resolve_model(self.model, real), channels=real.channels, num_classes=real.num_classes,
+                          image_size=real.image_size, seed=0, device=device)
+        self.flat_ = FlatNet(net)
+        self.augmenter_ = dsa_for(real) if self.dsa else None
+        self.syn_ = syn
+        syn.extra_meta["experts"] = self.experts_.describe()
+        self.init_images(real, syn)
+        self.images_ = syn.images.detach().to(device).clone().requires_grad_(True)
+        self.labels_ = syn.labels.to(device)
+        self.targets_ = F.one_hot(self.labels_, real.num_classes).float()  # (n, classes) hard targets
+        self.syn_lr_ = torch.tensor(self.lr_teacher, device=device).requires_grad_(True)
+        self.opt_ = torch.optim.SGD([self.images_], lr=self.lr_img, momentum=0.5)
+        self.opt_lr_ = torch.optim.SGD([self.syn_lr_], lr=self.lr_lr, momentum=0.5)
+
+    def init_images(self, real, syn) -> None:
+        """Choose the initial synthetic images (default: the random real ones already in `syn`)."""
+
+    def draw_start(self) -> tuple[int, int]:
+        expert = int(torch.randint(self.experts_.num_experts, (1,), generator=self.gen_))
+        start = int(torch.randint(self.max_start_epoch, (1,), generator=self.gen_))
+        return expert, start
+
+    def draws(self) -> Draws:
+        """Batches without replacement, a fresh permutation when one runs out (as MTT), and DSA per step."""
+        n = len(self.images_)
+        size = self.batch_syn or n
+        batches, order = [], torch.empty(0, dtype=torch.long)
+        for _ in range(self.syn_steps):
+            if len(order) < size:
+                order = torch.cat([order, torch.randperm(n, generator=self.gen_)])
+            batches.append(order[:size].to(self.device_))
+            order = order[size:]
+        augment = [self.augmenter_.sample_batch(size, self.gen_) if self.augmenter_ else None for _ in batches]
+        return Draws(batches, augment)
+
+    def start_and_target(self, expert: int, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.experts_.checkpoint(expert, start).to(self.device_),
+                self.experts_.checkpoint(expert, start + self.expert_epochs).to(self.device_))
+
+    def current_targets(self) -> torch.Tensor:
+        """The student's training targets this step (n, classes): hard one-hot rows, or the softmax
+        of the learned label logits."""
+        if hasattr(self, "label_logits_"):
+            return F.softmax(self.label_logits_, dim=1)
+        return self.targets_
+
+    # -- learned labels (TESLA's option, DATM) --------------------------------------------------------
+
+    @torch.no_grad()
+    def expert_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (n, classes) of the first expert at its last stored epoch."""
+        theta = self.experts_.checkpoint(0, self.experts_.epochs).to(self.device_)
+        return torch.cat([self.flat_(theta, x[i:i + 256]) for i in range(0, len(x), 256)])
+
+    def learn_labels(self, lr_y: float) -> None:
+        """Start learned labels from the experts' logits on the initial images; SGD at lr_y."""
+        self.label_logits_ = self.expert_logits(self.images_.detach()).clone().requires_grad_(True)
+        self.opt_y_ = torch.optim.SGD([self.label_logits_], lr=lr_y, momentum=0.9)
+
+    def match(self, start, target, draws):
+        """The matching loss and the student's distance; fills the .grad of images_, syn_lr_ and of
+        whatever parametrises the targets."""
+        targets = self.current_targets()
+        if self.constant_memory:
+            loss, dist, g_img, g_lr, g_y = unroll_adjoint(self.flat_, start, target, self.images_, targets,
+                                                          self.syn_lr_, draws, self.augmenter_)
+            self.images_.grad, self.syn_lr_.grad = g_img, g_lr
+            if g_y is not None:
+                targets.backward(g_y)
+            return loss, dist
+        loss, dist = unroll_autograd(self.flat_, start, target, self.images_, targets, self.syn_lr_, draws,
+                                     self.augmenter_)
+        loss.backward()
+        return loss.detach(), dist
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.opt_, self.opt_lr_] + ([self.opt_y_] if hasattr(self, "opt_y_") else [])
+
+    def step(self):
+        expert, start_epoch = self.draw_start()
+        start, target = self.start_and_target(expert, start_epoch)
+        for opt in self.optimizers():
+            opt.zero_grad(set_to_none=True)
+        loss, dist = self.match(start, target, self.draws())
+        for opt in self.optimizers():
+            opt.step()
+        with torch.no_grad():
+            self.syn_lr_.clamp_(min=1e-6)  # a negative lr would make the student climb its loss
+        self.after_step()
+        self.record()
+        return {"loss": float(loss), "student_distance": float(dist),
+                "start_distance": float((start - target).norm()), "syn_lr": self.syn_lr_.item(),
+                "start_epoch": float(start_epoch)}
+
+    def after_step(self) -> None:
+        """Hook for per-step extras (an EMA, learned labels)."""
+
+    def record(self) -> None:
+        """Write what was learned besides the pixels into the set the loop snapshots (`syn`, whose
+        copies the loop saves): the learned lr, which the 'learned_lr' evaluation protocol trains with,
+        and learned labels as the set's label store."""
+        self.syn_.extra_meta["learned_lr"] = f"{self.syn_lr_.item():.8g}"
+        if hasattr(self, "label_logits_"):
+            attach(self.syn_, LearnedLabels(F.softmax(self.label_logits_.detach(), dim=1)))
+            self.syn_.extra_meta[PREFIX + "images"] = images_digest(self.images())  # the images saved with it

@@ -1,0 +1,141 @@
+"""Trajectory matching: experts as a cached artefact, the shared unroll, TESLA's gradient, bad settings."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from dd_core import experts, load_dataset
+from dd_core.distill import run_to_end
+from dd_core.experts import ExpertFileError, ExpertRecipe, get_experts, read_experts
+from dd_core.methods import make_method
+from dd_core.methods.trajectory import Draws, FlatNet, unroll_adjoint, unroll_autograd
+from dd_core.augment import dsa_for
+from dd_core.models import build_model
+from dd_core.synthetic import SyntheticSet
+
+TINY_RECIPE = ExpertRecipe(model="convnet_d2", epochs=2)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def test_trajectory_round_trips_through_its_files(digits, tmp_path):
+    seeds = experts.build_experts(digits, TINY_RECIPE, 2, tmp_path, seed=5, dtype="float16")
+    back = read_experts(tmp_path)
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert seeds == back.seeds == [5, 6]
+    assert back.epochs == 2 and back.num_experts == 2 and back.params[0].dtype == torch.float16
+    assert index["bytes"] == sum(p.stat().st_size for p in tmp_path.glob("expert_*.safetensors"))
+    assert index["recipe"]["lr"] == 0.01 and index["recipe"]["momentum"] == 0.0 and index["code_version"]
+    assert len(index["experts"][0]["test_accuracy"]) == 3  # the start and every epoch
+    # the stored checkpoints are the expert's parameters: retraining the same seed gives them again
+    params, acc = experts.train_expert(digits, TINY_RECIPE, 5)
+    assert torch.allclose(back.checkpoint(0, 2), params[2], atol=1e-3)  # float16 storage
+    assert back.test_accuracy[0] == pytest.approx(acc, abs=1e-6)
+
+
+def test_missing_or_corrupt_expert_file_is_reported_and_rebuilt(digits, caplog):
+    first = get_experts(digits, TINY_RECIPE, 2)
+    folder = experts.expert_folder(digits, TINY_RECIPE, 2)
+    (folder / "expert_001.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ExpertFileError, match="expert_001.safetensors .* is corrupt.*build the experts again"):
+        read_experts(folder)
+    experts._memory.clear()
+    with caplog.at_level(logging.WARNING, logger="distillery.cache"):
+        again = get_experts(digits, TINY_RECIPE, 2)
+    assert "unusable" in caplog.text and "rebuilding" in caplog.text
+    assert torch.equal(again.params[1], first.params[1])
+    (folder / "expert_000.safetensors").unlink()
+    with pytest.raises(ExpertFileError, match="expert_000.safetensors is missing"):
+        read_experts(folder)
+    experts._memory.clear()
+    assert get_experts(digits, TINY_RECIPE, 2).num_experts == 2
+
+
+def _small_case(seed=0, soft=False):
+    torch.manual_seed(seed)
+    net = build_model("convnet_d2", channels=1, num_classes=3, image_size=(8, 8), seed=seed).double()
+    f = FlatNet(net)
+    start = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    target = start + 0.01 * torch.randn(len(start), dtype=torch.float64)
+    images = torch.randn(6, 1, 8, 8, dtype=torch.float64, requires_grad=True)
+    logits = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    lr = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
+    g = torch.Generator().manual_seed(seed)
+    dsa = dsa_for(load_dataset("digits"))
+    batches = [torch.randperm(6, generator=g)[:4] for _ in range(4)]
+    draws = Draws(batches, [dsa.sample_batch(4, g) for _ in batches])
+    return f, start, target, images, logits, lr, draws, dsa
+
+
+def test_tesla_gradient_equals_mtt_autograd():
+    # The constant-memory adjoint and autograd through the kept unroll give the same gradient of the
+    # images, the lr and the (soft) labels, in float64.
+    f, start, target, images, logits, lr, draws, dsa = _small_case()
+    targets = torch.softmax(logits, 1)
+    loss, _ = unroll_autograd(f, start, target, images, targets, lr, draws, dsa)
+    g_img, g_lr, g_y = torch.autograd.grad(loss, [images, lr, logits])
+    loss2, _, a_img, a_lr, a_targets = unroll_adjoint(f, start, target, images, torch.softmax(logits, 1), lr, draws, dsa)
+    (a_y,) = torch.autograd.grad(torch.softmax(logits, 1), logits, a_targets)
+    assert float(loss2) == pytest.approx(float(loss), rel=1e-10)
+    assert g_img.abs().max() > 0 and g_lr.abs() > 0
+    torch.testing.assert_close(a_img, g_img, rtol=1e-7, atol=1e-10)
+    torch.testing.assert_close(a_lr, g_lr, rtol=1e-7, atol=1e-10)
+    torch.testing.assert_close(a_y, g_y, rtol=1e-7, atol=1e-10)
+
+
+def test_unroll_leaves_the_start_unchanged():
+    f, start, target, images, logits, lr, draws, dsa = _small_case()
+    before = start.clone()
+    unroll_autograd(f, start, target, images, torch.softmax(logits, 1), lr, draws, dsa)[0].backward()
+    unroll_adjoint(f, start, target, images, torch.softmax(logits, 1), lr, draws, dsa)
+    assert torch.equal(start, before)
+
+
+def test_bad_settings_name_their_limits(digits):
+    with pytest.raises(ValueError, match="syn_steps = 0 is out of range; valid values are 1 to"):
+        make_method("mtt", dataset="digits", ipc=1, syn_steps=0)
+    method = make_method("mtt", dataset="digits", ipc=1, model="convnet_d2", num_experts=2, max_start_epoch=1)
+    get_experts(digits, method.recipe(digits), 2)  # experts with 1 + 2 epochs
+    too_far = make_method("mtt", dataset="digits", ipc=1, model="convnet_d2", num_experts=2, max_start_epoch=5)
+    too_far.recipe = lambda dataset: method.recipe(dataset)  # pretend they are the stored experts
+    snap_error = None
+    try:
+        run_to_end(digits, too_far, method_name="mtt", ipc=1, steps=1, device=torch.device("cpu"))
+    except ValueError as err:
+        snap_error = str(err)
+    assert snap_error and "needs 7 stored epochs, but the experts hold 3" in snap_error and "at most 1" in snap_error
+
+
+def test_stopping_mid_run_keeps_a_valid_set(digits, tmp_path):
+    import threading
+
+    stop = threading.Event()
+    method = make_method("mtt", dataset="digits", ipc=1, model="convnet_d2", num_experts=2)
+    last = None
+    from dd_core.distill import distill
+
+    for last in distill(digits, method, method_name="mtt", ipc=1, steps=50, stop=stop, snapshot_every=1,
+                        device=torch.device("cpu")):
+        if last.step == 2:
+            stop.set()
+    assert last.status == "stopped" and last.step == 2
+    back = SyntheticSet.load(last.synthetic.save(tmp_path / "mtt.safetensors"))
+    assert torch.isfinite(back.images).all() and float(back.extra_meta["learned_lr"]) > 0
+
+
+def test_learned_labels_become_the_label_store(digits, tmp_path):
+    from dd_core.labels import load_store
+
+    method = make_method("tesla", dataset="digits", ipc=1, model="convnet_d2", num_experts=2, soft_labels=True)
+    snap = run_to_end(digits, method, method_name="tesla", ipc=1, steps=2, device=torch.device("cpu"))
+    back = SyntheticSet.load(snap.synthetic.save(tmp_path / "t.safetensors"))
+    store = load_store(back)
+    assert store.name == "learned" and store.nbytes() == 10 * 10 * 4
+    rows = store.targets(torch.arange(10))
+    assert torch.allclose(rows.sum(1), torch.ones(10)) and not torch.equal(rows, torch.eye(10))
