@@ -42,6 +42,7 @@ class LabelStore:
 
     name = "base"
     needs_teacher = False
+    LABELS_VIEWS = False  # targets() labels the given view itself (see labels_views())
     # option name -> (default, help); a spec such as "soft:dtype=int8,topk=2" sets them
     OPTIONS: dict[str, tuple[object, str]] = {}
 
@@ -68,6 +69,13 @@ class LabelStore:
         """What the student is shown for images `idx` in `epoch`: the scheduled views, unless the
         store only has labels for other views (pruned dynamic labels show their kept views)."""
         return views
+
+    def labels_views(self) -> bool:
+        """True when targets() labels the very view it is given (a teacher run on the view, or labels
+        recorded for a replayed schedule). Per-image labels (hard, static soft) are False: when the
+        soft-label protocol cuts two images into one view (CutMix), it mixes their labels by the same
+        area, as INFER's static interpolated labels do."""
+        return self.LABELS_VIEWS or type(self).view_seed is not LabelStore.view_seed
 
     def view_seed(self, default: int) -> int:
         """The seed of the augmentation schedule an evaluation network trains on. A store that

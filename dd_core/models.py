@@ -268,6 +268,18 @@ def convnet_bn(**kw) -> nn.Module:
     return ConvNet(norm="batchnorm", **kw)
 
 
+@MODELS.register("convnet_bn_d2")
+def convnet_bn_d2(**kw) -> nn.Module:
+    """ConvNet-2 with batch norm: a teacher for 8x8 digits whose statistics recovery can match."""
+    return ConvNet(depth=2, norm="batchnorm", **kw)
+
+
+@MODELS.register("convnet_bn_w32")
+def convnet_bn_w32(**kw) -> nn.Module:
+    """ConvNet-3 with batch norm at width 32: a CPU-sized teacher for 28-32 px images."""
+    return ConvNet(width=32, norm="batchnorm", **kw)
+
+
 @MODELS.register("mlp")
 def mlp(**kw) -> nn.Module:
     return MLP(**kw)
@@ -317,3 +329,6 @@ def model_for(dataset, name: str | None = None, **kw) -> nn.Module:
 
 def num_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
+
+
+from . import resnet  # noqa: E402,F401  registers resnet18 (its own file; it builds on MODELS above)

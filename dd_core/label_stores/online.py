@@ -24,8 +24,10 @@ class OnlineTeacher(LabelStore):
 
     name = "teacher"
     needs_teacher = True
+    LABELS_VIEWS = True  # the teacher labels each (cropped, mixed) view itself
     OPTIONS = {"dtype": ("float32", "type the weights are kept in (and counted at): float32 or float16"),
-               "soften": SOFTEN}
+               "soften": SOFTEN,
+               "temperature": (0.0, "the labels' temperature as given (0: the teacher's calibrated one x soften)")}
 
     def __init__(self, net: torch.nn.Module, *, arch: str, dtype: str, temperature: float):
         super().__init__(net.classifier.out_features)
@@ -64,8 +66,10 @@ class OnlineTeacher(LabelStore):
         return cls(net, arch=meta["arch"], dtype=meta["dtype"], temperature=float(meta["temperature"]))
 
     @classmethod
-    def build(cls, syn, dataset, teacher, config, *, dtype="float32", soften=1.0):
-        temperature = teacher_temperature(teacher, dataset, soften)
+    def build(cls, syn, dataset, teacher, config, *, dtype="float32", soften=1.0, temperature=0.0):
+        if temperature < 0:
+            raise ValueError(f"temperature must be positive (or 0 for the calibrated one); got {temperature}")
+        temperature = temperature or teacher_temperature(teacher, dataset, soften)
         store = cls(network_for(syn, teacher.arch), arch=teacher.arch, dtype=dtype, temperature=temperature)
         # Load the weights as they are kept, so a float16 teacher is evaluated as float16 would give.
         store.net.load_state_dict({k: v.to(WEIGHT_DTYPES[dtype]).to(v.dtype) for k, v in teacher.net.state_dict().items()})

@@ -89,7 +89,8 @@ class SoftLabels(LabelStore):
     needs_teacher = True
     OPTIONS = {"dtype": VALUE_DTYPE,
                "topk": (0, "keep only the k largest probabilities per image (0 keeps all)"),
-               "soften": SOFTEN}
+               "soften": SOFTEN,
+               "temperature": (0.0, "the labels' temperature as given (0: the teacher's calibrated one x soften)")}
 
     def __init__(self, values, indices, *, codec: RowCodec, temperature: float):
         super().__init__(codec.num_classes)
@@ -118,8 +119,10 @@ class SoftLabels(LabelStore):
         return cls(tensors["values"], tensors.get("indices"), codec=codec, temperature=float(meta["temperature"]))
 
     @classmethod
-    def build(cls, syn, dataset, teacher, config, *, dtype="float16", topk=0, soften=1.0):
-        temperature = teacher_temperature(teacher, dataset, soften)
+    def build(cls, syn, dataset, teacher, config, *, dtype="float16", topk=0, soften=1.0, temperature=0.0):
+        if temperature < 0:
+            raise ValueError(f"temperature must be positive (or 0 for the calibrated one); got {temperature}")
+        temperature = temperature or teacher_temperature(teacher, dataset, soften)
         codec = RowCodec(syn.num_classes, dtype, topk)
         p = probabilities(teacher.net, syn.images, teacher_device(teacher), temperature)  # (N, C)
         values, indices = codec.encode(p)
