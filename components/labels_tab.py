@@ -40,7 +40,9 @@ def figure(result: Tradeoff | None) -> go.Figure:
     fig = go.Figure()
     if result is not None:
         for kind, name, symbol in (("synthetic", "synthetic set", "circle"),
-                                   ("random", "random real subset (same size), same labels", "circle-open")):
+                                   ("random", "random real subset (same size), same labels", "circle-open"),
+                                   ("pruned", "label-first baseline: easiest real images (pca), same labels",
+                                    "diamond-open")):
             pts = result.of(kind)
             if pts:
                 fig.add_trace(go.Scatter(

@@ -156,7 +156,8 @@ def cmd_labels(args) -> int:
     from .tradeoff import labels_command
 
     return labels_command(args.file, args.protocol, args.stores, args.models, args.json, epochs=args.epochs,
-                          image_format=args.image_format, random_set=not args.no_random)
+                          image_format=args.image_format, random_set=not args.no_random,
+                          pruned_set=not args.no_pruned)
 
 
 def cmd_list(args) -> int:
@@ -236,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--image-format", default="uint8",
                      help="how the images are stored, for their bytes: uint8, float16 or float32")
     lab.add_argument("--no-random", action="store_true", help="skip the random-subset reference")
+    lab.add_argument("--no-pruned", action="store_true",
+                     help="skip the label-first baseline (real images kept by pca's prune rule, same labels)")
     lab.add_argument("--json", action="store_true")
     lab.set_defaults(func=cmd_labels)
 

@@ -1,8 +1,9 @@
 """Label space: what each way of storing labels costs in bytes, and what accuracy it buys.
 
 For one synthetic set, every label store is built and evaluated with the same protocol, on the
-images as they would be stored (uint8, float16 or float32), and on a random real subset of the
-same size with the same store. A point's bytes are its images plus its labels; each count comes
+images as they would be stored (uint8, float16 or float32), on a random real subset of the
+same size with the same store, and on the label-first baseline's pruned real subset (Xiao et al.
+2025) with the same store: equal images and label bytes, so the labels' share of a gain shows. A point's bytes are its images plus its labels; each count comes
 with the formula behind it. The whole training set (its bytes, its teacher's accuracy) is the
 reference at the other end.
 """
@@ -19,6 +20,7 @@ import torch
 
 from .evaluate import EvalConfig, evaluate
 from .labels import LABEL_STORES, build_spec, index_bytes, parse_spec
+from .methods.pca import keep_by_difficulty
 from .registry import Registry
 
 # The stores every trade-off shows unless told otherwise: one or more of each family.
@@ -66,7 +68,7 @@ class Point:
     """One label store on one image set: its bytes (with formulas) and its accuracy."""
 
     labels: str  # the store's spec, e.g. "soft:dtype=int8"
-    set: str  # "synthetic" or "random" (a random real subset of the same size)
+    set: str  # "synthetic", "random" (a random real subset of the same size) or "pruned" (the label-first baseline's)
     image_format: str
     image_bytes: int
     label_bytes: int
@@ -174,8 +176,19 @@ def get_teacher_or_reason(dataset, device):
         return None, f"no teacher could be trained on {dataset.name} ({type(err).__name__}: {err})"
 
 
+def pruned_subset(syn, dataset, teacher, device):
+    """The label-first baseline's images (Xiao et al. 2025): per class, as many real training images as
+    `syn` has, kept by PCA's prune rule (the easiest by EL2N of the teacher that makes the soft labels)."""
+    counts = torch.bincount(syn.labels, minlength=dataset.num_classes).tolist()
+    chosen = torch.cat([keep_by_difficulty(teacher.net, dataset, c, k, device=device) for c, k in enumerate(counts) if k])
+    out = syn.clone()
+    out.images, out.labels, out.method = dataset.x_train[chosen].clone(), dataset.y_train[chosen].clone(), "pca"
+    out.extra, out.extra_meta = {}, {}
+    return out
+
+
 def run_tradeoff(syn, dataset, config: EvalConfig, stores: list[str] | None = None, *, image_format: str = "uint8",
-                 random_set: bool = True, teacher=None, device=None,
+                 random_set: bool = True, pruned_set: bool = True, teacher=None, device=None,
                  progress: Callable[[float, str], None] | None = None,
                  stop: threading.Event | None = None) -> Tradeoff:
     """Build and evaluate every store in `stores` on `syn` (and a random real subset of the same size)."""
@@ -192,7 +205,7 @@ def run_tradeoff(syn, dataset, config: EvalConfig, stores: list[str] | None = No
         rnd.images = fmt.roundtrip(rnd.images, syn.mean, syn.std)
         sets.append(("random", rnd))
     reason = ""
-    if teacher is None and any(LABEL_STORES.get(parse_spec(s)[0]).needs_teacher for s in specs):
+    if teacher is None and (pruned_set or any(LABEL_STORES.get(parse_spec(s)[0]).needs_teacher for s in specs)):
         if progress:
             progress(0.0, "getting the teacher (trained once per dataset, then cached)")
         teacher, reason = get_teacher_or_reason(dataset, device)
@@ -202,6 +215,13 @@ def run_tradeoff(syn, dataset, config: EvalConfig, stores: list[str] | None = No
     if teacher is not None:
         result.whole_accuracy = teacher.test_accuracy
         result.whole_note = f"accuracy of the teacher, {teacher.describe()} (not the evaluation protocol)"
+    skipped = ""
+    if pruned_set and teacher is None:
+        skipped = f"label-first baseline (pca): its images are chosen by a teacher's scores and {reason}"
+    elif pruned_set:  # the label-first baseline: the same labels on pruned real images, equal images and label bytes
+        pruned = pruned_subset(syn, dataset, teacher, device)
+        pruned.images = fmt.roundtrip(pruned.images, syn.mean, syn.std)
+        sets.append(("pruned", pruned))
     jobs = [(kind, s, spec) for kind, s in sets for spec in specs]
     for j, (kind, s, spec) in enumerate(jobs):
         if stop is not None and stop.is_set():
@@ -230,6 +250,8 @@ def run_tradeoff(syn, dataset, config: EvalConfig, stores: list[str] | None = No
         result.points.append(Point(spec, kind, fmt.name, fmt.nbytes(s.images), store.nbytes(), res.mean, res.std,
                                    res.accuracies, fmt.formula(s.images), store.formula(), store.uncounted(),
                                    store.teacher_note, res.config.describe(), round(time.perf_counter() - t0, 2)))
+    if skipped:
+        result.errors.append(skipped)
     if progress:
         progress(1.0, "stopped" if result.stopped else "done")
     return result
@@ -247,29 +269,32 @@ def human_bytes(n: float) -> str:
 
 
 def markdown(result: Tradeoff) -> str:
-    """The points as a markdown table (synthetic and random subset side by side), then the gain shares."""
+    """The points as a markdown table (synthetic, random subset and pruned subset side by side), then the gain shares."""
     rnd = {p.labels: p for p in result.of("random")}
+    pruned = {p.labels: p for p in result.of("pruned")}
     shares = {r["labels"]: r for r in result.gain_shares()}
-    lines = ["| labels | image bytes | label bytes | total | synthetic acc | random-subset acc | share of dynamic's gain "
-             "| label bytes / dynamic's | label-byte formula |", "|" + " --- |" * 9]
+    lines = ["| labels | image bytes | label bytes | total | synthetic acc | random-subset acc | label-first (pca) acc "
+             "| share of dynamic's gain | label bytes / dynamic's | label-byte formula |", "|" + " --- |" * 10]
     for p in result.of("synthetic"):
         r, g = rnd.get(p.labels), shares.get(p.labels)
         share = "" if g is None or g["share"] != g["share"] else f"{g['share']:.0%}"
         frac = "" if g is None else f"{g['label_fraction']:.2%}"
         other = f"{r.accuracy_mean:.4f} ± {r.accuracy_std:.4f}" if r else "-"
+        q = pruned.get(p.labels)
+        first = f"{q.accuracy_mean:.4f} ± {q.accuracy_std:.4f}" if q else "-"
         lines.append(f"| {p.labels} | {p.image_bytes:,} | {p.label_bytes:,} | {human_bytes(p.total_bytes)} "
-                     f"| {p.accuracy_mean:.4f} ± {p.accuracy_std:.4f} | {other} | {share} | {frac} | {p.label_formula} |")
+                     f"| {p.accuracy_mean:.4f} ± {p.accuracy_std:.4f} | {other} | {first} | {share} | {frac} | {p.label_formula} |")
     if result.whole_accuracy is not None:
         lines.append(f"| whole training set, hard | {result.whole_image_bytes:,} | {result.whole_label_bytes:,} "
                      f"| {human_bytes(result.whole_bytes)} "
-                     f"| {result.whole_accuracy:.4f} (teacher) | - | | | {result.whole_note} |")
+                     f"| {result.whole_accuracy:.4f} (teacher) | - | - | | | {result.whole_note} |")
     return "\n".join(lines)
 
 
 def summary(result: Tradeoff) -> str:
     """In words: which stores keep >= 90% of dynamic's gain at <= 2% of its label bytes, per set."""
     out = []
-    for kind in ("synthetic", "random"):
+    for kind in ("synthetic", "random", "pruned"):
         rows = result.gain_shares(kind)
         if not rows:
             continue
@@ -289,7 +314,8 @@ def summary(result: Tradeoff) -> str:
 
 
 def labels_command(path: str, protocol: str, stores: list[str] | None, num_models: int | None, as_json: bool, *,
-                   epochs: int | None = None, image_format: str = "uint8", random_set: bool = True) -> int:
+                   epochs: int | None = None, image_format: str = "uint8", random_set: bool = True,
+                   pruned_set: bool = True) -> int:
     """`python -m dd_core labels FILE`: print every store's bytes and accuracy; 0 on success, 2 on bad input."""
     from .data import DatasetUnavailable, load_dataset
     from .evaluate import protocol as make_protocol
@@ -318,7 +344,7 @@ def labels_command(path: str, protocol: str, stores: list[str] | None, num_model
             print(f"[{frac:4.0%}] {last[0]}", file=sys.stderr, flush=True)
 
     result = run_tradeoff(syn, dataset, config, stores, image_format=image_format, random_set=random_set,
-                          progress=progress)
+                          pruned_set=pruned_set, progress=progress)
     print(file=sys.stderr)
     for err in result.errors:
         print(f"warning: {err}", file=sys.stderr)

@@ -39,7 +39,8 @@ def run(**kw):
 def test_the_tab_measures_and_draws(tiny_file, quick_teacher):
     outs = run(current_path=tiny_file, ticked=["hard", "soft"], extra="soft:topk=1", random_set=True)
     status, fig, report = outs[-1]
-    assert status.startswith("✓ Done") and "6 points" in status
+    assert status.startswith("✓ Done") and "9 points" in status  # 3 stores x synthetic, random, label-first
+    assert any("label-first" in (t.name or "") for t in fig.data)
     assert fig.layout.xaxis.type == "log" and any("frontier" in (t.name or "") for t in fig.data)
     assert "| soft:topk=1 |" in report and "**Protocol** of every accuracy: fast" in report
     assert "1 epochs" in report  # the recipe behind the numbers is named

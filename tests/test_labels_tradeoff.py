@@ -57,7 +57,8 @@ def test_run_tradeoff_gives_both_sets_and_the_reference(digits, teacher):
     config = protocol("fast", epochs=2, num_models=1)
     result = run_tradeoff(syn, digits, config, ["hard", "soft:topk=2"], teacher=teacher, device="cpu")
     assert [(p.set, p.labels) for p in result.points] == [("synthetic", "hard"), ("synthetic", "soft:topk=2"),
-                                                          ("random", "hard"), ("random", "soft:topk=2")]
+                                                          ("random", "hard"), ("random", "soft:topk=2"),
+                                                          ("pruned", "hard"), ("pruned", "soft:topk=2")]
     assert all(p.image_bytes == 10 * 64 for p in result.points)  # uint8 images
     assert result.points[1].label_bytes == 10 * 2 * 3
     assert result.whole_bytes == len(digits.x_train) * (64 + 1) and result.whole_accuracy == teacher.test_accuracy
@@ -82,7 +83,7 @@ def test_labels_command_prints_json(tiny_file, quick_teacher, capsys):
     assert labels_command(str(tiny_file), "fast", ["hard", "soft"], 1, True, epochs=2) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["labels"] for r in rows} == {"hard", "soft"} and all(REQUIRED <= set(r) for r in rows)
-    assert {r["set"] for r in rows} == {"synthetic", "random", "whole"}
+    assert {r["set"] for r in rows} == {"synthetic", "random", "pruned", "whole"}
 
 
 @pytest.mark.parametrize("args, message", [
@@ -109,6 +110,6 @@ def test_the_cli_passes_epochs_image_format_and_no_random(tiny_file, quick_teach
                  "--image-format", "float16", "--no-random", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     synthetic = [r for r in rows if r["set"] == "synthetic"]
-    assert {r["set"] for r in rows} == {"synthetic", "whole"}  # no random subset
+    assert {r["set"] for r in rows} == {"synthetic", "pruned", "whole"}  # no random subset
     assert synthetic[0]["image_bytes"] == 10 * 8 * 8 * 2  # float16 images
     assert "1 epochs" in synthetic[0]["protocol"]

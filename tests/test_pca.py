@@ -43,3 +43,23 @@ def test_keeps_the_chosen_end_of_each_class(keep):
     kept = difficulty(logits(net, syn.images[syn.labels == 4], torch.device("cpu")), torch.full((3,), 4), "el2n")
     bound = d.sort(descending=keep == "hard").values[2]
     assert (kept <= bound + 1e-6).all() if keep == "easy" else (kept >= bound - 1e-6).all()
+
+
+def test_soft_labels_are_set_beside_the_label_first_baseline_at_equal_bytes():
+    from dd_core.evaluate import protocol
+    from dd_core.synthetic import init_synthetic
+    from dd_core.tradeoff import markdown, run_tradeoff
+
+    digits = load_dataset("digits")
+    teacher = get_teacher(digits, arch="mlp", epochs=1)
+    syn = init_synthetic(digits, 2, seed=0)
+    result = run_tradeoff(syn, digits, protocol("fast", epochs=1, num_models=1), ["hard", "soft"],
+                          random_set=False, teacher=teacher, device="cpu")
+    by = {(p.set, p.labels): p for p in result.points}
+    for labels in ("hard", "soft"):
+        mine, base = by[("synthetic", labels)], by[("pruned", labels)]
+        assert (base.image_bytes, base.label_bytes) == (mine.image_bytes, mine.label_bytes)
+    assert "label-first (pca) acc" in markdown(result)
+    none = run_tradeoff(syn, digits, protocol("fast", epochs=1, num_models=1), ["hard"], random_set=False,
+                        pruned_set=False, teacher=teacher, device="cpu")
+    assert {p.set for p in none.points} == {"synthetic"}

@@ -30,6 +30,14 @@ def difficulty(scores: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.T
     raise ValueError(f"unknown score {kind!r}; valid scores are: el2n, loss")
 
 
+def keep_by_difficulty(net, dataset, c: int, k: int, *, score: str = "el2n", keep: str = "easy", device=None) -> torch.Tensor:
+    """Indices into dataset.x_train of the k easiest (or hardest) images of class c, scored by `net`."""
+    idx = dataset.indices_of(c)  # (n_c,)
+    hard = difficulty(logits(net, dataset.x_train[idx], device), dataset.y_train[idx], score)  # (n_c,)
+    # stable order, so ties (e.g. several images scored exactly 0) resolve the same way every run
+    return idx[torch.argsort(hard, descending=keep == "hard", stable=True)[:k]]
+
+
 @METHODS.register("pca")
 @dataclass
 class PruneByDifficulty(_Coreset):
@@ -53,8 +61,4 @@ class PruneByDifficulty(_Coreset):
         teacher = get_teacher(real, arch=None if self.score_model in ("", "auto") else self.score_model,
                               epochs=self.score_epochs or None, device=device, stop=self.stop_)
         self.scored_by_ = f"{self.score} of {teacher.describe()}"
-        idx = real.indices_of(c)  # (n_c,)
-        hard = difficulty(logits(teacher.net, real.x_train[idx], device), real.y_train[idx], self.score)  # (n_c,)
-        # stable order, so ties (e.g. several images scored exactly 0) resolve the same way every run
-        order = torch.argsort(hard, descending=self.keep == "hard", stable=True)
-        return idx[order[:ipc]]
+        return keep_by_difficulty(teacher.net, real, c, ipc, score=self.score, keep=self.keep, device=device)
