@@ -14,12 +14,13 @@ from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
 
-from components import api, distill_tab, evaluate_tab, feature_tab, labels_tab, learn_tab  # noqa: E402
+from components import api, distill_tab, evaluate_tab, feature_tab, jobs, labels_tab, learn_tab  # noqa: E402
 from components.sessions import drop_session  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-# All compute-heavy events share one pool sized for the machine (see components/runtime.py).
-COMPUTE = dict(concurrency_id="compute", concurrency_limit=runtime.POOL)
+# All compute-heavy events share one pool sized for the machine, one job per visitor at a time
+# (see components/jobs.py).
+COMPUTE = jobs.COMPUTE
 INTRO = ("# ⚗️ Distillery\nCompress a dataset into a handful of synthetic images per class, watch them learn, "
          "and measure how well they train a fresh network. Press **Distill** to start; read how each method "
          "works under **Learn**.")

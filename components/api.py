@@ -15,10 +15,9 @@ from typing import Iterator
 
 import gradio as gr
 
-from dd_core.synthetic import SyntheticSet
-
-from . import distill_run, evaluate_run, inputs
-from .sessions import session_for
+from . import distill_run, evaluate_run, inputs, jobs
+from .runtime import LIMITS
+from .sessions import KEEP_ALIVE_SECONDS, keep_alive, session_for
 
 
 def _progress(tick: distill_run.Tick) -> dict:
@@ -38,39 +37,53 @@ def distill_api(dataset: str, method: str, ipc, steps, seed, request: gr.Request
     except inputs.UserError as err:
         raise gr.Error(str(err), print_exception=False) from None
     session = session_for(request)
-    for tick in distill_run.run(session, req):
+    for tick in distill_run.run(session, req, jobs.owner_of(request)):
         if tick.phase == "error":
             raise gr.Error(tick.text, print_exception=False)
-        files = session.run.files if tick.finished and session.run is not None else {}
+        files = tick.record.files if tick.finished and tick.record is not None else {}  # this run's own file
         yield _progress(tick), (str(files["safetensors"]) if "safetensors" in files else None)
 
 
 def evaluate_api(set_file, protocol: str = "fast", num_models=1, model: str = "", request: gr.Request = None) -> dict:
     """Train fresh networks on a synthetic set (.safetensors) and report mean/std test accuracy (fractions)."""
     try:
-        syn = SyntheticSet.load(set_file) if set_file else None
-        if syn is None:
-            raise inputs.UserError("Give a synthetic set (.safetensors) saved by Distillery.")
+        syn = inputs.load_set(set_file)
         n = inputs.as_int(num_models, "Number of networks")
-        result = evaluate_run.evaluate_set(session_for(request), syn, protocol=protocol, num_models=n,
-                                           model=model or None)
+        session = session_for(request)
+        result = jobs.run_blocking(session, "evaluate", jobs.owner_of(request), LIMITS.max_seconds,
+                                   lambda job: evaluate_run.evaluate_set(session, syn, protocol=protocol, num_models=n,
+                                                                         model=model or None, stop=job.stop))
     except Exception as err:  # noqa: BLE001 - the client gets a message, never a traceback
         raise gr.Error(inputs.user_message(err), print_exception=False) from None
     return result.as_dict()
 
 
+class WholeNumber(gr.Number):
+    """A number box that hands the handler what the caller sent, unrounded: 2.5, True or "ten"
+    get a plain message from inputs.as_int instead of being rounded or failing inside gradio."""
+
+    is_template = True  # drawn by the frontend as a plain Number
+
+    def preprocess(self, payload):
+        return payload
+
+
 def attach(tab, compute: dict) -> None:
-    """Hidden components and the two endpoints; inputs reuse the Distill tab's own widgets."""
+    """Hidden components and the endpoints; dataset and method reuse the Distill tab's widgets."""
     with gr.Group(visible=False):
+        ipc, steps, seed = (WholeNumber(value, label=name, precision=0) for value, name in
+                            ((10, "ipc"), (200, "steps"), (0, "seed")))
         progress = gr.JSON(label="progress")
         set_out = gr.File(label="synthetic set (.safetensors)")
         set_in = gr.File(label="synthetic set (.safetensors)", file_types=[".safetensors"])
         protocol = gr.Radio(list(evaluate_run.PROTOCOLS), value="fast", label="protocol", info=evaluate_run.PROTOCOL_HELP)
-        num_models = gr.Number(1, label="networks", precision=0)
+        num_models = WholeNumber(1, label="networks", precision=0)
         model = gr.Textbox("", label="architecture (empty: the protocol's)")
         result = gr.JSON(label="result")
         go_distill, go_eval = gr.Button(), gr.Button()
-    go_distill.click(distill_api, inputs=[tab.dataset, tab.method, tab.ipc, tab.steps, tab.seed],
+    go_distill.click(distill_api, inputs=[tab.dataset, tab.method, ipc, steps, seed],
                      outputs=[progress, set_out], api_name="distill", **compute)
     go_eval.click(evaluate_api, inputs=[set_in, protocol, num_models, model], outputs=result, api_name="evaluate",
                   **compute)
+    # An open page pings its session, so the idle sweep drops only sessions nobody is looking at.
+    gr.Timer(KEEP_ALIVE_SECONDS).tick(keep_alive, queue=False, show_progress="hidden", api_visibility="private")

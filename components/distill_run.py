@@ -3,7 +3,6 @@ snapshots and files. Yields `Tick`s; the Distill tab and the /distill API each r
 """
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Iterator
 from dd_core.distill import Snapshot, distill
 from dd_core.methods import METHODS, make_method
 
-from . import inputs
+from . import inputs, jobs
 from .exports import save_current, write_exports
 from .runtime import LIMITS
 from .sessions import RunRecord, Session
@@ -25,10 +24,11 @@ SAVE_SECONDS = 2.0  # how often the current set is written to disk for the Label
 class Tick:
     """What a run has to say at one moment."""
 
-    phase: str  # loading, warming, distilling, done, stopped, failed, error
+    phase: str  # waiting, loading, warming, distilling, done, stopped, failed, error
     text: str  # the status line
     snapshot: Snapshot | None = None
     saved: Path | None = None  # a freshly saved current set (.safetensors), if any
+    record: RunRecord | None = None  # on the last tick: this run's record (its kept snapshots and files)
 
     @property
     def finished(self) -> bool:
@@ -68,9 +68,14 @@ def _stop_text(snap: Snapshot, capped: bool) -> str:
     return f"Stopped at step {snap.step} of {snap.total_steps}: {why}{detail}. Everything made so far is kept."
 
 
-def run(session: Session, req: Request) -> Iterator[Tick]:
-    """Validate against the data, then distill; never raises for a user's mistake."""
-    session.stop.clear()
+def run(session: Session, req: Request, owner: str | None = None) -> Iterator[Tick]:
+    """Validate against the data, wait for a compute slot, then distill; never raises for a user's
+    mistake. The run owns its stop, its cap and its files: a later run of the same session (which
+    waits behind this one) changes none of them."""
+    yield from jobs.guarded(session, "distill", owner, lambda job: _run(session, req, job), say=Tick)
+
+
+def _run(session: Session, req: Request, job: jobs.Job) -> Iterator[Tick]:
     yield Tick("loading", f"Loading dataset **{req.dataset}**…")
     try:
         dataset = inputs.open_dataset(req.dataset)
@@ -80,54 +85,44 @@ def run(session: Session, req: Request) -> Iterator[Tick]:
         yield Tick("error", inputs.user_message(err))
         return
     learns = METHODS.get(req.method).learns_images
-    session.run = record = RunRecord(req.dataset, req.method, req.ipc, req.steps, req.seed, dataset_name=dataset.name)
+    record = RunRecord(req.dataset, req.method, req.ipc, req.steps, req.seed, dataset_name=dataset.name)
+    session.run = job.record = record
     yield Tick("warming", "Warming up: building the networks and the first batch…" if learns else
                "Selecting real images (herding and k-center train a feature network on first use; cached afterwards)…")
-    # The machine's cap on one run, setup included: a timer sets the session's stop, which the
-    # engine honours between steps and inside long ones (a feature network's training, DC's loops).
-    capped = threading.Event()
-
-    def cap() -> None:
-        if session.run is record:  # never stop a later run of the same session
-            capped.set()
-            session.stop.set()
-
-    timer = threading.Timer(LIMITS.max_seconds, cap)
-    timer.daemon = True
-    timer.start()
+    # The machine's cap on one run, setup included: it sets this run's own stop, which the engine
+    # honours between steps and inside long ones (a feature network's training, DC's loops).
     last_save = 0.0
-    try:
-        for snap in distill(dataset, method, method_name=req.method, ipc=req.ipc, steps=req.steps, seed=req.seed,
-                            snapshot_every=10**9, snapshot_seconds=SNAPSHOT_SECONDS, stop=session.stop):
-            record.final, record.history = snap.synthetic, snap.history
-            record.keep(snap.step, snap.synthetic.images)
-            if session.closed:
-                return
-            if snap.finished:
-                break
-            saved = None
-            if time.perf_counter() - last_save >= SAVE_SECONDS:
-                saved, last_save = save_current(session), time.perf_counter()
-            phase = "warming" if snap.step == 0 else "distilling"
-            text = ("Warming up: the first step builds the networks…" if snap.step == 0 else
-                    f"Distilling with **{req.method}** on **{dataset.name}**, IPC {req.ipc}…")
-            yield Tick(phase, text, snap, saved)
-    except Exception as err:  # noqa: BLE001
-        record.status, record.message = "failed", inputs.user_message(err)
-        if record.final is not None:
-            record.keep_last(record.final.steps, record.final.images)
-            write_exports(session)
-        yield Tick("error", record.message, None, save_current(session))
-        return
-    finally:
-        timer.cancel()
+    with job.capped(LIMITS.max_seconds):
+        try:
+            for snap in distill(dataset, method, method_name=req.method, ipc=req.ipc, steps=req.steps, seed=req.seed,
+                                snapshot_every=10**9, snapshot_seconds=SNAPSHOT_SECONDS, stop=job.stop):
+                record.final, record.history = snap.synthetic, snap.history
+                record.keep(snap.step, snap.synthetic.images)
+                if session.closed:
+                    return
+                if snap.finished:
+                    break
+                saved = None
+                if time.perf_counter() - last_save >= SAVE_SECONDS:
+                    saved, last_save = save_current(session, record), time.perf_counter()
+                phase = "warming" if snap.step == 0 else "distilling"
+                text = ("Warming up: the first step builds the networks…" if snap.step == 0 else
+                        f"Distilling with **{req.method}** on **{dataset.name}**, IPC {req.ipc}…")
+                yield Tick(phase, text, snap, saved)
+        except Exception as err:  # noqa: BLE001
+            record.status, record.message = "failed", inputs.user_message(err)
+            if record.final is not None:
+                record.keep_last(record.final.steps, record.final.images)
+                write_exports(session, record)
+            yield Tick("error", record.message, None, save_current(session, record), record)
+            return
     record.keep_last(snap.step, snap.synthetic.images)
     record.status, record.elapsed = snap.status, snap.elapsed
     if snap.status == "stopped":
-        record.message = _stop_text(snap, capped.is_set())
+        record.message = _stop_text(snap, job.cap_reached.is_set())
     elif snap.status == "failed":
         record.message = f"Ended early: {snap.message}"
     else:
         record.message = f"Done: {snap.step} steps in {snap.elapsed:.1f} s ({snap.steps_per_second:.1f} steps/s)."
-    write_exports(session)
-    yield Tick(snap.status, record.message, snap, save_current(session))
+    write_exports(session, record)
+    yield Tick(snap.status, record.message, snap, save_current(session, record), record)

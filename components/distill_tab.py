@@ -12,7 +12,7 @@ import gradio as gr
 
 from dd_core.methods import METHODS
 
-from . import distill_run, inputs, method_params
+from . import distill_run, inputs, jobs, method_params
 from .exports import labelled_grid
 from .figures import loss_figure
 from .learn_tab import method_markdown
@@ -34,7 +34,7 @@ def pack(**values) -> tuple:
 
 
 def status_line(phase: str, text: str) -> str:
-    icon = {"loading": "…", "warming": "…", "distilling": "⚗", "done": "✓", "stopped": "■",
+    icon = {"waiting": "⏳", "loading": "…", "warming": "…", "distilling": "⚗", "done": "✓", "stopped": "■",
             "failed": "⚠", "error": "⚠"}.get(phase, "")
     return f"{icon} {text}"
 
@@ -47,8 +47,7 @@ def stats_line(snap, req: distill_run.Request) -> str:
     return f"step **{snap.step}** / {snap.total_steps} · {sps:.1f} steps/s · {eta}"
 
 
-def _finished_updates(session: Session) -> dict:
-    run = session.run
+def _finished_updates(run) -> dict:
     files = run.files if run is not None else {}
     out = {k: gr.update(value=str(files[kind]), visible=True) if kind in files else gr.update(visible=False)
            for k, kind in DOWNLOADS.items()}
@@ -59,12 +58,12 @@ def _finished_updates(session: Session) -> dict:
     return out
 
 
-def ui_updates(session: Session, req: distill_run.Request) -> Iterator[tuple]:
+def ui_updates(session: Session, req: distill_run.Request, owner: str | None = None) -> Iterator[tuple]:
     """Run `req` for `session` and yield page updates (a plain generator; no server needed)."""
     last_plot = 0.0
-    for tick in distill_run.run(session, req):
+    for tick in distill_run.run(session, req, owner):
         out = {"status": status_line(tick.phase, tick.text)}
-        if tick.phase == "loading":
+        if tick.phase in ("waiting", "loading"):
             out.update(distill_btn=gr.update(interactive=False), stop_btn=gr.update(interactive=True),
                        scrub=gr.update(visible=False), loss=loss_figure([]),
                        **{k: gr.update(visible=False) for k in DOWNLOADS})
@@ -77,7 +76,7 @@ def ui_updates(session: Session, req: distill_run.Request) -> Iterator[tuple]:
         if tick.saved is not None:
             out["current_set"] = str(tick.saved)
         if tick.finished:
-            out.update(_finished_updates(session))
+            out.update(_finished_updates(tick.record))
             if tick.phase == "error":
                 gr.Warning(tick.text)
         yield pack(**out)
@@ -90,10 +89,10 @@ def error_updates(message: str) -> tuple:
 
 
 def request_stop(request: gr.Request = None) -> str:
-    session = session_for(request)
-    running = session.run is not None and session.run.status == "running"
-    session.stop.set()
-    return status_line("stopped", "Stopping at the end of the current step…") if running else gr.skip()
+    """Stop this caller's distillation (running or waiting); a plain-HTTP caller without a session
+    stops the runs it started from the same address."""
+    found = jobs.stop(session_for(request), "distill", jobs.owner_of(request))
+    return status_line("stopped", "Stopping at the end of the current step…") if found else gr.skip()
 
 
 def scrub(index, request: gr.Request = None):
@@ -200,7 +199,7 @@ def build(current_set: gr.State, compute: dict) -> DistillTab:
         except inputs.UserError as err:
             yield error_updates(str(err))
             return
-        yield from ui_updates(session_for(request), req)
+        yield from ui_updates(session_for(request), req, jobs.owner_of(request))
 
     event = go.click(on_distill, inputs=set(fields + [w.component for w in widgets]), outputs=outputs,
                      show_progress_on=[status], api_visibility="private", **compute)

@@ -11,11 +11,10 @@ from dd_core import metrics
 from dd_core.labels import HardLabels, LabelStore, load_store, same_kind
 from dd_core.evaluate import PROTOCOLS, EvalConfig, EvalResult, evaluate, protocol as make_protocol
 from dd_core.models import MODELS
-from dd_core.synthetic import SyntheticSet, init_synthetic
+from dd_core.synthetic import SyntheticSet, random_subset
 from dd_core.teacher import get_teacher, whole_reference as teacher_whole_reference
 
 from . import inputs
-from .runtime import LIMITS
 from .sessions import Session
 
 MAX_MODELS = 5
@@ -82,30 +81,18 @@ def set_bytes(syn: SyntheticSet, store) -> int:
     return images + int(store.nbytes())
 
 
-def _capped(stop: threading.Event) -> threading.Timer:
-    timer = threading.Timer(LIMITS.max_seconds, stop.set)
-    timer.daemon = True
-    timer.start()
-    return timer
-
-
-def evaluate_set(session: Session, syn: SyntheticSet, *, protocol: str = "fast", num_models=1,
-                 model: str | None = None, progress: Callable[[float, str], None] | None = None,
+def evaluate_set(session: Session, syn: SyntheticSet, *, stop: threading.Event, protocol: str = "fast",
+                 num_models=1, model: str | None = None, progress: Callable[[float, str], None] | None = None,
                  hard: bool = False) -> EvalResult:
     """Train fresh networks on `syn` alone, with its own labels (or its hard labels if `hard`);
-    honours the session's Evaluate stop and the time cap."""
+    honours `stop`, the calling job's stop (its Stop button and its time cap)."""
     config = config_for(protocol, num_models, model)
     dataset = dataset_of(session, syn)
     store = HardLabels(syn.labels, syn.num_classes) if hard else labels_of(syn)
-    session.eval_stop.clear()
-    timer = _capped(session.eval_stop)
-    try:
-        return evaluate(syn.images, store, dataset, config, progress=progress, stop=session.eval_stop)
-    finally:
-        timer.cancel()
+    return evaluate(syn.images, store, dataset, config, progress=progress, stop=stop)
 
 
-def baseline(session: Session, syn: SyntheticSet, config: EvalConfig,
+def baseline(session: Session, syn: SyntheticSet, config: EvalConfig, *, stop: threading.Event,
              progress: Callable[[float, str], None] | None = None) -> EvalResult:
     """Random real images at the same IPC with the same kind of labels as `syn` (DD-Ranking's IOR
     compares like with like), evaluated with the same recipe; cached for everyone."""
@@ -116,24 +103,19 @@ def baseline(session: Session, syn: SyntheticSet, config: EvalConfig,
     with _baseline_lock:
         if key in _baselines:
             return _baselines[key]
-    subset = init_synthetic(dataset, ipc, init="real", seed=0, method="random")
+    subset = random_subset(dataset, ipc)
     teacher = get_teacher(dataset) if store.needs_teacher else None
     labels = same_kind(store, subset, dataset, teacher, config)
-    session.eval_stop.clear()
-    timer = _capped(session.eval_stop)
-    try:
-        result = evaluate(subset.images, labels, dataset, config, progress=progress, stop=session.eval_stop)
-    finally:
-        timer.cancel()
+    result = evaluate(subset.images, labels, dataset, config, progress=progress, stop=stop)
     if not result.stopped:
         with _baseline_lock:
             _baselines[key] = result
     return result
 
 
-def whole_reference(session: Session, syn: SyntheticSet) -> tuple[float, str]:
+def whole_reference(session: Session, syn: SyntheticSet, stop: threading.Event | None = None) -> tuple[float, str]:
     """Test accuracy of the cached network trained on the whole training set, and what it is."""
-    return teacher_whole_reference(dataset_of(session, syn))
+    return teacher_whole_reference(dataset_of(session, syn), stop=stop)
 
 
 def scores(synthetic: EvalResult, base: EvalResult | None, whole: float | None,

@@ -7,10 +7,11 @@ from typing import Callable, Iterator
 
 import gradio as gr
 
+from dd_core.interrupt import Interrupted
 from dd_core.models import MODELS
 from dd_core.synthetic import SyntheticSet
 
-from . import evaluate_run, inputs
+from . import evaluate_run, inputs, jobs
 from .runtime import LIMITS
 from .sessions import Session, session_for
 
@@ -62,8 +63,17 @@ def table_row(syn: SyntheticSet, rep: evaluate_run.Report, bytes_: int, labels: 
 
 
 def run_evaluation(session: Session, syn: SyntheticSet, protocol: str, num_models, arch: str | None, compare: bool,
-                   progress: Callable[[float, str], None] | None = None) -> Iterator[tuple[str, str]]:
-    """Yield (status, results markdown) while evaluating; a plain generator."""
+                   progress: Callable[[float, str], None] | None = None,
+                   owner: str | None = None) -> Iterator[tuple[str, str]]:
+    """Yield (status, results markdown) while evaluating, as one job of the session (its own Stop
+    and time cap, a compute slot shared fairly); a plain generator."""
+    icons = {"error": "⚠", "waiting": "⏳", "stopped": "■"}
+    yield from jobs.guarded(session, "evaluate", owner,
+                            lambda job: _evaluation(session, syn, protocol, num_models, arch, compare, progress, job),
+                            say=lambda phase, text: (f"{icons[phase]} {text}", gr.skip()), seconds=LIMITS.max_seconds)
+
+
+def _evaluation(session, syn, protocol, num_models, arch, compare, progress, job) -> Iterator[tuple[str, str]]:
     progress = progress or (lambda frac, text: None)
     store = evaluate_run.labels_of(syn)
     soft = store.name != "hard"  # HLR needs the set on hard labels too
@@ -74,20 +84,31 @@ def run_evaluation(session: Session, syn: SyntheticSet, protocol: str, num_model
 
     yield "… Evaluating: training fresh networks on the synthetic images…", ""
     result = evaluate_run.evaluate_set(session, syn, protocol=protocol, num_models=num_models, model=arch,
-                                       progress=stage(0, "synthetic set"))
+                                       progress=stage(0, "synthetic set"), stop=job.stop)
     labels, bytes_ = store.spec, evaluate_run.set_bytes(syn, store)
     rep = evaluate_run.Report(result, None, None, "", None)
     yield "… Evaluating: the random-subset baseline…" if compare else "✓ Done.", report_markdown(syn, rep, bytes_, labels)
     if compare and not result.stopped:
-        rep.baseline = evaluate_run.baseline(session, syn, result.config, progress=stage(1, "random baseline"))
-        if soft and not rep.baseline.stopped:
-            yield "… Evaluating: the set on hard labels (for HLR)…", report_markdown(syn, rep, bytes_, labels)
-            rep.hard = evaluate_run.evaluate_set(session, syn, protocol=protocol, num_models=num_models, model=arch,
-                                                 progress=stage(2, "hard labels"), hard=True)
-        yield "… Evaluating: the whole-dataset reference…", report_markdown(syn, rep, bytes_, labels)
-        rep.whole, rep.whole_note = evaluate_run.whole_reference(session, syn)
+        try:
+            rep.baseline = evaluate_run.baseline(session, syn, result.config, progress=stage(1, "random baseline"),
+                                                 stop=job.stop)
+            if soft and not rep.baseline.stopped:
+                yield "… Evaluating: the set on hard labels (for HLR)…", report_markdown(syn, rep, bytes_, labels)
+                rep.hard = evaluate_run.evaluate_set(session, syn, protocol=protocol, num_models=num_models,
+                                                     model=arch, progress=stage(2, "hard labels"), hard=True,
+                                                     stop=job.stop)
+            if not job.stop.is_set():
+                yield "… Evaluating: the whole-dataset reference…", report_markdown(syn, rep, bytes_, labels)
+                rep.whole, rep.whole_note = evaluate_run.whole_reference(session, syn, stop=job.stop)
+        except Interrupted:  # the teacher behind soft labels or the reference was still training
+            pass
         rep.scores = evaluate_run.scores(rep.synthetic, rep.baseline, rep.whole, rep.hard)
     session.last_eval = table_row(syn, rep, bytes_, labels)
+    if job.stop.is_set():
+        why = "reached this machine's time limit" if job.cap_reached.is_set() else "you pressed Stop"
+        yield f"■ Stopped ({why}). What finished is shown; press **Pin** to keep it.", \
+            report_markdown(syn, rep, bytes_, labels)
+        return
     yield "✓ Done. Press **Pin** to add this run to the comparison table.", report_markdown(syn, rep, bytes_, labels)
 
 
@@ -95,7 +116,7 @@ def pick_set(session: Session, source: str, upload) -> SyntheticSet:
     if source == SOURCES[1]:
         if not upload:
             raise inputs.UserError("Upload a synthetic set (.safetensors) first, or evaluate this session's set.")
-        return SyntheticSet.load(upload)
+        return inputs.load_set(upload)
     syn = session.current()
     if syn is None:
         raise inputs.UserError("This session has no synthetic set yet: distill one in the Distill tab, "
@@ -121,8 +142,8 @@ def pin(request: gr.Request = None):
 
 
 def stop_evaluation(request: gr.Request = None):
-    session_for(request).eval_stop.set()
-    return "■ Stopping after the current epoch…"
+    jobs.stop(session_for(request), "evaluate", jobs.owner_of(request))
+    return "■ Stopping after the current batch…"
 
 
 def build(current_set: gr.State, compute: dict) -> None:
@@ -160,7 +181,8 @@ def build(current_set: gr.State, compute: dict) -> None:
         try:
             syn = pick_set(session, source_v, upload_v)
             yield from run_evaluation(session, syn, protocol_v, n_v, None if arch_v == SAME_ARCH else arch_v,
-                                      bool(compare_v), progress=lambda frac, text: progress(frac, desc=text))
+                                      bool(compare_v), progress=lambda frac, text: progress(frac, desc=text),
+                                      owner=jobs.owner_of(request))
         except Exception as err:  # noqa: BLE001 - shown in the page, never as a traceback
             message = inputs.user_message(err)
             gr.Warning(message)

@@ -2,6 +2,7 @@
 and a GIF of the images evolving over the kept snapshots."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from PIL import Image
@@ -10,6 +11,7 @@ from .sessions import RunRecord, Session
 
 GIF_FRAME_MS = 250  # per kept snapshot
 GIF_HOLD_MS = 1500  # the last frame stays on screen a little longer
+KEEP_EXPORTS = 3  # export folders kept per session; older runs' downloads are deleted
 
 
 def evolution_gif(run: RunRecord, path: Path) -> Path | None:
@@ -28,10 +30,10 @@ def evolution_gif(run: RunRecord, path: Path) -> Path | None:
     return path
 
 
-def save_current(session: Session, keep: int = 3) -> Path | None:
-    """Save the session's latest set under a fresh name (so a gr.State holding the path changes);
-    older saves beyond the last `keep` are deleted, leaving a reader time to finish."""
-    syn = session.current()
+def save_current(session: Session, run: RunRecord, keep: int = 3) -> Path | None:
+    """Save `run`'s latest set under a fresh name in the session's folder (so a gr.State holding
+    the path changes); older saves beyond the last `keep` are deleted, leaving a reader time to finish."""
+    syn = run.final
     if syn is None or session.closed:
         return None
     path = syn.save(session.new_file("current", ".safetensors"))
@@ -41,16 +43,18 @@ def save_current(session: Session, keep: int = 3) -> Path | None:
     return path
 
 
-def write_exports(session: Session) -> dict[str, Path]:
-    """All downloads of the session's run; returns kind -> path (empty if the page was closed)."""
-    run = session.run
-    if run is None or run.final is None or session.closed:
+def write_exports(session: Session, run: RunRecord) -> dict[str, Path]:
+    """All downloads of `run`; returns kind -> path (empty if the page was closed). Only the
+    session's last KEEP_EXPORTS export folders are kept."""
+    if run.final is None or session.closed:
         return {}
     syn = run.final
     stem = f"{run.method}-{run.dataset_name.replace(':', '_').replace('/', '_')}-ipc{run.ipc}-step{syn.steps}"
     folder = session.folder / f"export-{session.saves + 1:04d}"
     session.saves += 1
     folder.mkdir(parents=True, exist_ok=True)
+    for old in sorted(session.folder.glob("export-*"))[:-KEEP_EXPORTS]:
+        shutil.rmtree(old, ignore_errors=True)
     files = {"safetensors": syn.save(folder / f"{stem}.safetensors"), "png": syn.save_grid(folder / f"{stem}.png")}
     (folder / f"{stem}-imagefolder.zip").write_bytes(syn.imagefolder_zip())
     files["zip"] = folder / f"{stem}-imagefolder.zip"

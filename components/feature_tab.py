@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import feature_view, inputs
+from . import feature_view, inputs, jobs
 from .figures import map_figure
+from .runtime import LIMITS
 from .sessions import session_for
 
 KINDS = [("trained on the real data", "trained"), ("random, as DM sees it", "random")]
@@ -28,11 +29,21 @@ def _caption(view: feature_view.MapView) -> str:
 
 
 def draw(kind: str, projection: str, paths: bool, request: gr.Request = None):
-    """Yield (status, figure, caption, nearest rows): PCA first, then UMAP if asked for."""
+    """Yield (status, figure, caption, nearest rows): PCA first, then UMAP if asked for; one job of
+    the session (a compute slot shared fairly, the time cap)."""
     session = session_for(request)
+    if session.current() is None:
+        yield ("⚠ No synthetic set in this session yet: distill one in the Distill tab first.",
+               gr.skip(), gr.skip(), gr.skip())
+        return
+    icons = {"error": "⚠", "waiting": "⏳", "stopped": "■"}
+    yield from jobs.guarded(session, "map", jobs.owner_of(request), lambda job: _draw(session, kind, projection, paths),
+                            say=lambda phase, text: (f"{icons[phase]} {text}", gr.skip(), gr.skip(), gr.skip()),
+                            seconds=LIMITS.max_seconds)
+
+
+def _draw(session, kind: str, projection: str, paths: bool):
     try:
-        if session.current() is None:
-            raise inputs.UserError("No synthetic set in this session yet: distill one in the Distill tab first.")
         yield ("… Computing features (the trained network is trained once per dataset, then cached)…",
                gr.skip(), gr.skip(), gr.skip())
         view = feature_view.compute_view(session, kind, "PCA", paths=paths)

@@ -16,8 +16,8 @@ from dd_core.models import MODELS
 from dd_core.synthetic import SyntheticSet
 from dd_core.tradeoff import DEFAULT_STORES, IMAGE_FORMATS, Tradeoff, human_bytes, markdown, run_tradeoff, summary
 
-from . import evaluate_run, inputs
-from .runtime import CUDA, LIMITS, POOL
+from . import evaluate_run, inputs, jobs
+from .runtime import CUDA, LIMITS
 from .sessions import session_for
 
 SOURCES = ("this session's set", "an uploaded file")
@@ -32,7 +32,6 @@ INTRO = ("Distilled images are only half of what a student trains on: the other 
          "Soft, per-view (dynamic) labels from a teacher often buy accuracy, at a storage cost that can dwarf "
          "the images. Here every label store is evaluated with the same recipe on the same images; each "
          "point's bytes are the images (as stored) plus everything needed to reproduce its training targets.")
-_stops: dict[str, threading.Event] = {}  # per browser session: the Stop button's signal
 
 
 def figure(result: Tradeoff | None) -> go.Figure:
@@ -118,9 +117,9 @@ def pick_set(session, source: str, upload, current_path) -> SyntheticSet:
     if source == SOURCES[1]:
         if not upload:
             raise inputs.UserError("Upload a synthetic set (.safetensors) first, or use this session's set.")
-        return SyntheticSet.load(upload)
+        return inputs.load_set(upload)
     if current_path:
-        return SyntheticSet.load(current_path)
+        return inputs.load_set(current_path)
     syn = session.current()
     if syn is None:
         raise inputs.UserError("This session has no synthetic set yet: distill one in the Distill tab, "
@@ -138,10 +137,8 @@ def config_for(protocol: str, epochs, networks, arch: str | None = None):
 
 def run_labels(source, upload, current_path, ticked, extra, protocol, epochs, networks, arch, image_format,
                random_set, request: gr.Request = None) -> Iterator[tuple]:
-    """Yield (status, figure, report) while every store is built and evaluated; a plain generator."""
-    key = getattr(request, "session_hash", None) or "local"
-    stop = _stops.setdefault(key, threading.Event())
-    stop.clear()
+    """Yield (status, figure, report) while every store is built and evaluated, as one job of the
+    session (its own Stop and time cap, a compute slot shared fairly); a plain generator."""
     try:
         session = session_for(request)
         syn = pick_set(session, source, upload, current_path)
@@ -152,31 +149,36 @@ def run_labels(source, upload, current_path, ticked, extra, protocol, epochs, ne
     except Exception as err:  # noqa: BLE001  shown in the page, never as a traceback
         yield f"⚠ {inputs.user_message(err)}", gr.skip(), gr.skip()
         return
+    icons = {"error": "⚠", "waiting": "⏳", "stopped": "■"}
+    yield from jobs.guarded(session, "labels", jobs.owner_of(request),
+                            lambda job: _measure(syn, dataset, config, specs, image_format, random_set, job),
+                            say=lambda phase, text: (f"{icons[phase]} {text}", gr.skip(), gr.skip()),
+                            seconds=LIMITS.max_seconds)
+
+
+def _measure(syn, dataset, config, specs, image_format, random_set, job) -> Iterator[tuple]:
     state: dict = {"frac": 0.0, "text": "starting", "result": None, "error": None}
 
     def work():
         try:
             state["result"] = run_tradeoff(syn, dataset, config, specs, image_format=image_format,
-                                           random_set=bool(random_set), stop=stop,
+                                           random_set=bool(random_set), stop=job.stop,
                                            progress=lambda f, t: state.update(frac=f, text=t))
         except Exception as err:  # noqa: BLE001
             state["error"] = err
 
-    timer = threading.Timer(LIMITS.max_seconds, stop.set)  # the machine's cap on one run
-    timer.daemon = True
     thread = threading.Thread(target=work, daemon=True)
     t0 = time.perf_counter()
-    timer.start()
     thread.start()
     try:
         while thread.is_alive():
             thread.join(POLL_SECONDS)
             yield (f"… {state['frac']:.0%} · {time.perf_counter() - t0:.0f} s · {state['text']}  \n"
                    f"<small>{config.describe()}</small>", gr.skip(), gr.skip())
-    finally:  # the page closed or Stop: end the worker at its next epoch
+    finally:  # the page closed or Stop: end the worker at its next batch, and hold the slot until it has
         if thread.is_alive():
-            stop.set()
-        timer.cancel()
+            job.stop.set()
+            thread.join()
     if state["error"] is not None:
         yield f"⚠ {inputs.user_message(state['error'])}", gr.skip(), gr.skip()
         return
@@ -187,9 +189,8 @@ def run_labels(source, upload, current_path, ticked, extra, protocol, epochs, ne
 
 
 def stop_labels(request: gr.Request = None) -> str:
-    key = getattr(request, "session_hash", None) or "local"
-    _stops.setdefault(key, threading.Event()).set()
-    return "■ Stopping after the current epoch…"
+    jobs.stop(session_for(request), "labels", jobs.owner_of(request))
+    return "■ Stopping after the current batch…"
 
 
 def render(current_set: gr.State) -> None:
@@ -227,7 +228,6 @@ def render(current_set: gr.State) -> None:
                   api_visibility="private")
     go_btn.click(run_labels, inputs=[source, upload, current_set, stores, extra, protocol, epochs, networks, arch,
                                      image_format, random_set],
-                 outputs=[status, plot, table], show_progress_on=[status], concurrency_id="compute", concurrency_limit=POOL,
-                 api_visibility="private")
+                 outputs=[status, plot, table], show_progress_on=[status], api_visibility="private", **jobs.COMPUTE)
     stop_btn.click(stop_labels, outputs=status, queue=False, api_visibility="private")
 

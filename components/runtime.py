@@ -45,8 +45,12 @@ LIMITS = (Limits(max_steps=20_000, max_seconds=30 * 60, max_ipc=100) if CUDA
 # Reading image folders from the server's disk: on for a local launch; off on a public Hugging Face
 # Space (SPACE_ID is set there), where a visitor must not browse the host's files.
 # DISTILLERY_FOLDERS=1 or 0 overrides either way.
+# PUBLIC (a Hugging Face Space, or DISTILLERY_PUBLIC=1): messages never show the server's paths.
+PUBLIC = bool(os.environ.get("SPACE_ID")) or os.environ.get("DISTILLERY_PUBLIC", "").strip().lower() in ("1", "true", "yes")
 _folders = os.environ.get("DISTILLERY_FOLDERS")
-FOLDERS_ALLOWED = (_folders.strip().lower() in ("1", "true", "yes")) if _folders else not os.environ.get("SPACE_ID")
+FOLDERS_ALLOWED = (_folders.strip().lower() in ("1", "true", "yes")) if _folders else not PUBLIC
+# Uploaded synthetic sets: the largest a CPU run makes (CIFAR-100, IPC 50: 61 MB) with room for labels.
+MAX_UPLOAD_BYTES = _env_int("DISTILLERY_MAX_UPLOAD_MB", 128) * 2**20
 QUEUE_SIZE = 16  # waiting events beyond this are refused with "queue full" instead of waiting for ever
 
 

@@ -1,11 +1,14 @@
-"""Per-browser-session state: each session's runs, stop signal, files and pinned results.
+"""Per-browser-session state: each session's runs, jobs, files and pinned results.
 
 Module-level objects are shared by every user, so everything a user makes lives in a `Session`
-looked up by gradio's `session_hash` and dropped when the page is closed (demo.unload) or after
-a day without activity. Nothing here is shared between sessions.
+looked up by gradio's `session_hash` and dropped when the page is closed (demo.unload), or when
+it has had no job and no activity for `IDLE_SECONDS`: API callers never close a page, and an open
+page keeps its session alive with a light ping (`keep_alive`). Nothing here is shared between
+sessions.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -20,7 +23,10 @@ from dd_core.synthetic import SyntheticSet
 
 SNAPSHOT_BUDGET = 64 * 2**20  # bytes of kept snapshot images per run (scrubbing, GIF, paths)
 MAX_KEPT = 60  # snapshots kept per run at most
-IDLE_SECONDS = 24 * 3600  # a session untouched this long is dropped (API clients never "close the tab")
+IDLE_SECONDS = 60 * float(os.environ.get("DISTILLERY_IDLE_MINUTES", 15))  # idle sessions are dropped after this
+KEEP_ALIVE_SECONDS = 60  # an open page touches its session this often (far below IDLE_SECONDS)
+SWEEP_SECONDS = 30  # how often the idle sweep runs, whether or not anyone calls
+FOLDER_PREFIX = "distillery-"  # session folders: distillery-<pid>-<random>, so leftovers of dead processes are known
 
 
 @dataclass
@@ -78,9 +84,8 @@ class Session:
 
     key: str
     folder: Path
-    stop: threading.Event = field(default_factory=threading.Event)
-    eval_stop: threading.Event = field(default_factory=threading.Event)
-    run: RunRecord | None = None
+    jobs: list = field(default_factory=list)  # jobs.Job: running and waiting, each with its own stop and cap
+    run: RunRecord | None = None  # the latest distillation run that started
     pinned: list[dict] = field(default_factory=list)  # rows of the comparison table
     last_eval: dict | None = None  # the latest evaluation's row, until it is pinned
     feature_view: object = None  # the last feature_view.MapView drawn (for the nearest-real pairs)
@@ -99,21 +104,82 @@ class Session:
 
 _sessions: dict[str, Session] = {}
 _lock = threading.Lock()
+_sweeper: threading.Thread | None = None
 
 
 def session_for(request: gr.Request | None) -> Session:
     """The caller's session (created on first use); `request` is a gr.Request or None (tests)."""
     key = getattr(request, "session_hash", None) or "local"
     now = time.monotonic()
+    _start_sweeper()
     with _lock:
-        for stale in [k for k, s in _sessions.items() if now - s.touched > IDLE_SECONDS and k != key]:
-            _discard(_sessions.pop(stale))
+        _drop_idle(now, keep=key)
         s = _sessions.get(key)
         if s is None:
-            s = Session(key, Path(tempfile.mkdtemp(prefix="distillery-")))
+            s = Session(key, Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")))
             _sessions[key] = s
         s.touched = now
         return s
+
+
+def keep_alive(request: gr.Request = None) -> None:
+    """An open page's ping: its session is in use even when nobody clicks."""
+    key = getattr(request, "session_hash", None)
+    with _lock:
+        s = _sessions.get(key) if key else None
+        if s is not None:
+            s.touched = time.monotonic()
+
+
+def _drop_idle(now: float, keep: str | None = None) -> int:
+    """Drop sessions with no job that nobody touched for IDLE_SECONDS (call with _lock held)."""
+    stale = [k for k, s in _sessions.items() if k != keep and not s.jobs and now - s.touched > IDLE_SECONDS]
+    for k in stale:
+        _discard(_sessions.pop(k))
+    return len(stale)
+
+
+def sweep_idle() -> int:
+    with _lock:
+        return _drop_idle(time.monotonic())
+
+
+def _start_sweeper() -> None:
+    global _sweeper
+    if _sweeper is not None:
+        return
+    def loop():
+        while True:
+            time.sleep(SWEEP_SECONDS)
+            sweep_idle()
+    _sweeper = threading.Thread(target=loop, name="session-sweeper", daemon=True)
+    _sweeper.start()
+
+
+def sweep_leftovers(root: Path | None = None) -> int:
+    """Remove session folders of processes that no longer run (a crash leaves them); returns bytes freed."""
+    root = Path(root or tempfile.gettempdir())
+    freed = 0
+    for folder in root.glob(f"{FOLDER_PREFIX}*"):
+        try:
+            pid = int(folder.name[len(FOLDER_PREFIX):].split("-")[0])
+        except ValueError:
+            continue
+        if pid == os.getpid() or _alive(pid) or not folder.is_dir():
+            continue
+        freed += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        shutil.rmtree(folder, ignore_errors=True)
+    return freed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: leave its folders alone
+        return True
+    return True
 
 
 def drop_session(request: gr.Request) -> None:
@@ -127,8 +193,8 @@ def drop_session(request: gr.Request) -> None:
 
 def _discard(s: Session) -> None:
     s.closed = True
-    s.stop.set()
-    s.eval_stop.set()
+    for job in list(s.jobs):
+        job.stop.set()
     s.run = None
     shutil.rmtree(s.folder, ignore_errors=True)
 

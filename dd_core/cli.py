@@ -74,7 +74,7 @@ def cmd_evaluate(args) -> int:
     from .evaluate import evaluate, protocol
     from .labels import load_store, same_kind
     from .metrics import dd_ranking
-    from .synthetic import SyntheticSet, init_synthetic
+    from .synthetic import SyntheticSet, random_subset
 
     syn = SyntheticSet.load(args.file)
     dataset = load_dataset(args.dataset or syn.dataset)
@@ -94,7 +94,7 @@ def cmd_evaluate(args) -> int:
            "label_spec": store.spec}
     if args.baseline or args.whole is not None:
         # DD-Ranking: IOR against a random subset with the same kind of labels; HLR on hard labels.
-        rnd = init_synthetic(dataset, max(syn.ipc, 1), init="real", seed=syn.seed)
+        rnd = random_subset(dataset, max(syn.ipc, 1))
         teacher = None
         if store.needs_teacher:
             from .teacher import get_teacher

@@ -193,6 +193,16 @@ def check_ipc(dataset, ipc: int) -> None:
                          f"{smallest} images; choose an IPC of at most {smallest}")
 
 
+RANDOM_BASELINE_SEED = 0  # one draw for every caller, so a baseline can be cached and compared across sets
+
+
+def random_subset(dataset, ipc: int, *, seed: int = RANDOM_BASELINE_SEED) -> SyntheticSet:
+    """The random-subset baseline: `ipc` random real training images of each class. The app's
+    Evaluate tab, `python -m dd_core evaluate --baseline` and the label trade-off all draw it here,
+    with the same seed, so they compare against the same images."""
+    return init_synthetic(dataset, ipc, init="real", seed=seed, method="random")
+
+
 def init_synthetic(dataset, ipc: int, *, init: str = "real", seed: int = 0, method: str = "init") -> SyntheticSet:
     """Start a synthetic set from random real images of each class, or from Gaussian noise."""
     check_ipc(dataset, ipc)

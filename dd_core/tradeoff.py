@@ -22,6 +22,7 @@ from .evaluate import EvalConfig, evaluate
 from .labels import LABEL_STORES, build_spec, index_bytes, parse_spec
 from .methods.pca import keep_by_difficulty
 from .registry import Registry
+from .synthetic import random_subset as baseline_subset
 
 # The stores every trade-off shows unless told otherwise: one or more of each family.
 DEFAULT_STORES = ["hard", "soft:dtype=float32", "soft", "soft:dtype=int8", "soft:topk=1", "dynamic",
@@ -153,15 +154,13 @@ class Tradeoff:
         return rows
 
 
-def random_subset(syn, dataset, seed: int):
-    """Random real training images with the same number per class as `syn` (a fresh draw, `seed`)."""
-    g = torch.Generator().manual_seed(seed)
-    counts = torch.bincount(syn.labels, minlength=dataset.num_classes).tolist()
-    picks = [dataset.indices_of(c)[torch.randperm(len(dataset.indices_of(c)), generator=g)[:k]]
-             for c, k in enumerate(counts) if k]
+def random_subset(syn, dataset):
+    """The random-subset baseline (synthetic.random_subset, the one seed rule of the app and the
+    CLI) at `syn`'s images per class, in `syn`'s provenance but without its labels."""
+    ipc = int(torch.bincount(syn.labels, minlength=dataset.num_classes).max())
+    base = baseline_subset(dataset, ipc)
     out = syn.clone()
-    chosen = torch.cat(picks)
-    out.images, out.labels, out.method = dataset.x_train[chosen].clone(), dataset.y_train[chosen].clone(), "random"
+    out.images, out.labels, out.method = base.images, base.labels, "random"
     out.extra, out.extra_meta = {}, {}
     return out
 
@@ -201,7 +200,7 @@ def run_tradeoff(syn, dataset, config: EvalConfig, stores: list[str] | None = No
     stored.images = fmt.roundtrip(syn.images.detach().cpu(), syn.mean, syn.std)
     sets = [("synthetic", stored)]
     if random_set:
-        rnd = random_subset(syn, dataset, config.seed + 1)
+        rnd = random_subset(syn, dataset)
         rnd.images = fmt.roundtrip(rnd.images, syn.mean, syn.std)
         sets.append(("random", rnd))
     reason = ""

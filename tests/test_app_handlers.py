@@ -216,14 +216,17 @@ def test_heavy_events_share_one_pool_and_the_queue_is_bounded():
     import app
     from components import runtime
 
-    heavy = {"on_distill", "distill_api", "evaluate_api", "on_evaluate", "draw"}
+    from components import jobs
+
+    heavy = {"on_distill", "distill_api", "evaluate_api", "on_evaluate", "draw", "run_labels"}
     found = {}
     for fn in app.demo.fns.values():
         name = getattr(fn.fn, "__name__", "")
         if name in heavy:
             found[name] = (fn.concurrency_id, fn.concurrency_limit)
     assert set(found) == heavy
-    assert set(found.values()) == {("compute", runtime.POOL)}
+    # gradio lets them in; the job pool (runtime.POOL slots, one per visitor) decides who computes
+    assert set(found.values()) == {("compute", jobs.ADMITTED)} and jobs.POOL.slots == runtime.POOL
     assert app.demo._queue.max_size == runtime.QUEUE_SIZE
 
 
@@ -268,3 +271,42 @@ def test_evaluate_offers_the_dc_protocol_and_names_the_valid_ones(session):
     assert "Done" in status and "Protocol: dc: " in report and "300 epochs" in report
     with pytest.raises(inputs.UserError, match="choose one of: fast, paper, dc"):
         list(evaluate_tab.run_evaluation(session, session.current(), "dsa", 1, "mlp", compare=False))
+
+
+def test_a_second_run_waits_and_each_run_keeps_its_own_cap_stop_and_file(session, monkeypatch):
+    # Defect: a second /distill of the same session took over the first one's cap, stop and
+    # file. Now the second waits for the first, which stops at its own cap with its own set.
+    import threading
+
+    from components.runtime import Limits
+
+    monkeypatch.setattr(distill_run, "LIMITS", Limits(max_steps=3000, max_seconds=2.0, max_ipc=50))
+    first = distill_run.run(session, distill_run.check_request("digits", "", "dm", 1, 3000, 0))
+    next(t for t in first if t.snapshot is not None)
+    second: list = []
+    thread = threading.Thread(target=lambda: second.extend(
+        distill_run.run(session, distill_run.check_request("digits", "", "random", 2, 1, 0))))
+    thread.start()
+    rest = list(first)
+    thread.join(60)
+    a, b = rest[-1], second[-1]
+    assert a.phase == "stopped" and "limit" in a.text
+    assert any(t.phase == "waiting" for t in second) and b.phase == "done"
+    set_a, set_b = (SyntheticSet.load(t.record.files["safetensors"]) for t in (a, b))
+    assert (set_a.method, set_b.method) == ("dm", "random") and set_a.steps < 3000 and len(set_b.images) == 20
+    assert session.run is b.record and not session.jobs
+
+
+def test_stop_ends_only_the_callers_own_run(session):
+    other = session_for(request("someone-else"))
+    try:
+        mine = distill_run.run(session, distill_run.check_request("digits", "", "dm", 1, 3000, 0))
+        theirs = distill_run.run(other, distill_run.check_request("digits", "", "dm", 1, 3000, 1))
+        next(t for t in mine if t.snapshot is not None)
+        next(t for t in theirs if t.snapshot is not None)
+        distill_tab.request_stop(request(session.key))
+        assert list(mine)[-1].phase == "stopped"
+        assert next(theirs).phase in ("warming", "distilling")
+        theirs.close()
+    finally:
+        drop_session(request("someone-else"))

@@ -73,6 +73,22 @@ def test_bad_input_gives_a_message_not_a_traceback(kw, message, tiny_file):
     assert len(outs) == 1 and outs[0][0].startswith("⚠") and message in outs[0][0]
 
 
-def test_stop_is_per_session():
-    assert labels_tab.stop_labels(None).startswith("■")
-    assert labels_tab._stops["local"].is_set()
+@pytest.mark.parametrize("how", ["stop", "close"])
+def test_stop_and_closing_the_page_end_a_labels_run(tiny_file, quick_teacher, how):
+    # The run is a job of its session: its Stop button and closing the page (which used to leave
+    # a labels run going) both end it within a batch.
+    from types import SimpleNamespace
+
+    from components.sessions import drop_session
+
+    request = SimpleNamespace(session_hash=f"labels-{how}")
+    outs = labels_tab.run_labels(labels_tab.SOURCES[0], None, tiny_file, ["hard"], "", "fast", 2000, 1,
+                                 labels_tab.SAME_ARCH, "uint8", False, request)
+    assert next(outs)[0].startswith("…")  # running
+    if how == "stop":
+        assert labels_tab.stop_labels(request).startswith("■")
+    else:
+        drop_session(request)
+    status = list(outs)[-1][0]
+    assert status.startswith("■ Stopped")
+    drop_session(request)

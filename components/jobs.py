@@ -1,0 +1,253 @@
+"""Long compute jobs (distill, evaluate, labels, feature map): one helper gives each its own stop
+signal and time cap, registers it with its session, and hands out the machine's compute slots
+fairly.
+
+Every compute handler enters the same way, through `guarded` (generators) or `run_blocking`
+(plain functions): admitted or refused (`Busy`, beyond one running and one waiting job per
+owner), a status line while it waits for a slot, the work under the time cap with `job.stop`
+as its stop signal, and the slot released however it ends.
+
+Fairness: gradio admits compute events freely (`ADMITTED` at a time) and this pool decides who
+computes. `SLOTS` jobs run at once, at most one per owner (a browser session, a gradio_client, or
+for plain-HTTP calls without a session, the caller's address); each owner may have one more job
+waiting, first come first served. So one visitor sending twenty requests holds one slot and one
+place in line, and the other nineteen are refused at once with a message that says why.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, TypeVar
+
+from . import runtime
+from .inputs import UserError
+
+T = TypeVar("T")
+WAITING_PER_OWNER = 1  # jobs an owner may have waiting behind its running one
+POLL_SECONDS = 1.0  # how often a waiting job reports its place in line
+KINDS = ("distill", "evaluate", "labels", "map")
+BESIDE = ("map",)  # kinds that may run beside their owner's other running job (short, and about that job)
+
+
+class Busy(UserError):
+    """The owner already has a job running and one waiting."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One long job: its own stop and cap, whatever else its session starts later."""
+
+    session: object  # sessions.Session
+    kind: str  # one of KINDS
+    owner: str  # who the fairness rule counts: "session:<hash>" or "address:<ip>"
+    stop: threading.Event = field(default_factory=threading.Event)
+    cap_reached: threading.Event = field(default_factory=threading.Event)
+    state: str = "waiting"  # waiting, running, ended
+    cancelled: bool = False  # stopped (or its page closed) before it got a slot
+    record: object = None  # what the job made, for its own outputs (a distillation's RunRecord)
+    queued_at: float = field(default_factory=time.monotonic)
+
+    @contextmanager
+    def capped(self, seconds: float):
+        """Run the body under a wall-clock cap that sets this job's stop (and says so)."""
+        def reach():
+            self.cap_reached.set()
+            self.stop.set()
+
+        timer = threading.Timer(seconds, reach)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield self
+        finally:
+            timer.cancel()
+
+
+class ComputePool:
+    """`slots` jobs at a time, one per owner, the rest in arrival order."""
+
+    def __init__(self, slots: int):
+        self.slots = slots
+        self._cond = threading.Condition()
+        self._running: list[Job] = []
+        self._waiting: list[Job] = []
+
+    def admit(self, session, kind: str, owner: str) -> Job:
+        if kind not in KINDS:
+            raise ValueError(f"unknown job kind {kind!r}; valid kinds are: {', '.join(KINDS)}")
+        with self._cond:
+            mine = [j for j in self._running + self._waiting if j.owner == owner]
+            waiting = [j for j in mine if j.state == "waiting"]
+            if len(waiting) >= WAITING_PER_OWNER or len(mine) >= 1 + WAITING_PER_OWNER:
+                running = ", ".join(sorted({j.kind for j in mine}))
+                raise Busy(f"You already have a job running and one waiting ({running}); this machine runs one job "
+                           f"per visitor at a time and keeps one more in line. Wait for one to finish, or press "
+                           f"Stop, then try again.")
+            job = Job(session, kind, owner)
+            self._waiting.append(job)
+            session.jobs.append(job)
+            self._start_if_free(job)
+            return job
+
+    def _start_if_free(self, job: Job) -> bool:
+        if job.state == "waiting" and self._may_start(job):
+            self._waiting.remove(job)
+            self._running.append(job)
+            job.state = "running"
+        return job.state == "running"
+
+    def _owner_free(self, job: Job) -> bool:
+        """No other job of the owner runs (a feature map may run beside its own distillation: the
+        live map follows the run it draws)."""
+        mine = [j for j in self._running if j.owner == job.owner]
+        return not mine or job.kind in BESIDE or all(j.kind in BESIDE for j in mine)
+
+    def _may_start(self, job: Job) -> bool:
+        if len(self._running) >= self.slots or not self._owner_free(job):
+            return False
+        # First come, first served among the jobs that could start now.
+        for other in self._waiting:
+            if self._owner_free(other):
+                return other is job
+        return False
+
+    def wait_turn(self, job: Job) -> Iterator[int]:
+        """Yield how many jobs are ahead, about every POLL_SECONDS, until `job` may run (or was
+        stopped while waiting: then `job.cancelled`)."""
+        while True:
+            with self._cond:
+                if job.state == "running":
+                    return
+                if job.stop.is_set():
+                    job.cancelled = True
+                    self._end(job)
+                    return
+                if self._start_if_free(job):
+                    return
+                ahead = len(self._running) + self._waiting.index(job)
+            yield ahead
+            with self._cond:
+                self._cond.wait_for(lambda: job.stop.is_set() or self._may_start(job), timeout=POLL_SECONDS)
+
+    def release(self, job: Job) -> None:
+        with self._cond:
+            self._end(job)
+
+    def _end(self, job: Job) -> None:
+        for queue in (self._running, self._waiting):
+            if job in queue:
+                queue.remove(job)
+        job.state = "ended"
+        if job in job.session.jobs:
+            job.session.jobs.remove(job)
+        self._cond.notify_all()
+
+    def snapshot(self) -> dict[str, int]:
+        with self._cond:
+            return {"running": len(self._running), "waiting": len(self._waiting)}
+
+
+POOL = ComputePool(runtime.POOL)
+# Compute events gradio lets into handlers at once: the running ones plus a line for the others
+# (each waiting handler holds one of gradio's 40 worker threads while it waits).
+ADMITTED = runtime.POOL + 16
+COMPUTE = dict(concurrency_id="compute", concurrency_limit=ADMITTED)  # every compute event's gradio settings
+
+
+def owner_of(request) -> str:
+    """Whom the fairness rule counts: the session, except for plain-HTTP calls that named none
+    (gradio then makes up a fresh one per call), which are counted by the caller's address."""
+    key = getattr(request, "session_hash", None) or "local"
+    if _plain_http(request) and _made_up(key):
+        return f"address:{client_address(request)}"
+    return f"session:{key}"
+
+
+def _plain_http(request) -> bool:
+    url = getattr(request, "url", None)
+    return url is not None and "/call/" in str(getattr(url, "path", url))
+
+
+def _made_up(key: str) -> bool:
+    return len(key) == 32 and all(c in "0123456789abcdef" for c in key)  # gradio's uuid4().hex event id
+
+
+def client_address(request) -> str:
+    headers = getattr(request, "headers", None) or {}
+    forwarded = headers.get("x-forwarded-for", "") if hasattr(headers, "get") else ""
+    if forwarded:
+        return forwarded.split(",")[0].strip()
+    client = getattr(request, "client", None)
+    return getattr(client, "host", None) or "unknown"
+
+
+def admit(session, kind: str, owner: str) -> Job:
+    return POOL.admit(session, kind, owner)
+
+
+def wait_turn(job: Job) -> Iterator[int]:
+    return POOL.wait_turn(job)
+
+
+def release(job: Job) -> None:
+    POOL.release(job)
+
+
+def stop(session, kind: str, owner: str | None = None) -> int:
+    """Set the stop of `session`'s jobs of `kind` (and, for an address owner, that owner's jobs of
+    `kind` in other sessions: a plain-HTTP caller's run lives in a session of its own); returns
+    how many were running or waiting."""
+    with POOL._cond:
+        found = [j for j in POOL._running + POOL._waiting if j.kind == kind and
+                 (j.session is session or (owner is not None and owner.startswith("address:") and j.owner == owner))]
+        for j in found:
+            j.stop.set()
+        POOL._cond.notify_all()
+    return len(found)
+
+
+def waiting_text(ahead: int) -> str:
+    return (f"Waiting for a compute slot: {ahead} job{'s' if ahead != 1 else ''} ahead of yours "
+            f"({runtime.POOL} run at a time, one per visitor).")
+
+
+def guarded(session, kind: str, owner: str | None, work: Callable[[Job], Iterator[T]], *,
+            say: Callable[[str, str], T], seconds: float | None = None) -> Iterator[T]:
+    """The one way a generator handler runs a long job: admitted (or refused) for its owner, a
+    status line while it waits, then `work(job)` under the cap (`seconds`; None: the work caps
+    itself with job.capped), the slot released however it ends (a closed page included).
+    `say(phase, text)` turns "error", "waiting" and "stopped" messages into the handler's outputs."""
+    try:
+        job = admit(session, kind, owner or f"session:{session.key}")
+    except Busy as err:
+        yield say("error", str(err))
+        return
+    try:
+        for ahead in wait_turn(job):
+            yield say("waiting", waiting_text(ahead))
+        if job.cancelled:
+            yield say("stopped", "Stopped before it started: nothing was computed.")
+            return
+        if seconds is None:
+            yield from work(job)
+        else:
+            with job.capped(seconds):
+                yield from work(job)
+    finally:
+        release(job)
+
+
+def run_blocking(session, kind: str, owner: str, seconds: float, work):
+    """For plain functions (the /evaluate endpoint): wait for a slot, then `work(job)` under the cap."""
+    job = admit(session, kind, owner)
+    try:
+        for _ in wait_turn(job):
+            pass
+        if job.cancelled:
+            raise UserError("Stopped before it started.")
+        with job.capped(seconds):
+            return work(job)
+    finally:
+        release(job)
