@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .data import DatasetFacts
+
 # The published DSA settings.
 BRIGHTNESS = 1.0  # brightness shift range, in normalized units
 SATURATION = 2.0  # saturation multiplier range
@@ -25,7 +27,7 @@ SCALE = 1.2  # scale factor range [1/1.2, 1.2]
 ROTATE = 15.0  # degrees
 
 OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
-DIGIT_OPS = ("color", "crop", "cutout", "scale", "rotate")  # no flip for digits: a flipped 2 is not a 2
+NO_FLIP_OPS = ("color", "crop", "cutout", "scale", "rotate")  # for datasets whose facts forbid flips (digits)
 
 
 @dataclass
@@ -146,10 +148,12 @@ def _rotate(x, u):
 _OP_FUNCS = {"color": _color, "crop": _crop, "cutout": _cutout, "flip": _flip, "scale": _scale, "rotate": _rotate}
 
 
-def dsa_for(dataset_name: str) -> DSA:
-    """The DSA op set for a dataset: flips are dropped for digits (MNIST, SVHN, digits)."""
-    digit_like = dataset_name in ("digits", "mnist", "svhn")
-    return DSA(DIGIT_OPS if digit_like else OPS)
+def dsa_for(dataset: DatasetFacts) -> DSA:
+    """The DSA op set for a dataset (a `Dataset`, or `dataset_facts(name)`): no flips where its facts
+    say a flipped image changes class."""
+    if isinstance(dataset, str):
+        raise TypeError(f"dsa_for takes a Dataset or dataset_facts({dataset!r}), not a name")
+    return DSA(OPS if dataset.flips else NO_FLIP_OPS)
 
 
 # The DC paper's evaluation augmentation (Zhao, Mopuri & Bilen, ICLR 2021). Its own figures and those
@@ -224,9 +228,10 @@ def _dc_rotate(x, u, fill):
 _DC_FUNCS = {"crop": _dc_crop, "scale": _dc_scale, "rotate": _dc_rotate}
 
 
-def dc_augment_for(dataset_name: str) -> DCAugment | None:
-    """The DC evaluation augmentation for a dataset: crop/scale/rotate for MNIST, none elsewhere."""
-    return DCAugment() if dataset_name == "mnist" else None
+def dc_augment_for(dataset: DatasetFacts) -> DCAugment | None:
+    """The DC evaluation augmentation for a dataset: crop/scale/rotate where its facts say the DC
+    code augments it (MNIST), none elsewhere."""
+    return DCAugment() if dataset.dc_augment else None
 
 
 def fyi_flip(images: torch.Tensor) -> torch.Tensor:

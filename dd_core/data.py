@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
+from .jpeg_split import read_jpeg_split
 from .registry import Registry
 
 DATASETS: Registry = Registry("dataset")
@@ -22,9 +24,22 @@ class DatasetUnavailable(RuntimeError):
     """The files of a dataset are missing and cannot be downloaded; the message says where to put them."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class DatasetFacts:
+    """What the engine must know about a dataset besides its tensors, declared once where the
+    dataset is registered (below), so that adding a dataset changes this one file."""
+
+    flips: bool = True  # a horizontally flipped image keeps its class; not for digits (a flipped 2 is no 2)
+    small: bool = False  # tiny images (8x8): a fast preset can afford the paper's network and fewer steps
+    teacher_arch: str = "convnet_w32"  # the network trained on the whole set (teacher, features, reference)
+    teacher_epochs: int = 5  # its epochs: about a minute on a 2-core CPU
+    dc_augment: bool = False  # the DC paper's evaluation augments it (crop/scale/rotate): MNIST in its code
+    published_whole: float | None = None  # the papers' whole-set test accuracy (ConvNet-3, fraction)
+
+
 @dataclass(frozen=True, eq=False)
-class Dataset:
-    """Normalized train/test tensors plus what is needed to show and describe them."""
+class Dataset(DatasetFacts):
+    """Normalized train/test tensors, their facts, and what is needed to show and describe them."""
 
     name: str
     x_train: torch.Tensor  # (n, c, h, w) float32, normalized
@@ -85,6 +100,31 @@ def load_dataset(name: str) -> Dataset:
     return _load_cached(name, str(data_root()))
 
 
+@dataclass(frozen=True)
+class DatasetSource:
+    """A registered dataset: how to load it from a data root, and its facts (known before loading)."""
+
+    load: Callable[[Path], Dataset]
+    facts: DatasetFacts
+
+    def __call__(self, root: Path) -> Dataset:
+        return self.load(root)
+
+
+def register_dataset(name: str, facts: DatasetFacts = DatasetFacts()):
+    """Decorator: register `load(root) -> Dataset` under `name` with its facts."""
+    def decorator(load: Callable[[Path], Dataset]) -> Callable[[Path], Dataset]:
+        DATASETS.register(name)(DatasetSource(load, facts))
+        return load
+
+    return decorator
+
+
+def dataset_facts(name: str) -> DatasetFacts:
+    """The facts of a dataset by name, without loading it; a folder dataset has the defaults."""
+    return DatasetFacts() if name.startswith("folder:") else DATASETS.get(name).facts
+
+
 def dataset_names() -> list[str]:
     return DATASETS.names() + ["folder:<path>"]
 
@@ -98,7 +138,10 @@ def _load_cached(name: str, root: str) -> Dataset:
 # digits: scikit-learn's bundled 8x8 digits, the offline default
 
 
-@DATASETS.register("digits")
+DIGITS_FACTS = DatasetFacts(flips=False, small=True, teacher_arch="convnet_d2", teacher_epochs=30)
+
+
+@register_dataset("digits", DIGITS_FACTS)
 def load_digits(root: Path) -> Dataset:
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
@@ -123,6 +166,7 @@ def load_digits(root: Path) -> Dataset:
         classes=tuple(str(i) for i in range(10)),
         mean=mean,
         std=std,
+        **asdict(DIGITS_FACTS),
         split_note="sklearn load_digits; train_test_split(np.arange(1797), test_size=0.2, "
         "stratify=target, random_state=0): 1437 train / 360 test",
     )
@@ -131,13 +175,22 @@ def load_digits(root: Path) -> Dataset:
 # ---------------------------------------------------------------------------------------------
 # torchvision datasets: read from $DD_DATA_ROOT, downloaded when the machine is online
 
+# The published CIFAR-10 normalization (as in the DC/DSA/DM code) and the official class order.
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+JPEG_FOLDER = "cifar10-jpeg"  # under the data root: train/<class>/*.jpg and test/<class>/*.jpg
+
 _TORCHVISION = {
-    # name: (torchvision class, mean, std, expected folder under the root)
-    "mnist": ("MNIST", (0.1307,), (0.3081,), "MNIST/raw"),
-    "fashion_mnist": ("FashionMNIST", (0.2861,), (0.3530,), "FashionMNIST/raw"),
-    "cifar10": ("CIFAR10", (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), "cifar-10-batches-py"),
-    "cifar100": ("CIFAR100", (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762), "cifar-100-python"),
-    "svhn": ("SVHN", (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), "SVHN (train_32x32.mat, test_32x32.mat)"),
+    # name: (torchvision class, mean, std, expected folder under the root, facts)
+    "mnist": ("MNIST", (0.1307,), (0.3081,), "MNIST/raw",
+              DatasetFacts(flips=False, teacher_epochs=2, dc_augment=True, published_whole=0.996)),
+    "fashion_mnist": ("FashionMNIST", (0.2861,), (0.3530,), "FashionMNIST/raw",
+                      DatasetFacts(teacher_epochs=3, published_whole=0.935)),
+    "cifar10": ("CIFAR10", CIFAR10_MEAN, CIFAR10_STD, "cifar-10-batches-py",
+                DatasetFacts(published_whole=0.848)),
+    "cifar100": ("CIFAR100", (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762), "cifar-100-python", DatasetFacts()),
+    "svhn": ("SVHN", (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), "SVHN (train_32x32.mat, test_32x32.mat)",
+             DatasetFacts(flips=False)),
 }
 
 
@@ -169,7 +222,7 @@ def _to_pixels(data) -> torch.Tensor:
 
 
 def _torchvision_loader(name: str):
-    cls_name, mean, std, folder = _TORCHVISION[name]
+    cls_name, mean, std, folder, facts = _TORCHVISION[name]
 
     def load(root: Path) -> Dataset:
         import torchvision.datasets as tvd
@@ -191,10 +244,39 @@ def _torchvision_loader(name: str):
             mean=mean,
             std=std,
             split_note=f"torchvision {cls_name}: official train/test split",
+            **asdict(facts),
         )
 
     return load
 
 
-for _name in _TORCHVISION:
-    DATASETS.register(_name)(_torchvision_loader(_name))
+for _name in ("mnist", "fashion_mnist", "cifar100", "svhn"):
+    register_dataset(_name, _TORCHVISION[_name][4])(_torchvision_loader(_name))
+
+
+# ---------------------------------------------------------------------------------------------
+# cifar10: torchvision's pickled batches when present, else a folder of JPEGs (decoded once, cached)
+
+@register_dataset("cifar10", _TORCHVISION["cifar10"][4])
+def load_cifar10(root: Path) -> Dataset:
+    jpegs = root / JPEG_FOLDER
+    if (root / "cifar-10-batches-py").is_dir() or not jpegs.is_dir():
+        try:
+            return _torchvision_loader("cifar10")(root)
+        except DatasetUnavailable as err:
+            raise DatasetUnavailable(f"{err} A JPEG copy also works: {jpegs}/train/<class>/*.jpg and "
+                                     f"{jpegs}/test/<class>/*.jpg, classes {', '.join(CIFAR10_CLASSES)}.") from None
+    parts = {split: read_jpeg_split(jpegs / split, CIFAR10_CLASSES, (3, 32, 32)) for split in ("train", "test")}
+    return Dataset(
+        name="cifar10",
+        x_train=normalize(parts["train"][0].float().div_(255.0), CIFAR10_MEAN, CIFAR10_STD),
+        y_train=parts["train"][1],
+        x_test=normalize(parts["test"][0].float().div_(255.0), CIFAR10_MEAN, CIFAR10_STD),
+        y_test=parts["test"][1],
+        classes=CIFAR10_CLASSES,
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
+        split_note=f"CIFAR-10 as JPEG files ({JPEG_FOLDER}/train, {JPEG_FOLDER}/test: the official split); "
+        "JPEG pixels differ slightly from the official binary release",
+        **asdict(_TORCHVISION["cifar10"][4]),
+    )

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import torch
 
 from .augment import dc_augment_for, dsa_for
-from .data import Dataset
+from .data import Dataset, DatasetFacts
 from .labels import HardLabels, LabelStore, soft_cross_entropy
 from .models import chunk_size, default_model, fast_forward, model_for
 
@@ -62,11 +62,11 @@ PROTOCOLS = {
 }
 
 
-def augment_for(config: EvalConfig, dataset_name: str):
+def augment_for(config: EvalConfig, dataset: DatasetFacts):
     """The augmentation an evaluation network trains with, or None."""
     if config.dsa:
-        return dsa_for(dataset_name)
-    return dc_augment_for(dataset_name) if config.dc_aug else None
+        return dsa_for(dataset)
+    return dc_augment_for(dataset) if config.dc_aug else None
 
 
 def protocol(name: str, **overrides) -> EvalConfig:
@@ -145,7 +145,7 @@ def train_network(images: torch.Tensor, labels: LabelStore, dataset: Dataset, co
     net = model_for(dataset, config.model, seed=seed, device=device)
     opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[config.epochs // 2], gamma=0.1)
-    augment = augment_for(config, dataset.name)
+    augment = augment_for(config, dataset)
     images = images.to(device)
     best = 0.0 if config.report == "best" else None
     epoch_now = 0

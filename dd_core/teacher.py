@@ -18,15 +18,6 @@ from .data import Dataset
 from .interrupt import check
 from .models import model_for
 
-# Per dataset: (architecture, epochs). Small enough to train on a 2-core CPU in about a minute.
-RECIPES = {
-    "digits": ("convnet_d2", 30),
-    "mnist": ("convnet_w32", 2),
-    "fashion_mnist": ("convnet_w32", 3),
-}
-DEFAULT_RECIPE = ("convnet_w32", 5)
-# Published whole-dataset accuracies (ConvNet-3 trained to convergence, fractions), shown beside ours.
-PUBLISHED_WHOLE = {"mnist": 0.996, "fashion_mnist": 0.935, "cifar10": 0.848}
 _memory: dict[str, "Teacher"] = {}
 _locks: dict[str, threading.Lock] = {}  # one per key: a network in training blocks only those who want it
 _locks_guard = threading.Lock()
@@ -57,7 +48,7 @@ class Teacher:
             device = next(self.net.parameters()).device
             g = torch.Generator().manual_seed(seed)
             idx = torch.randperm(len(dataset.x_train), generator=g)[:images]
-            augment = dsa_for(dataset.name)
+            augment = dsa_for(dataset)
             x = augment.apply(dataset.x_train[idx], augment.sample(len(idx), g), torch.arange(len(idx)))
             with torch.no_grad():
                 logits = torch.cat([self.net(x[i:i + 512].to(device)).cpu() for i in range(0, len(x), 512)])
@@ -110,8 +101,7 @@ def get_teacher(dataset: Dataset, *, arch: str | None = None, epochs: int | None
     from .evaluate import test_accuracy
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    default_arch, default_epochs = RECIPES.get(dataset.name, DEFAULT_RECIPE)
-    arch, epochs = arch or default_arch, epochs or default_epochs
+    arch, epochs = arch or dataset.teacher_arch, epochs or dataset.teacher_epochs  # the dataset's recipe
     key = _key(dataset, arch, epochs, seed)
     with _locks_guard:
         lock = _locks.setdefault(key, threading.Lock())
@@ -164,6 +154,6 @@ def whole_reference(dataset: Dataset, stop: threading.Event | None = None) -> tu
     whole training set (trained now if not cached), and a line saying what it is."""
     teacher = get_teacher(dataset, stop=stop)
     note = teacher.describe()
-    if dataset.name in PUBLISHED_WHOLE:
-        note += f"; the papers report {PUBLISHED_WHOLE[dataset.name]:.3f} for ConvNet-3 trained to convergence"
+    if dataset.published_whole is not None:
+        note += f"; the papers report {dataset.published_whole:.3f} for ConvNet-3 trained to convergence"
     return teacher.test_accuracy, note

@@ -124,3 +124,69 @@ def test_folder_errors_say_what_to_fix(tmp_path):
     (tmp_path / "empty" / "b").mkdir(parents=True)
     with pytest.raises(FolderError, match="no images"):
         load_folder(str(tmp_path / "empty"))
+
+
+def test_dataset_facts_are_fields_known_before_loading():
+    from dd_core.data import DatasetFacts, dataset_facts
+
+    digits = load_dataset("digits")
+    assert isinstance(digits, DatasetFacts) and not digits.flips and digits.small
+    assert (digits.teacher_arch, digits.teacher_epochs) == (dataset_facts("digits").teacher_arch, 30)
+    assert not dataset_facts("mnist").flips and dataset_facts("mnist").dc_augment
+    assert dataset_facts("cifar10").flips and not dataset_facts("cifar10").dc_augment
+    assert dataset_facts("folder:anything") == DatasetFacts()
+    with pytest.raises(UnknownNameError, match="digits"):
+        dataset_facts("imagenet-21k")
+
+
+def _cifar_jpeg_copy(root, per_class=(3, 2)):
+    """A stand-in for the JPEG copy: cifar10-jpeg/{train,test}/<class>/NNNN.jpg, 32x32 colour."""
+    from PIL import Image
+
+    from dd_core.data import CIFAR10_CLASSES
+
+    rng = np.random.default_rng(0)
+    for split, n in zip(("train", "test"), per_class):
+        for c in CIFAR10_CLASSES:
+            folder = root / "cifar10-jpeg" / split / c
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i:04d}.jpg")
+
+
+def test_cifar10_from_a_jpeg_copy_in_the_official_class_order_and_cached(tmp_path, caplog):
+    from dd_core.cache import cache_dir
+    from dd_core.data import CIFAR10_CLASSES
+
+    _cifar_jpeg_copy(tmp_path)
+    ds = DATASETS.get("cifar10")(tmp_path)
+    assert ds.x_train.shape == (30, 3, 32, 32) and ds.x_test.shape == (20, 3, 32, 32)
+    assert ds.classes == CIFAR10_CLASSES and ds.y_train.tolist() == [c for c in range(10) for _ in range(3)]
+    assert ds.mean == (0.4914, 0.4822, 0.4465) and ds.flips and "JPEG" in ds.split_note
+    cached = sorted((cache_dir() / "datasets").glob("cifar10-jpeg-*.safetensors"))
+    assert len(cached) == 2  # train and test, decoded once
+    again = DATASETS.get("cifar10")(tmp_path)  # read back from the cache
+    assert torch.equal(again.x_train, ds.x_train) and torch.equal(again.y_test, ds.y_test)
+    cached[0].write_bytes(b"truncated")  # a broken cache file is rebuilt, not fatal
+    with caplog.at_level("WARNING", logger="distillery.cache"):
+        assert torch.equal(DATASETS.get("cifar10")(tmp_path).x_train, ds.x_train)
+    assert "unusable" in caplog.text
+
+
+def test_cifar10_jpeg_copy_missing_a_class_says_which(tmp_path):
+    from dd_core.jpeg_split import JpegSplitError
+
+    _cifar_jpeg_copy(tmp_path)
+    (tmp_path / "cifar10-jpeg" / "train" / "truck").rename(tmp_path / "cifar10-jpeg" / "train" / "lorry")
+    with pytest.raises(JpegSplitError, match="truck"):
+        DATASETS.get("cifar10")(tmp_path)
+
+
+@pytest.mark.slow
+def test_real_cifar10_jpeg_copy(real_data_root):
+    if not (real_data_root / "cifar10-jpeg" / "train").is_dir():
+        pytest.skip(f"no CIFAR-10 JPEG copy: put it at $DD_DATA_ROOT/cifar10-jpeg/{{train,test}}/<class>/*.jpg")
+    ds = _load_cached("cifar10", str(real_data_root))  # about a minute the first time (decoding), seconds after
+    assert ds.x_train.shape == (50000, 3, 32, 32) and ds.x_test.shape == (10000, 3, 32, 32)
+    assert ds.class_counts() == [5000] * 10 and ds.classes[0] == "airplane" and ds.classes[-1] == "truck"
+    assert abs(ds.x_train[:5000].mean().item()) < 0.05

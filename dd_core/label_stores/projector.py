@@ -92,7 +92,7 @@ def fit(net, dataset, teacher, *, steps: int, batch: int, lr: float, temperature
     net.to(device)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
-    augment = dsa_for(dataset.name)
+    augment = dsa_for(dataset)
     g = torch.Generator().manual_seed(seed + 2)
     for _ in range(steps):
         idx = torch.randint(len(dataset.x_train), (batch,), generator=g)

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import torch
 
+from ..data import dataset_facts
 from ..interrupt import check
 from ..registry import Registry
 
@@ -119,5 +120,6 @@ def make_method(name: str, *, preset: str = "fast", dataset: str, ipc: int, **ov
 
 
 def is_small(dataset: str) -> bool:
-    """8x8 digits: tiny images, where a fast preset can afford the paper's network."""
-    return dataset == "digits"
+    """Whether a dataset named as presets get it has tiny images (its `small` fact: 8x8 digits),
+    where a fast preset can afford the paper's network."""
+    return dataset_facts(dataset).small

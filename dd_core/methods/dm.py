@@ -44,7 +44,7 @@ class DM(Method):
     def setup(self, real, syn, *, seed, device):
         self.gen_ = torch.Generator().manual_seed(seed)
         self.real_ = RealSampler(real, device)
-        self.dsa_ = dsa_for(real.name) if self.dsa else None
+        self.dsa_ = dsa_for(real) if self.dsa else None
         self.net_name_ = resolve_model(self.model, real)
         self.shape_ = dict(channels=real.channels, num_classes=real.num_classes, image_size=real.image_size)
         self.device_ = device
