@@ -21,7 +21,8 @@ from dd_core.synthetic import SyntheticSet, init_synthetic
 
 # Small settings, applied to whichever method has the field: a 2-block ConvNet, 16 real images a
 # class, few frequencies. Everything else stays at the method's fast preset.
-TINY = {"model": "convnet_d2", "batch_real": 16, "num_freqs": 64, "inner_loop": 1}
+TINY = {"model": "convnet_d2", "batch_real": 16, "num_freqs": 64, "inner_loop": 1,
+        "num_experts": 1, "expert_epochs": 1, "max_start_epoch": 1, "syn_steps": 5}  # trajectory matching
 
 
 def tiny_method(name: str, ipc: int, **extra):
