@@ -58,26 +58,24 @@ def evaluate_api(set_file, protocol: str = "fast", num_models=1, model: str = ""
     return result.as_dict()
 
 
-class WholeNumber(gr.Number):
+def whole_number(value, label: str) -> gr.Number:
     """A number box that hands the handler what the caller sent, unrounded: 2.5, True or "ten"
-    get a plain message from inputs.as_int instead of being rounded or failing inside gradio."""
-
-    is_template = True  # drawn by the frontend as a plain Number
-
-    def preprocess(self, payload):
-        return payload
+    get a plain message from inputs.as_int instead of being rounded or failing inside gradio.
+    (An instance override: a gr.Number subclass would make gradio write a .pyi beside this file.)"""
+    box = gr.Number(value, label=label, precision=0)
+    box.preprocess = lambda payload: payload
+    return box
 
 
 def attach(tab, compute: dict) -> None:
     """Hidden components and the endpoints; dataset and method reuse the Distill tab's widgets."""
     with gr.Group(visible=False):
-        ipc, steps, seed = (WholeNumber(value, label=name, precision=0) for value, name in
-                            ((10, "ipc"), (200, "steps"), (0, "seed")))
+        ipc, steps, seed = (whole_number(value, name) for value, name in ((10, "ipc"), (200, "steps"), (0, "seed")))
         progress = gr.JSON(label="progress")
         set_out = gr.File(label="synthetic set (.safetensors)")
         set_in = gr.File(label="synthetic set (.safetensors)", file_types=[".safetensors"])
         protocol = gr.Radio(list(evaluate_run.PROTOCOLS), value="fast", label="protocol", info=evaluate_run.PROTOCOL_HELP)
-        num_models = WholeNumber(1, label="networks", precision=0)
+        num_models = whole_number(1, "networks")
         model = gr.Textbox("", label="architecture (empty: the protocol's)")
         result = gr.JSON(label="result")
         go_distill, go_eval = gr.Button(), gr.Button()

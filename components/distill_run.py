@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from dd_core import memory
 from dd_core.distill import Snapshot, distill
 from dd_core.methods import METHODS, make_method
 
-from . import inputs, jobs
+from . import inputs, jobs, runtime
 from .exports import save_current, write_exports
 from .runtime import LIMITS
 from .sessions import RunRecord, Session
@@ -60,6 +61,16 @@ def check_request(dataset_choice, folder, method, ipc, steps, seed, preset="fast
     return Request(name, method, ipc, steps, seed, preset, dict(overrides or {}))
 
 
+def check_memory(method, dataset, ipc: int) -> None:
+    """Refuse a run whose estimated peak memory is above this machine's budget per run."""
+    need = memory.estimate_bytes(method, dataset, ipc)
+    if need > runtime.MAX_MEMORY_BYTES:
+        raise inputs.UserError(
+            f"This run would need about {memory.human(need)} of memory; this machine allows "
+            f"{memory.human(runtime.MAX_MEMORY_BYTES)} per run (DISTILLERY_MAX_MEMORY_MB). Lower the IPC, the "
+            f"real batch (batch_real) or the network's width (model), or use the fast preset.")
+
+
 def _stop_text(snap: Snapshot, capped: bool) -> str:
     why = (f"reached this machine's limit of {LIMITS.max_seconds / 60:g} minutes per run" if capped
            else "you pressed Stop")
@@ -81,14 +92,17 @@ def _run(session: Session, req: Request, job: jobs.Job) -> Iterator[Tick]:
         dataset = inputs.open_dataset(req.dataset)
         inputs.check_ipc_value(req.ipc, dataset)
         method = make_method(req.method, preset=req.preset, dataset=dataset.name, ipc=req.ipc, **req.overrides)
+        check_memory(method, dataset, req.ipc)
     except Exception as err:  # noqa: BLE001 - every failure becomes a message in the page
         yield Tick("error", inputs.user_message(err))
         return
     learns = METHODS.get(req.method).learns_images
     record = RunRecord(req.dataset, req.method, req.ipc, req.steps, req.seed, dataset_name=dataset.name)
     session.run = job.record = record
-    yield Tick("warming", "Warming up: building the networks and the first batch…" if learns else
+    skipped = "".join(f" ({part.strip()})" for part in dataset.split_note.split(";") if "unreadable" in part)
+    yield Tick("warming", ("Warming up: building the networks and the first batch…" if learns else
                "Selecting real images (herding and k-center train a feature network on first use; cached afterwards)…")
+               + skipped)
     # The machine's cap on one run, setup included: it sets this run's own stop, which the engine
     # honours between steps and inside long ones (a feature network's training, DC's loops).
     last_save = 0.0

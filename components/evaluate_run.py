@@ -11,7 +11,7 @@ from dd_core import metrics
 from dd_core.labels import HardLabels, LabelStore, load_store, same_kind
 from dd_core.evaluate import PROTOCOLS, EvalConfig, EvalResult, evaluate, protocol as make_protocol
 from dd_core.models import MODELS
-from dd_core.synthetic import SyntheticSet, random_subset
+from dd_core.synthetic import SyntheticSet, check_fits, random_subset
 from dd_core.teacher import get_teacher, whole_reference as teacher_whole_reference
 
 from . import inputs
@@ -64,7 +64,9 @@ def dataset_of(session: Session, syn: SyntheticSet):
         else:
             raise inputs.UserError(f"This set was distilled from the image folder {name[7:]!r}; evaluate it in the "
                                    f"session that made it (the folder's full path is not stored in the file).")
-    return inputs.open_dataset(name)
+    dataset = inputs.open_dataset(name)
+    check_fits(syn, dataset)
+    return dataset
 
 
 def labels_of(syn: SyntheticSet) -> LabelStore:

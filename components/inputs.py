@@ -12,6 +12,7 @@ from pathlib import Path
 
 from dd_core.data import DatasetUnavailable, dataset_names, load_dataset
 from dd_core.folder import FolderError
+from dd_core.labels import load_store
 from dd_core.methods import METHODS
 from dd_core.registry import UnknownNameError
 from dd_core.synthetic import SyntheticFileError, SyntheticSet, check_ipc
@@ -162,6 +163,10 @@ def load_set(path) -> SyntheticSet:
         raise UserError(f"This file is {size / 2**20:,.1f} MB; this machine takes synthetic sets of at most "
                         f"{runtime.MAX_UPLOAD_BYTES / 2**20:,.0f} MB (DISTILLERY_MAX_UPLOAD_MB).")
     syn = SyntheticSet.load(path)
+    try:
+        load_store(syn)  # a label store named in the file must be there, whole
+    except ValueError as err:
+        raise UserError(f"{path.name}: {err}") from None
     per_class = int(syn.labels.bincount().max()) if len(syn.labels) else 0
     if per_class > LIMITS.max_ipc:
         raise UserError(f"This set has {per_class} images in one class; this machine evaluates at most "

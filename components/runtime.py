@@ -49,6 +49,10 @@ LIMITS = (Limits(max_steps=20_000, max_seconds=30 * 60, max_ipc=100) if CUDA
 PUBLIC = bool(os.environ.get("SPACE_ID")) or os.environ.get("DISTILLERY_PUBLIC", "").strip().lower() in ("1", "true", "yes")
 _folders = os.environ.get("DISTILLERY_FOLDERS")
 FOLDERS_ALLOWED = (_folders.strip().lower() in ("1", "true", "yes")) if _folders else not PUBLIC
+# Memory one distillation may need (dd_core/memory.py's estimate); above it a run is refused. Two
+# runs at 4 GB plus the datasets fit a 16 GB Space; on a GPU, its share of the device's memory.
+MAX_MEMORY_BYTES = (_env_int("DISTILLERY_MAX_MEMORY_MB", 4096) * 2**20 if not CUDA or "DISTILLERY_MAX_MEMORY_MB" in os.environ
+                    else int(0.8 * torch.cuda.get_device_properties(0).total_memory / POOL))
 # Uploaded synthetic sets: the largest a CPU run makes (CIFAR-100, IPC 50: 61 MB) with room for labels.
 MAX_UPLOAD_BYTES = _env_int("DISTILLERY_MAX_UPLOAD_MB", 128) * 2**20
 QUEUE_SIZE = 16  # waiting events beyond this are refused with "queue full" instead of waiting for ever

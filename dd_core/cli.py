@@ -33,6 +33,27 @@ def _parse_value(text: str):
     return {"true": True, "false": False}.get(text.lower(), text)
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (steps, IPC): a run of -5 steps is a typo."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1 (got {text[:40]!r})") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1 (got {value})")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of minutes (got {text[:40]!r})")
+    return value
+
+
 def cmd_distill(args) -> int:
     from .data import load_dataset
     from .distill import distill, time_budget
@@ -194,9 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("distill", help="distill a dataset into a synthetic set")
     d.add_argument("--dataset", default="digits", help="dataset name or folder:<path> (see `list`)")
     d.add_argument("--method", default="dm")
-    d.add_argument("--ipc", type=int, default=10, help="images per class")
-    d.add_argument("--steps", type=int, default=None, help="outer iterations (default: the preset's)")
-    d.add_argument("--minutes", type=float, default=None,
+    d.add_argument("--ipc", type=_positive_int, default=10, help="images per class")
+    d.add_argument("--steps", type=_positive_int, default=None, help="outer iterations (default: the preset's)")
+    d.add_argument("--minutes", type=_positive_float, default=None,
                    help="time budget: stop after this many minutes (setup included) and keep the last good set")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--preset", default="fast", choices=["fast", "paper"])

@@ -163,6 +163,8 @@ def train_network(images: torch.Tensor, labels: LabelStore, dataset: Dataset, co
             epoch_now = epoch
             if stop is not None and stop.is_set():
                 return net, best
+        if stop is not None and stop.is_set():  # every batch too: one epoch of a large set can take minutes
+            return net, best
         views = labels.inputs(idx, views, epoch)  # a store may show its own labelled views instead
         loss = soft_cross_entropy(forward(views), labels.targets(idx.to(device), views, epoch).to(device))
         opt.zero_grad(set_to_none=True)

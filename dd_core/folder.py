@@ -31,18 +31,38 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _read(paths: list[Path], size: tuple[int, int], mode: str) -> torch.Tensor:
+def _read(paths: list[Path], size: tuple[int, int], mode: str) -> tuple[torch.Tensor, list[int]]:
+    """The images that open, as (n, c, h, w) in [0, 1], and the positions in `paths` they came from;
+    a file that is not a readable image (truncated, mislabelled) is skipped."""
     from PIL import Image
 
     out = np.empty((len(paths), size[0], size[1], 3 if mode == "RGB" else 1), dtype=np.uint8)
+    kept: list[int] = []
     for i, p in enumerate(paths):
-        with Image.open(p) as im:
-            im = im.convert(mode)
-            if im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.BILINEAR)
-            arr = np.asarray(im)
-        out[i] = arr if arr.ndim == 3 else arr[..., None]
-    return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)  # (n, c, h, w)
+        try:
+            with Image.open(p) as im:
+                im = im.convert(mode)
+                if im.size != (size[1], size[0]):
+                    im = im.resize((size[1], size[0]), Image.BILINEAR)
+                arr = np.asarray(im)
+        except (OSError, ValueError, SyntaxError):  # PIL's errors for a broken or non-image file
+            continue
+        out[len(kept)] = arr if arr.ndim == 3 else arr[..., None]
+        kept.append(i)
+    return torch.from_numpy(out[:len(kept)]).permute(0, 3, 1, 2).float().div_(255.0), kept  # (n, c, h, w)
+
+
+def _first_readable(paths: list[Path]):
+    """(mode, size) of the first file that opens as an image, or None."""
+    from PIL import Image
+
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                return ("L" if im.mode in ("L", "1", "I;16", "I") else "RGB"), im.size
+        except (OSError, ValueError, SyntaxError):
+            continue
+    return None
 
 
 def _collect(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
@@ -89,13 +109,18 @@ def _load_folder_cached(path: str, test_fraction: float, seed: int, size: int | 
     if not test_paths:
         raise FolderError(f"folder dataset {path!r} has no test images; add test/<class>/ images or more images per class")
 
-    from PIL import Image
-
-    with Image.open(paths[0]) as first:
-        mode = "L" if first.mode in ("L", "1", "I;16", "I") else "RGB"
-        side = min(max(first.size), MAX_SIDE) if size is None else size
+    first = _first_readable(paths)
+    if first is None:
+        raise FolderError(f"folder dataset {path!r}: none of its {len(paths)} training files opens as an image")
+    mode, first_size = first
+    side = min(max(first_size), MAX_SIDE) if size is None else size
     shape = (side, side)
-    x_train, x_test = _read(paths, shape, mode), _read(test_paths, shape, mode)
+    (x_train, kept), (x_test, kept_test) = _read(paths, shape, mode), _read(test_paths, shape, mode)
+    skipped = len(paths) - len(kept) + len(test_paths) - len(kept_test)
+    labels, test_labels = [labels[i] for i in kept], [test_labels[i] for i in kept_test]
+    if not kept_test or len(set(labels)) < len(classes):
+        raise FolderError(f"folder dataset {path!r}: after skipping {skipped} unreadable file(s), some class has no "
+                          f"training image or there is no test image; replace the broken files")
     # Normalization statistics from the train split, per channel.
     mean = tuple(round(v, 4) for v in x_train.mean(dim=(0, 2, 3)).tolist())
     std = tuple(round(max(v, 1e-3), 4) for v in x_train.std(dim=(0, 2, 3)).tolist())
@@ -109,5 +134,6 @@ def _load_folder_cached(path: str, test_fraction: float, seed: int, size: int | 
         classes=tuple(classes),
         mean=mean,
         std=std,
-        split_note=f"ImageFolder {note}; resized to {side}x{side} {mode}",
+        split_note=f"ImageFolder {note}; resized to {side}x{side} {mode}"
+                   + (f"; skipped {skipped} unreadable file(s)" if skipped else ""),
     )

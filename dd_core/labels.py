@@ -228,7 +228,13 @@ def load_store(syn) -> LabelStore:
     cls = LABEL_STORES.get(name)
     tensors = {k[len(PREFIX):]: v for k, v in syn.extra.items() if k.startswith(PREFIX)}
     meta = {k[len(PREFIX):]: v for k, v in syn.extra_meta.items() if k.startswith(PREFIX)}
-    store = cls.from_state(tensors, meta, syn)
+    try:
+        store = cls.from_state(tensors, meta, syn)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:  # parts missing or malformed
+        have = ", ".join(sorted(tensors)) or "none"
+        raise ValueError(f"this file names a {name!r} label store but its saved parts are missing or malformed "
+                         f"({type(err).__name__}: {str(err)[:120]}; tensors present: {have}); save the set "
+                         f"again with its labels, or remove the label_store entry to use hard labels") from None
     store.teacher_note = meta.get("teacher", "")
     store.spec = meta.get("spec", name)  # files from before specs were saved: the default options
     return store

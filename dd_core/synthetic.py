@@ -118,6 +118,7 @@ class SyntheticSet:
             raise SyntheticFileError(f"{name}: malformed metadata ({err})") from None
         if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
             raise SyntheticFileError(f"{name}: labels fall outside the {len(classes)} classes")
+        _check_contents(name, images, labels, classes, mean, std)
         extra = {k: v for k, v in tensors.items() if k not in ("images", "labels")}
         extra_meta = {k: v for k, v in meta.items() if k not in REQUIRED_META}
         return cls(images, labels.long(), meta["dataset"], classes, mean, std, meta["method"], ipc, seed, steps,
@@ -168,6 +169,32 @@ class SyntheticSet:
         return buf.getvalue()
 
 
+MAX_CLASSES = 10_000  # more than any dataset here (CIFAR-100: 100; ImageNet: 1,000)
+MAX_SIDE = 1024  # pixels; a larger image is not a distilled one
+
+
+def _check_contents(name: str, images: torch.Tensor, labels: torch.Tensor, classes: tuple, mean: tuple,
+                    std: tuple) -> None:
+    """What a loaded set must be before anything trains on it; each failure says what is wrong."""
+    n, c, h, w = images.shape
+    if n == 0:
+        raise SyntheticFileError(f"{name} holds no images; distill a set with at least one image per class")
+    if not 1 <= len(classes) <= MAX_CLASSES or not all(isinstance(k, str) for k in classes):
+        raise SyntheticFileError(f"{name} names {len(classes):,} classes; a set needs 1 to {MAX_CLASSES:,} class "
+                                 f"names (strings)")
+    if c not in (1, 3) or not 1 <= min(h, w) <= max(h, w) <= MAX_SIDE:
+        raise SyntheticFileError(f"{name}: images of shape {(c, h, w)} are not images this app makes (1 or 3 "
+                                 f"channels, 1 to {MAX_SIDE} pixels a side)")
+    if len(mean) != c or len(std) != c or not all(isinstance(v, (int, float)) for v in (*mean, *std)) \
+            or min(std) <= 0:
+        raise SyntheticFileError(f"{name}: its normalization (mean {list(mean)[:4]}, std {list(std)[:4]}) does not "
+                                 f"fit {c}-channel images with positive std")
+    bad = int((~torch.isfinite(images)).sum())
+    if bad:
+        raise SyntheticFileError(f"{name}: {bad:,} pixel values are NaN or infinite; a set must hold finite "
+                                 f"images (re-distill it, or lower the learning rate that blew it up)")
+
+
 def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "class"
 
@@ -181,6 +208,14 @@ def _read_metadata(data: bytes) -> dict[str, str]:
 
 def class_balanced_labels(num_classes: int, ipc: int) -> torch.Tensor:
     return torch.arange(num_classes).repeat_interleave(ipc)  # (classes * ipc,)
+
+
+def check_fits(syn: SyntheticSet, dataset) -> None:
+    """A set trains and tests on the dataset it was distilled from: the same image shape and classes."""
+    if tuple(syn.images.shape[1:]) != tuple(dataset.x_train.shape[1:]) or syn.num_classes != dataset.num_classes:
+        raise SyntheticFileError(f"this synthetic set has images {tuple(syn.images.shape[1:])} and {syn.num_classes} "
+                                 f"classes, but {dataset.name} has {tuple(dataset.x_train.shape[1:])} and "
+                                 f"{dataset.num_classes}; it does not fit that dataset")
 
 
 def check_ipc(dataset, ipc: int) -> None:

@@ -198,13 +198,13 @@ def test_a_run_stops_at_the_time_cap(session, monkeypatch):
 
 
 def test_the_time_cap_also_ends_a_long_setup(session, monkeypatch):
-    # A feature network asked to train a million epochs would hold a compute slot for hours: the
-    # cap's timer stops it inside the training, and the page says so and keeps the initial set.
+    # A feature network asked to train 1000 epochs (the most its range allows) would hold a compute slot
+    # for a long time: the cap's timer stops it inside the training, and the page says so and keeps the set.
     from components.runtime import Limits
 
     monkeypatch.setattr(distill_run, "LIMITS", Limits(max_steps=3000, max_seconds=1.0, max_ipc=50))
     req = distill_run.check_request("digits", "", "herding", 2, 1, 0,
-                                    overrides={"feature_model": "mlp", "feature_epochs": 1_000_000})
+                                    overrides={"feature_model": "mlp", "feature_epochs": 1000})
     updates = run_all(session, req)
     status = out(updates[-1], "status")
     assert "limit" in status and "setting up" in status and "Everything made so far is kept" in status
@@ -246,7 +246,8 @@ def test_a_soft_label_set_is_compared_like_with_like(session, monkeypatch):
     """IOR against a random subset with the same kind of labels; HLR from the set on hard labels."""
     from components import evaluate_run
     from dd_core.data import load_dataset
-    from dd_core.evaluate import protocol, test_accuracy
+    from dd_core.evaluate import protocol
+    from dd_core.training import test_accuracy
     from dd_core.labels import attach, build_spec
     from dd_core.synthetic import init_synthetic
     from dd_core.teacher import Teacher, train_on_real

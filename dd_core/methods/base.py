@@ -43,6 +43,18 @@ class Method:
             if bounds and isinstance(value, (int, float)) and not bounds[0] <= value <= bounds[1]:
                 raise ValueError(f"{f.name} = {value!r} is out of range; valid values are {bounds[0]} to {bounds[1]}")
 
+    def memory_images(self, num_classes: int, ipc: int) -> tuple[int, int]:
+        """For the memory estimate (memory.py): (images whose autograd graph one step keeps at its
+        peak, real images one step holds). The default fits matching methods that embed every
+        synthetic image with gradients and draw `batch_real` real images per class."""
+        flips = 2 if getattr(self, "fyi", False) else 1
+        return num_classes * ipc * flips, num_classes * int(getattr(self, "batch_real", 0))
+
+    def memory_extra_bytes(self, num_classes: int, ipc: int) -> int:
+        """Memory a step needs beyond images and activations (a method with large tensors of its
+        own, e.g. many frequencies or a pool of networks, says so here)."""
+        return 0
+
     def check_stop(self) -> None:
         """Raise `Interrupted` if the run's stop signal is set (distill() sets `stop_`). Long work
         inside setup() or step() calls this between its pieces, so a stop or a time cap takes

@@ -28,6 +28,9 @@ class _Coreset(Method):
     def step(self):
         return {"selected": float(len(self.chosen_))}
 
+    def memory_images(self, num_classes, ipc):
+        return 128, 512  # a feature network's training batch; features are taken 512 images at a time
+
     @classmethod
     def default_steps(cls, name, *, dataset, ipc):
         return 1
@@ -47,7 +50,7 @@ class _FeatureCoreset(_Coreset):
     feature_model: str = hp("auto", "network whose features are used; 'auto' = the dataset's teacher "
                                     "(convnet_w32 on MNIST-sized data)")
     feature_epochs: int = hp(0, "epochs that network is trained on the whole training set; 0 = the "
-                                "dataset's default (2 on MNIST)")
+                                "dataset's default (2 on MNIST)", range=(0, 1000))
     feature_layer: str = hp("embedding", "which output is the feature: 'embedding' (the penultimate "
                                          "layer) or 'logits' (the class scores)", choices=("embedding", "logits"))
 

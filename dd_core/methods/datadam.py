@@ -78,10 +78,12 @@ class DataDAM(DM):
     family = "distribution matching"
     paper = "Sajedi et al., DataDAM: Efficient Dataset Distillation with Attention Matching, ICCV 2023"
 
-    lr_img: float = hp(1.0, "SGD learning rate of the synthetic pixels (1; 10 when IPC >= 100)")
-    batch_real: int = hp(64, "real images per class per step")
-    power: float = hp(4.0, "exponent p of the attention map sum_c |a_c|^p (4 in the paper; the public code uses 1)")
-    task_balance: float = hp(0.01, "weight of the final-embedding mean-matching term relative to attention")
+    lr_img: float = hp(1.0, "SGD learning rate of the synthetic pixels (1; 10 when IPC >= 100)", range=(0.0, 1000.0))
+    batch_real: int = hp(64, "real images per class per step", range=(1, 1024))
+    power: float = hp(4.0, "exponent p of the attention map sum_c |a_c|^p (4 in the paper; the public code uses 1)",
+                       range=(0.5, 8.0))
+    task_balance: float = hp(0.01, "weight of the final-embedding mean-matching term relative to attention",
+                              range=(0.0, 100.0))
 
     @classmethod
     def preset(cls, name, *, dataset, ipc):

@@ -21,9 +21,9 @@ class DM(Method):
 
     model: str = hp("auto", "network whose random embeddings are matched; auto = the DD ConvNet for the "
                             "resolution (ConvNet-3 width 128 at 28-32 px, as in the paper)")
-    lr_img: float = hp(1.0, "SGD learning rate of the synthetic pixels (1; 10 when IPC >= 100)")
-    momentum: float = hp(0.5, "SGD momentum of the synthetic pixels")
-    batch_real: int = hp(256, "real images per class per step")
+    lr_img: float = hp(1.0, "SGD learning rate of the synthetic pixels (1; 10 when IPC >= 100)", range=(0.0, 1000.0))
+    momentum: float = hp(0.5, "SGD momentum of the synthetic pixels", range=(0.0, 0.99))
+    batch_real: int = hp(256, "real images per class per step", range=(1, 1024))
     dsa: bool = hp(True, "differentiable Siamese augmentation on both sides")
     fyi: bool = hp(False, "FYI plug-in: also match the horizontally flipped synthetic images")
 

@@ -105,13 +105,16 @@ class DC(Method):
 
     model: str = hp("auto", "network whose gradients are matched; auto = the DD ConvNet for the resolution "
                             "(ConvNet-3 width 128 at 28-32 px, as in the paper)")
-    lr_img: float = hp(0.1, "SGD learning rate of the synthetic pixels")
-    momentum: float = hp(0.5, "SGD momentum of the synthetic pixels")
-    lr_net: float = hp(0.01, "SGD learning rate of the network's inner training on the synthetic set (no momentum)")
-    batch_real: int = hp(256, "real images per class per matching update")
-    batch_train: int = hp(256, "synthetic images per inner training batch")
-    outer_loop: int = hp(0, "matching updates per step, each on a further-trained network (0 = by IPC, as in the paper)")
-    inner_loop: int = hp(0, "epochs of network training on the synthetic set between matching updates (0 = by IPC)")
+    lr_img: float = hp(0.1, "SGD learning rate of the synthetic pixels", range=(0.0, 1000.0))
+    momentum: float = hp(0.5, "SGD momentum of the synthetic pixels", range=(0.0, 0.99))
+    lr_net: float = hp(0.01, "SGD learning rate of the network's inner training on the synthetic set (no momentum)",
+                        range=(0.0, 10.0))
+    batch_real: int = hp(256, "real images per class per matching update", range=(1, 1024))
+    batch_train: int = hp(256, "synthetic images per inner training batch", range=(1, 4096))
+    outer_loop: int = hp(0, "matching updates per step, each on a further-trained network (0 = by IPC, as in the paper)",
+                         range=(0, 100))
+    inner_loop: int = hp(0, "epochs of network training on the synthetic set between matching updates (0 = by IPC)",
+                         range=(0, 200))
     dsa: bool = hp(False, "differentiable Siamese augmentation (on in DSA)")
     fyi: bool = hp(False, "FYI plug-in: also match the horizontally flipped synthetic images")
 
@@ -134,6 +137,13 @@ class DC(Method):
             return 1000
         outer = min(loops_for(ipc)[0], 10)
         return max(20, 100 // outer)  # 100 to 200 matching updates
+
+    def memory_images(self, num_classes, ipc):
+        """One class at a time: its real batch's graph, or its synthetic images' graph kept for the
+        second derivative (about three passes' worth), or one inner training batch."""
+        flips = 2 if self.fyi else 1
+        peak = max(self.batch_real, 3 * ipc * flips, min(self.batch_train, num_classes * ipc * flips))
+        return peak, num_classes * self.batch_real
 
     def setup(self, real, syn, *, seed, device):
         self.gen_ = torch.Generator().manual_seed(seed)
