@@ -120,44 +120,6 @@ def test_ncfm_phase_term_is_the_arctangent_form():
     assert torch.allclose(ours, torch.sqrt(phase + 1e-12).mean(), atol=1e-9)
 
 
-def test_ncfm_sampler_starts_as_the_gaussian_draw_and_keeps_lengths():
-    from dd_core.methods.ncfm import FrequencySampler
-
-    g = torch.Generator().manual_seed(0)
-    z = torch.randn(64, 16, generator=g)
-    sampler = FrequencySampler(16, 32, seed=0)
-    assert torch.allclose(sampler(z), z, atol=1e-6)  # the last layer starts at zero
-    with torch.no_grad():
-        sampler.body[2].weight.normal_(generator=g)
-    t = sampler(z)
-    assert not torch.allclose(t, z, atol=1e-3)
-    assert torch.allclose(t.norm(dim=1), z.norm(dim=1), atol=1e-5)  # only directions are learned
-
-
-def test_ncfm_sampler_ascends_the_distance_the_images_descend():
-    from dd_core.methods.ncfm import FrequencySampler
-
-    g = torch.Generator().manual_seed(1)
-    real = F.normalize(torch.randn(60, 8, generator=g), dim=1)
-    syn = F.normalize(torch.randn(6, 8, generator=g) + 0.3, dim=1)
-    g_real, g_syn = torch.arange(2).repeat_interleave(30), torch.arange(2).repeat_interleave(3)
-    z = torch.randn(128, 8, generator=g)
-    sampler = FrequencySampler(8, 32, seed=0)
-    opt = torch.optim.Adam(sampler.parameters(), lr=1e-2)
-
-    def distance():
-        t = sampler(z)
-        return cf_distance(class_cf(real, g_real, t, 2), class_cf(syn, g_syn, t, 2), alpha=0.5, beta=0.5)
-
-    before = distance().item()
-    for _ in range(20):
-    from dd_core.data import dataset_facts
-        opt.zero_grad()
-        (-distance()).backward()
-        opt.step()
-    assert distance().item() > before * 1.05
-
-
 def test_evaluation_draws_one_dsa_op_per_batch_like_the_reference():
     from dd_core.augment import NO_FLIP_OPS, DSA
     from dd_core.evaluate import training_views
@@ -189,6 +151,7 @@ def test_dc_evaluation_augmentation_does_what_the_dc_paper_describes():
     """The DC protocol's augmentation (MNIST only): one of crop (whole-pixel shifts in [-4, 3], padded
     with the batch's channel means), nearest-neighbour scale by [0.8, 1.2] and whole-degree rotation."""
     from dd_core.augment import DCAugment, dc_augment_for
+    from dd_core.data import dataset_facts
     from dd_core.evaluate import augment_for, protocol
 
     aug = DCAugment()

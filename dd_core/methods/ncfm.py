@@ -3,6 +3,10 @@
 Instead of comparing mean embeddings (DM), compare the whole distribution of each class's
 L2-normalised embeddings through its characteristic function phi(t) = E[exp(i t.f)], at random
 frequencies t: a difference in amplitude |phi| and a difference in phase arg(phi) both count.
+What the public code adds around that distance, and this file does too: a pool of networks
+trained on the real data (ncfm_pool.py), a calibration loss, one image update per class, a
+plateau schedule on the pixels' learning rate, and (off in the headline configs) a sampling
+network that picks the frequencies adversarially.
 """
 from __future__ import annotations
 
@@ -13,11 +17,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import METHODS, hp, is_small
-from .dm import DM
-from .sampling import class_means, embed_chunked, embed_in_chunks
+from ..augment import dsa_for
+from ..data import dataset_facts
+from ..models import build_model, resolve_model
+from . import ncfm_pool
+from .base import METHODS, Method, hp
+from .sampling import RealSampler, class_means, embed_chunked, embed_in_chunks, frozen
 
 SQRT_EPS = 1e-12  # keeps the square root differentiable where real and synthetic CFs coincide
+MATCH_SCALE = 300.0  # the public code multiplies the CF distance by 300: it sets its weight against calibration
+LR_FACTOR = 0.5  # ReduceLROnPlateau's factor on the pixels' (and the sampler's) learning rate, as the code
+SAMPLER_MOMENTUM, SAMPLER_DECAY = 0.5, 0.01  # the sampler's SGD, from the configs' mom_img and weight_decay
 
 
 def class_cf(features: torch.Tensor, groups: torch.Tensor, t: torch.Tensor, num_classes: int
@@ -43,122 +53,206 @@ def cf_distance(real: tuple[torch.Tensor, torch.Tensor], syn: tuple[torch.Tensor
 
 @METHODS.register("ncfm")
 @dataclass
-class NCFM(DM):
-    """Characteristic-function matching (Wang et al., CVPR 2025), on fresh random networks.
+class NCFM(Method):
+    """Characteristic-function matching (Wang et al., CVPR 2025), as the public code runs it.
 
-    With `sampler` on, the frequencies come from a small sampling network that is trained to
-    *maximise* the CF distance while the images minimise it: the paper's min-max game, in our
-    own form (a residual MLP from Gaussian noise to frequencies, starting at N(0, I); one Adam
-    ascent step every `sampler_every` image steps). Still partial: not the paper's pool of briefly
-    pre-trained networks (we draw a fresh random network per step, as DM), its calibration loss,
-    its multi-formation of several small images per stored image, or its per-class image updates
-    (one update per step here, all classes at once). Evaluation in the paper also differs
-    (AdamW, CutMix, 2000+ epochs).
+    Each outer iteration draws one network of the pool and blends its initial and trained weights
+    at a random l; then, class by class, it matches the CFs of real and synthetic features under
+    the blend and takes one optimizer step on the pixels; then, class by class again, it takes one
+    step on the cross-entropy of the trained network on the synthetic images (calibration). Not
+    done here: the code's 'multi-formation' (factor 2: four half-size images in each stored one,
+    which the evaluation must decode too), and its evaluation (AdamW, CutMix, 2000+ epochs).
     """
 
     family = "distribution matching"
     paper = ("Wang et al., Dataset Distillation with Neural Characteristic Function: A Minmax "
              "Perspective, CVPR 2025")
 
-    optimizer: str = hp("adam", "optimizer of the synthetic pixels: 'adam' (the paper's code) or 'sgd' (with momentum)",
-                        choices=("adam", "sgd"))
-    lr_img: float = hp(0.001, "learning rate of the synthetic pixels (Adam 0.001 = the paper's 0.01 x 0.1 Adam scale)")
-    batch_real: int = hp(1024, "real images per class per step (1024 in the paper's CIFAR configs)")
-    num_freqs: int = hp(4096, "frequencies t ~ N(0, I) at which the characteristic functions are compared")
-    alpha: float = hp(0.5, "weight of the amplitude difference")
-    beta: float = hp(0.5, "weight of the phase difference")
-    sampler: bool = hp(False, "min-max: learn the frequencies with a sampling network that maximises the distance")
-    sampler_lr: float = hp(1e-4, "Adam learning rate of the sampling network (gradient ascent; 1e-3 turned the "
-                                 "frequencies nearly orthogonal to their draws within 200 steps on digits)")
-    sampler_every: int = hp(1, "one ascent step of the sampling network every this many image steps")
-    sampler_hidden: int = hp(256, "hidden width of the sampling network")
+    model: str = hp("auto", "network of the pool; auto = the DD ConvNet for the resolution (ConvNet-3 width 128 "
+                            "at 28-32 px, as the configs)")
+    optimizer: str = hp("adamw", "optimizer of the synthetic pixels ('adamw' in the configs)",
+                        choices=("adamw", "adam", "sgd"))
+    lr_img: float = hp(0.001, "learning rate of the pixels, per class step (the configs' 0.01 x lr_scale_adam 0.1)",
+                       range=(1e-6, 10.0))
+    momentum: float = hp(0.5, "SGD momentum of the pixels (with optimizer sgd)", range=(0.0, 0.999))
+    # The code's pixels live in [0, 1] and decay towards black; ours are normalized and decay towards
+    # the mean. At lr 0.001 x 0.01 a step, either is a 1e-5 pull.
+    weight_decay: float = hp(0.01, "AdamW weight decay of the pixels (the configs' 0.01)", range=(0.0, 1.0))
+    lr_patience: int = hp(500, "outer iterations without a new lowest loss before lr_img halves "
+                               "(ReduceLROnPlateau, as the code)", range=(1, 1_000_000))
+    batch_real: int = hp(1024, "real images per class per step (1024 in the configs)", range=(1, 10_000))
+    dsa: bool = hp(True, "differentiable Siamese augmentation: one draw per class, on its real and synthetic images")
+    num_freqs: int = hp(4096, "frequencies t at which the characteristic functions are compared (4096 in the "
+                              "configs; at most 16384, which bounds memory)", range=(1, 16_384))
+    alpha: float = hp(0.5, "weight of the amplitude difference", range=(0.0, 1.0))
+    beta: float = hp(0.5, "weight of the phase difference", range=(0.0, 1.0))
+    pool_size: int = hp(20, "networks pre-trained on the real data that each step draws from (20 in the configs); "
+                            "0 = a fresh random network every step, as DM", range=(0, 100))
+    pool_epochs: int = hp(60, "epochs each pool network trains on the real data (60 in the configs)", range=(1, 300))
+    calib_iters: int = hp(1, "calibration passes per step, each one step per class on the cross-entropy of the "
+                             "trained pool network on the synthetic images (1 in the configs; 0 = off)", range=(0, 10))
+    calib_weight: float = hp(1.0, "weight of the calibration loss (1 in the configs)", range=(0.0, 100.0))
+    sampler: bool = hp(False, "min-max: frequencies from a sampling network that maximises the distance "
+                              "(off in the headline configs, on in config/sampling_net)")
+    sampler_lr: float = hp(0.001, "SGD learning rate of the sampling network's ascent (1e-3 in the configs)",
+                           range=(0.0, 1.0))
+    sampler_repeat: int = hp(16, "each frequency the sampling network makes is used this many times "
+                                 "(num_freqs / 16 distinct ones in the code)", range=(1, 16_384))
 
     @classmethod
     def preset(cls, name, *, dataset, ipc):
         if name == "paper":
-            return {"sampler": True}
-        # Fast CPU: a quarter of the frequencies, 64 real images per class, a 50x larger Adam step
-        # so the images move within a few hundred steps (on digits 0.001 barely moved them).
-        return {"num_freqs": 1024, "batch_real": 64, "lr_img": 0.05}
+            return {}  # the defaults are the headline configs (config/ipc*/)
+        # Fast CPU: a quarter of the frequencies, 64 real images a class, a small pool trained
+        # briefly (about a minute on digits; two networks of 2 epochs at width 32 on MNIST-sized data,
+        # a few minutes, once), and a larger step so the images move within a few hundred steps.
+        fast = {"num_freqs": 1024, "batch_real": 64, "lr_img": 0.01}
+        if dataset_facts(dataset).small:
+            return {**fast, "pool_size": 4, "pool_epochs": 10}
+        return {**fast, "pool_size": 2, "pool_epochs": 2, "model": "convnet_w32"}
 
     @classmethod
     def default_steps(cls, name, *, dataset, ipc):
-        return 20000 if name == "paper" else (200 if is_small(dataset) else 1000)
+        return 20000 if name == "paper" else (200 if dataset_facts(dataset).small else 1000)
 
     def setup(self, real, syn, *, seed, device):
-        super().setup(real, syn, seed=seed, device=device)
-        if self.optimizer == "adam":
-            self.opt_ = torch.optim.Adam([self.images_], lr=self.lr_img)
-        if self.sampler_every < 1:
-            raise ValueError(f"sampler_every must be at least 1 (got {self.sampler_every})")
-        self.sampler_ = None  # built at the first step, when the feature size is known
-        self.steps_ = 0
+        if self.calib_iters > 0 and self.pool_size == 0:
+            raise ValueError("calibration classifies with a trained network of the pool: set pool_size to 1 or "
+                             "more, or calib_iters to 0")
+        self.gen_ = torch.Generator().manual_seed(seed)
+        self.real_ = RealSampler(real, device)
+        self.dsa_ = dsa_for(real) if self.dsa else None
+        self.arch_ = resolve_model(self.model, real)
+        self.shape_ = dict(channels=real.channels, num_classes=real.num_classes, image_size=real.image_size)
+        self.device_ = device
+        self.images_ = syn.images.detach().to(device).requires_grad_(True)
+        self.labels_ = syn.labels.to(device)
+        self.rows_ = [torch.nonzero(self.labels_ == c).flatten() for c in range(real.num_classes)]
+        # The code keeps pixels in [0, 1]: here the same bounds in normalized units, per channel.
+        mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (real.mean, real.std))
+        self.low_, self.high_ = -mean / std, (1 - mean) / std
+        self.opt_ = self._optimizer([self.images_], self.optimizer, self.lr_img)
+        self.schedule_ = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt_, factor=LR_FACTOR, patience=self.lr_patience)
+        self.pool_ = ncfm_pool.load_pool(real, self.arch_, self.pool_size, self.pool_epochs, device, self.check_stop)
+        if self.pool_:
+            syn.extra_meta["ncfm_pool"] = ncfm_pool.describe(self.pool_, self.arch_, self.pool_epochs)
+        # The two networks whose weights each step overwrites (seed 0: placeholders, never used as drawn).
+        self.match_net_ = frozen(build_model(self.arch_, **self.shape_, seed=0, device=device))
+        self.calib_net_ = frozen(build_model(self.arch_, **self.shape_, seed=0, device=device))
+        self.sampler_ = None
+        if self.sampler:
+            if self.num_freqs < 2 * self.sampler_repeat:
+                raise ValueError(f"the sampling network needs at least 2 distinct frequencies for its batch norm: "
+                                 f"num_freqs ({self.num_freqs}) must be at least 2 x sampler_repeat ({self.sampler_repeat})")
+            net_seed = int(torch.randint(2**31 - 1, (1,), generator=self.gen_))
+            self.sampler_ = SampleNet(self.match_net_.feat_dim, self.num_freqs, self.sampler_repeat, seed=net_seed).to(device)
+            self.sampler_opt_ = torch.optim.SGD(self.sampler_.parameters(), lr=self.sampler_lr,
+                                                momentum=SAMPLER_MOMENTUM, weight_decay=SAMPLER_DECAY)
+            self.sampler_schedule_ = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.sampler_opt_, factor=LR_FACTOR, patience=self.lr_patience)
 
-    def sample(self):
-        """DM's draws (network, real batch, augmentation), then this step's noise (k, d): the
-        frequencies themselves, or the sampling network's input when `sampler` is on."""
-        net, x_real, g_real, params = super().sample()
-        z = torch.randn(self.num_freqs, net.feat_dim, generator=self.gen_).to(self.device_)
-        if self.sampler and self.sampler_ is None:
+    def _optimizer(self, params, kind: str, lr: float) -> torch.optim.Optimizer:
+        if kind == "adamw":
+            return torch.optim.AdamW(params, lr=lr, weight_decay=self.weight_decay)
+        if kind == "adam":
+            return torch.optim.Adam(params, lr=lr)
+        return torch.optim.SGD(params, lr=lr, momentum=self.momentum)
+
+    def draw_networks(self) -> None:
+        """This iteration's networks, as the code's update_feature_extractor: a pool member at random,
+        the matching network at l * initial + (1 - l) * trained (l uniform in [0, 1)), the trained
+        one for calibration. Without a pool: a fresh random matching network."""
+        if not self.pool_:
             seed = int(torch.randint(2**31 - 1, (1,), generator=self.gen_))
-            self.sampler_ = FrequencySampler(net.feat_dim, self.sampler_hidden, seed=seed).to(self.device_)
-            self.sampler_opt_ = torch.optim.Adam(self.sampler_.parameters(), lr=self.sampler_lr)
-        return net, x_real, g_real, params, z
+            self.match_net_ = frozen(build_model(self.arch_, **self.shape_, seed=seed, device=self.device_))
+            return
+        member = self.pool_[int(torch.randint(len(self.pool_), (1,), generator=self.gen_))]
+        l = float(torch.rand(1, generator=self.gen_))
+        ncfm_pool.blend(self.match_net_, member, l)
+        ncfm_pool.blend(self.calib_net_, member, 0.0)
 
-    def features(self, net, x_real, g_real, params):
-        """L2-normalised embeddings of the real (no gradient) and synthetic views, with their classes."""
-        x_real, x_syn, g_syn = self.views(x_real, g_real, params)
-        f_real = F.normalize(embed_chunked(net, x_real), dim=1)  # (n_real, d)
-        f_syn = F.normalize(embed_in_chunks(net, x_syn), dim=1)  # (n_syn, d)
-        return f_real, g_real, f_syn, g_syn
+    def frequencies(self, dim: int) -> torch.Tensor:
+        """(num_freqs, dim) frequencies: a fresh N(0, I) draw, or the sampling network's output."""
+        if self.sampler_ is not None:
+            return self.sampler_(torch.randn(self.sampler_.distinct, dim, generator=self.gen_).to(self.device_))
+        return torch.randn(self.num_freqs, dim, generator=self.gen_).to(self.device_)
 
-    def cf_loss(self, feats, t) -> torch.Tensor:
-        f_real, g_real, f_syn, g_syn = feats
-        c = self.shape_["num_classes"]
-        return cf_distance(class_cf(f_real, g_real, t, c), class_cf(f_syn, g_syn, t, c), alpha=self.alpha, beta=self.beta)
+    def match_loss(self, c: int) -> torch.Tensor:
+        """300 x the CF distance between class c's real and synthetic normalised features, both
+        through one DSA draw (the code augments the two batches together)."""
+        x_real, x_syn = self.real_.batch(c, self.batch_real, self.gen_), self.images_[self.rows_[c]]
+        if self.dsa_ is not None:
+            params = self.dsa_.sample(1, self.gen_)
+            x_real, x_syn = self.dsa_.apply(x_real, params), self.dsa_.apply(x_syn, params)
+        f_real = F.normalize(embed_chunked(self.match_net_, x_real), dim=1)  # (batch_real, d)
+        f_syn = F.normalize(embed_in_chunks(self.match_net_, x_syn), dim=1)  # (ipc, d)
+        t = self.frequencies(f_syn.shape[1])  # (num_freqs, d)
+        cf_real = class_cf(f_real, f_real.new_zeros(len(f_real), dtype=torch.long), t, 1)  # one class: (1, k) each
+        cf_syn = class_cf(f_syn, f_syn.new_zeros(len(f_syn), dtype=torch.long), t, 1)
+        return MATCH_SCALE * cf_distance(cf_real, cf_syn, alpha=self.alpha, beta=self.beta)
 
-    def loss(self, net, x_real, g_real, params, t) -> torch.Tensor:
-        """CF distance between each class's real and synthetic normalised embeddings at frequencies
-        t, summed over classes; all classes share one batched call (a class's CF is a mean over its rows)."""
-        return self.cf_loss(self.features(net, x_real, g_real, params), t)
+    def calib_loss(self, c: int) -> torch.Tensor:
+        """Cross-entropy of the trained pool network on class c's augmented synthetic images."""
+        x_syn = self.images_[self.rows_[c]]
+        if self.dsa_ is not None:
+            x_syn = self.dsa_.apply(x_syn, self.dsa_.sample(1, self.gen_))
+        return self.calib_weight * F.cross_entropy(self.calib_net_(x_syn), self.labels_[self.rows_[c]])
+
+    def update(self, loss: torch.Tensor, *, ascend: bool = False) -> float:
+        """One optimizer step of the pixels down `loss`; with `ascend` and the sampler on, one step
+        of the sampling network up the same loss, as the code's `sampling_net_ascent_scale` path does
+        (its default path adds the sampler's gradient and its negative, which cancel). Returns the loss."""
+        self.opt_.zero_grad(set_to_none=True)
+        ascending = ascend and self.sampler_ is not None
+        if ascending:
+            self.sampler_opt_.zero_grad(set_to_none=True)
+        loss.backward()
+        if ascending:
+            for p in self.sampler_.parameters():
+                p.grad.neg_()
+            self.sampler_opt_.step()
+        self.opt_.step()
+        return loss.item()
 
     def step(self):
-        net, x_real, g_real, params, z = self.sample()
-        feats = self.features(net, x_real, g_real, params)
-        t = z if self.sampler_ is None else self.sampler_(z).detach()
-        loss = self.cf_loss(feats, t)  # the images minimise...
-        self.opt_.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_.step()
-        self.steps_ += 1
-        stats = {"loss": loss.item()}
-        if self.sampler_ is not None and self.steps_ % self.sampler_every == 0:
-            f_real, g_real, f_syn, g_syn = feats  # ...the sampler maximises, on the same features
-            t = self.sampler_(z)
-            adversary = -self.cf_loss((f_real, g_real, f_syn.detach(), g_syn), t)
-            self.sampler_opt_.zero_grad(set_to_none=True)
-            adversary.backward()
-            self.sampler_opt_.step()
-            stats["freq_shift"] = (1 - F.cosine_similarity(t.detach(), z, dim=1)).mean().item()
+        with torch.no_grad():
+            self.images_.copy_(torch.maximum(torch.minimum(self.images_, self.high_), self.low_))
+        self.draw_networks()
+        classes = range(self.shape_["num_classes"])
+        match = sum(self.update(self.match_loss(c), ascend=True) for c in classes)  # one update per class
+        calib = sum(self.update(self.calib_loss(c)) for _ in range(self.calib_iters) for c in classes)
+        n = len(classes)
+        total = (match + calib) / n  # what the code's plateau schedule watches
+        self.schedule_.step(total)
+        if self.sampler_ is not None:
+            self.sampler_schedule_.step(total)
+        stats = {"loss": total, "match_loss": match / n, "lr_img": self.opt_.param_groups[0]["lr"]}
+        if self.calib_iters:
+            stats["calib_loss"] = calib / n
         return stats
 
 
-class FrequencySampler(nn.Module):
-    """Noise z ~ N(0, I) to frequencies t = |z| (z + g(z)) / |z + g(z)|, g a two-layer MLP whose last
-    layer starts at zero: the sampler starts as the plain Gaussian draw and learns *directions* where
-    real and synthetic differ, while each frequency keeps its Gaussian length (an unbounded adversary
-    would push every frequency to infinity, where all characteristic functions look alike)."""
+class SampleNet(nn.Module):
+    """The public code's sampling network: noise rows z ~ N(0, I), `dim` wide, through three
+    Linear(dim, dim) -> BatchNorm1d layers (LeakyReLU 0.2, LeakyReLU 0.2, then Tanh), so every
+    coordinate of a frequency lies in (-1, 1); num_freqs / repeat rows are made, and each is used
+    `repeat` times. Batch norm always uses the batch's statistics (the code never switches to eval)."""
 
-    def __init__(self, dim: int, hidden: int, *, seed: int):
+    def __init__(self, dim: int, num_freqs: int, repeat: int, *, seed: int):
         super().__init__()
+        self.num_freqs, self.repeat = num_freqs, max(1, repeat)
+        self.distinct = max(1, math.ceil(num_freqs / self.repeat))
+        acts = [nn.LeakyReLU(0.2), nn.LeakyReLU(0.2), nn.Tanh()]
+        self.layers = nn.Sequential(*[m for act in acts for m in (nn.Linear(dim, dim), nn.BatchNorm1d(dim), act)])
         g = torch.Generator().manual_seed(seed)
-        self.body = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
-        with torch.no_grad():
-            bound = 1 / math.sqrt(dim)
-            self.body[0].weight.uniform_(-bound, bound, generator=g)
-            self.body[0].bias.uniform_(-bound, bound, generator=g)
-            self.body[2].weight.zero_()
-            self.body[2].bias.zero_()
+        with torch.no_grad():  # PyTorch's default Linear init, drawn from our generator
+            for layer in self.layers:
+                if isinstance(layer, nn.Linear):
+                    bound = 1 / math.sqrt(dim)
+                    layer.weight.uniform_(-bound, bound, generator=g)
+                    layer.bias.uniform_(-bound, bound, generator=g)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return F.normalize(z + self.body(z), dim=1) * z.norm(dim=1, keepdim=True)
+        """(distinct, dim) noise -> (num_freqs, dim) frequencies."""
+        self.train()
+        return self.layers(z).repeat(self.repeat, 1)[: self.num_freqs]
