@@ -14,7 +14,7 @@ from dd_core.methods import METHODS
 
 from . import distill_run, inputs, jobs, method_params
 from .exports import labelled_grid
-from .figures import loss_figure
+from .figures import loss_figure, matching_figure
 from .learn_tab import method_markdown
 from .runtime import LIMITS
 from .sessions import Session, session_for
@@ -22,7 +22,7 @@ from .sessions import Session, session_for
 PLOT_SECONDS = 2.0  # the loss curve is redrawn at most this often; the grid every snapshot
 DEFAULT_DATASET, DEFAULT_METHOD, DEFAULT_IPC = "digits", "dm", 10
 OUTPUTS = ("status", "grid", "stats", "loss", "current_set", "scrub", "dl_set", "dl_png", "dl_zip", "dl_gif",
-           "distill_btn", "stop_btn")
+           "distill_btn", "stop_btn", "matching")
 DOWNLOADS = {"dl_set": "safetensors", "dl_png": "png", "dl_zip": "zip", "dl_gif": "gif"}
 
 
@@ -66,6 +66,7 @@ def ui_updates(session: Session, req: distill_run.Request, owner: str | None = N
         if tick.phase in ("waiting", "loading"):
             out.update(distill_btn=gr.update(interactive=False), stop_btn=gr.update(interactive=True),
                        scrub=gr.update(visible=False), loss=loss_figure([]),
+                       matching=gr.update(value=None, visible=False),
                        **{k: gr.update(visible=False) for k in DOWNLOADS})
         snap = tick.snapshot
         if snap is not None:
@@ -73,6 +74,8 @@ def ui_updates(session: Session, req: distill_run.Request, owner: str | None = N
             out["stats"] = stats_line(snap, req)
             if tick.finished or time.perf_counter() - last_plot >= PLOT_SECONDS:
                 out["loss"], last_plot = loss_figure(snap.history), time.perf_counter()
+                if snap.history and "student_distance" in snap.history[-1]:  # trajectory matching: what it matches
+                    out["matching"] = gr.update(value=matching_figure(snap.history), visible=True)
         if tick.saved is not None:
             out["current_set"] = str(tick.saved)
         if tick.finished:
@@ -182,9 +185,10 @@ def build(current_set: gr.State, compute: dict) -> DistillTab:
                       for k, label in (("dl_set", "Synthetic set (.safetensors)"), ("dl_png", "PNG grid"),
                                        ("dl_zip", "ImageFolder (.zip)"), ("dl_gif", "Evolution (GIF)"))}
             loss = gr.Plot(loss_figure([]), label="Loss", elem_id="loss")
+            matching = gr.Plot(None, label="What trajectory matching matches", elem_id="matching", visible=False)
 
     components = dict(status=status, grid=grid, stats=stats, loss=loss, current_set=current_set, scrub=scrub_slider,
-                      distill_btn=go, stop_btn=stop, **dl)
+                      distill_btn=go, stop_btn=stop, matching=matching, **dl)
     outputs = [components[k] for k in OUTPUTS]
 
     fields = [dataset, folder, method, ipc, steps, seed, preset]

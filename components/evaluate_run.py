@@ -9,7 +9,7 @@ from typing import Callable
 
 from dd_core import metrics
 from dd_core.labels import HardLabels, LabelStore, load_store, same_kind
-from dd_core.evaluate import PROTOCOLS, EvalConfig, EvalResult, evaluate, protocol as make_protocol
+from dd_core.evaluate import PROTOCOLS, EvalConfig, EvalResult, evaluate, for_set, protocol as make_protocol
 from dd_core.models import MODELS
 from dd_core.synthetic import SyntheticSet, check_fits, random_subset
 from dd_core.teacher import get_teacher, whole_reference as teacher_whole_reference
@@ -37,7 +37,8 @@ class Report:
 
 # What each protocol is, in one line, for the Evaluate tab and the API.
 PROTOCOL_HELP = ("fast: 300 epochs with DSA; paper: 1000 epochs with DSA (the DSA and DM papers); "
-                 "dc: 300 epochs with the DC paper's crop/scale/rotate on MNIST (its own and its coreset figures)")
+                 "dc: 300 epochs with the DC paper's crop/scale/rotate on MNIST (its own and its coreset figures); "
+                 "learned_lr: fast at the lr a trajectory-matching set learned (MTT's evaluation)")
 
 
 def config_for(protocol: str, num_models, model: str | None) -> EvalConfig:
@@ -88,7 +89,10 @@ def evaluate_set(session: Session, syn: SyntheticSet, *, stop: threading.Event, 
                  hard: bool = False) -> EvalResult:
     """Train fresh networks on `syn` alone, with its own labels (or its hard labels if `hard`);
     honours `stop`, the calling job's stop (its Stop button and its time cap)."""
-    config = config_for(protocol, num_models, model)
+    try:
+        config = for_set(config_for(protocol, num_models, model), syn)  # learned_lr: the set's own lr
+    except ValueError as e:
+        raise inputs.UserError(str(e)) from None
     dataset = dataset_of(session, syn)
     store = HardLabels(syn.labels, syn.num_classes) if hard else labels_of(syn)
     return evaluate(syn.images, store, dataset, config, progress=progress, stop=stop)

@@ -66,6 +66,29 @@ def loss_figure(history: list[dict], *, revision: str = "loss") -> go.Figure:
     return fig
 
 
+def matching_figure(history: list[dict], *, revision: str = "matching") -> go.Figure:
+    """Trajectory matching, per step: how far the student (trained on the synthetic images) ends from
+    the expert's target checkpoint, against how far the expert itself travelled from start to target.
+    Below the expert's line, the synthetic steps brought the student closer to the target than it
+    started; 0 would be a perfect match."""
+    fig = _figure(title="student's distance to the expert's target vs the expert's own step", revision=revision,
+                  height=260)
+    rows = [r for r in history if "student_distance" in r and "start_distance" in r]
+    stride = max(1, len(rows) // MAX_CURVE_POINTS)
+    rows = rows[::stride] + ([rows[-1]] if rows and rows[::stride][-1] is not rows[-1] else [])
+    steps = [r["step"] for r in rows]
+    for key, name, colour in (("start_distance", "expert: start -> target (real data, M epochs)", "#7f7f7f"),
+                              ("student_distance", "student -> target (after N steps on the synthetic set)", "#d62728")):
+        ys = [r[key] for r in rows]
+        fig.add_trace(go.Scatter(x=steps, y=ys, mode="lines", name=name, line=dict(width=1, color=colour), opacity=0.4))
+        if len(ys) >= 30:
+            fig.add_trace(go.Scatter(x=steps, y=_smooth(ys), mode="lines", name=f"{name.split(':')[0]} (smoothed)",
+                                     line=dict(width=2.5, color=colour), showlegend=False))
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text="parameter distance", rangemode="tozero")
+    return fig
+
+
 def map_figure(view, *, title: str, revision: str, show_paths: bool = True) -> go.Figure:
     """Real points faint, synthetic points large and outlined in their class colour, and the path
     each synthetic image took across the kept snapshots. `view` is a feature_view.MapView."""

@@ -1,4 +1,4 @@
-"""Command line: `python -m dd_core distill | evaluate | labels | list`.
+"""Command line: `python -m dd_core distill | evaluate | labels | experts | list`.
 
 Bad input exits with status 2 and one line that says what to do; never a traceback.
 """
@@ -92,7 +92,7 @@ def cmd_distill(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .data import load_dataset
-    from .evaluate import evaluate, protocol
+    from .evaluate import evaluate, for_set, protocol
     from .labels import load_store, same_kind
     from .metrics import dd_ranking
     from .synthetic import SyntheticSet, random_subset
@@ -101,7 +101,7 @@ def cmd_evaluate(args) -> int:
     dataset = load_dataset(args.dataset or syn.dataset)
     check_compatible(syn, dataset)
     overrides = {k: v for k, v in (("num_models", args.models), ("epochs", args.epochs), ("model", args.arch)) if v}
-    config = protocol(args.protocol, **overrides)
+    config = for_set(protocol(args.protocol, **overrides), syn)  # learned_lr: the lr the set learned
     bar = _progress(1000, "evaluate", args.quiet or args.json)
 
     def progress(frac, text):
@@ -181,6 +181,12 @@ def cmd_labels(args) -> int:
                           pruned_set=not args.no_pruned)
 
 
+def cmd_experts(args) -> int:
+    from .experts import experts_command
+
+    return experts_command(args)
+
+
 def cmd_list(args) -> int:
     from .data import dataset_names
     from .labels import LABEL_STORES
@@ -230,9 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="train fresh networks on a synthetic set and report test accuracy")
     e.add_argument("file")
-    e.add_argument("--protocol", default="fast", choices=["fast", "paper", "dc"],
+    e.add_argument("--protocol", default="fast", choices=["fast", "paper", "dc", "learned_lr"],
                    help="fast: 300 epochs with DSA; paper: the DSA/DM paper protocol (1000 epochs, DSA); "
-                        "dc: the DC paper's (300 epochs, its crop/scale/rotate augmentation on MNIST)")
+                        "dc: the DC paper's (300 epochs, its crop/scale/rotate augmentation on MNIST); "
+                        "learned_lr: fast at the lr a trajectory-matching set learned (MTT's evaluation)")
     e.add_argument("--models", type=int, default=None, help="number of evaluation networks")
     e.add_argument("--epochs", type=int, default=None)
     e.add_argument("--arch", default=None, help="evaluation network (cross-architecture)")
@@ -262,6 +269,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="skip the label-first baseline (real images kept by pca's prune rule, same labels)")
     lab.add_argument("--json", action="store_true")
     lab.set_defaults(func=cmd_labels)
+
+    ex = sub.add_parser("experts", help="train expert trajectories for trajectory matching (MTT and kin); "
+                                         "runs under torchrun, each process training its share")
+    ex.add_argument("--dataset", default="digits")
+    ex.add_argument("--model", default=None, help="network (default: the dataset's DD ConvNet)")
+    ex.add_argument("--experts", type=int, default=10, help="number of experts (MTT uses 100)")
+    ex.add_argument("--epochs", type=int, default=50, help="epochs per expert (a snapshot after each)")
+    ex.add_argument("--seed", type=int, default=0, help="seed of expert 0 (expert i uses seed + i)")
+    ex.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="recipe: lr, momentum, weight_decay, batch_size, dsa, rho (SAM, FTD), clip and "
+                         "grad_penalty (SeT)")
+    ex.add_argument("--fp16", action="store_true", help="store the checkpoints as float16 (half the bytes)")
+    ex.add_argument("--out", required=True, help="folder for expert_NNN.safetensors and index.json")
+    ex.add_argument("--quiet", action="store_true")
+    ex.set_defaults(func=cmd_experts)
 
     ls = sub.add_parser("list", help="list datasets, models, methods and their hyperparameters")
     ls.set_defaults(func=cmd_list)

@@ -59,6 +59,9 @@ PROTOCOLS = {
     # The DC paper's protocol, behind its own figures and its coreset baselines (random, herding,
     # k-center): 300 epochs, its own augmentation instead of DSA.
     "dc": EvalConfig(protocol="dc", epochs=300, dsa=False, dc_aug=True, num_models=5),
+    # The fast recipe at the lr the set learned (MTT and its family learn the student's lr and their
+    # evaluation trains with it); for sets that carry a 'learned_lr' (evaluate.for_set).
+    "learned_lr": EvalConfig(protocol="learned_lr", epochs=300, dsa=True, num_models=3),
 }
 
 
@@ -200,9 +203,19 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor | LabelStore, dataset: D
     return EvalResult(accs, config, time.perf_counter() - t0, store.name)
 
 
+def for_set(config: EvalConfig, syn) -> EvalConfig:
+    """The protocol as it applies to one set: 'learned_lr' takes the lr the set learned."""
+    if config.protocol != "learned_lr":
+        return config
+    if "learned_lr" not in syn.extra_meta:
+        raise ValueError(f"the learned_lr protocol trains with the lr a trajectory-matching method learned (mtt, tesla, "
+                         f"ftd, datm, set), and this set (method {syn.method!r}) has none; use fast or paper")
+    return dataclasses.replace(config, lr=float(syn.extra_meta["learned_lr"]))
+
+
 def evaluate_synthetic(syn, dataset: Dataset, config: EvalConfig, **kw) -> EvalResult:
     """Evaluate a SyntheticSet with the labels it carries: its label store when the file has one
-    (soft, dynamic, ...), else its hard labels."""
+    (soft, dynamic, ...), else its hard labels; 'learned_lr' at the set's own lr."""
     from .labels import load_store
 
-    return evaluate(syn.images, load_store(syn), dataset, config, **kw)
+    return evaluate(syn.images, load_store(syn), dataset, for_set(config, syn), **kw)

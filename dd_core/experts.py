@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .augment import dsa_for
 from .cache import atomic_write, cache_path, load_or_build
 from .data import Dataset
-from .evaluate import test_accuracy
+from .training import test_accuracy
 from .interrupt import check
 from .models import model_for, resolve_model
 
@@ -352,3 +352,68 @@ def get_experts(dataset: Dataset, recipe: ExpertRecipe, num_experts: int, *, see
     trajectories = loaded if cached else read_experts(folder)
     _memory[str(folder)] = trajectories
     return trajectories
+
+
+# -- the command line: python -m dd_core experts ... (also under torchrun) ------------------------------
+
+
+def parse_recipe(model: str | None, epochs: int, settings: list[str]) -> ExpertRecipe:
+    """An ExpertRecipe from --model, --epochs and --set FIELD=VALUE items; unknown fields are named."""
+    values: dict[str, object] = {}
+    fields = {f.name: f for f in dataclasses.fields(ExpertRecipe)}
+    for item in settings:
+        key, eq, text = item.partition("=")
+        if not eq or key not in fields or key in ("model", "epochs"):
+            valid = ", ".join(sorted(set(fields) - {"model", "epochs"}))
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of: {valid} "
+                             f"(--model and --epochs have their own flags)")
+        kind = type(fields[key].default)
+        try:
+            values[key] = text.lower() in ("1", "true", "yes") if kind is bool else kind(text)
+        except ValueError:
+            raise ValueError(f"--set {key}={text!r}: expected a {kind.__name__}") from None
+    return ExpertRecipe(model=model or "auto", epochs=epochs, **values)
+
+
+def experts_command(args) -> int:
+    """Train experts into args.out. Under torchrun (WORLD_SIZE > 1) each rank trains its share:
+    gloo on CPUs, nccl on GPUs (one per local rank); rank 0 writes the index and prints the summary."""
+    import os
+    import sys
+
+    import torch.distributed as dist
+
+    from .data import load_dataset
+
+    recipe = parse_recipe(args.model, args.epochs, args.set)
+    dataset = load_dataset(args.dataset)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = torch.device("cpu")
+    if world > 1:
+        cuda = torch.cuda.is_available()
+        if cuda:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    elif torch.cuda.is_available():
+        device = torch.device("cuda")
+    rank = dist.get_rank() if world > 1 else 0
+
+    def progress(frac, text):
+        if not args.quiet:
+            print(f"[rank {rank}] {100 * frac:5.1f}% {text}", file=sys.stderr, flush=True)
+
+    t0 = time.perf_counter()
+    try:
+        build_experts(dataset, recipe, args.experts, args.out, seed=args.seed,
+                      dtype="float16" if args.fp16 else "float32", device=device, progress=progress)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+    if rank == 0:
+        traj = read_experts(args.out)
+        print(json.dumps({"out": str(args.out), "experts": traj.num_experts, "epochs": traj.epochs,
+                          "bytes": traj.nbytes, "seconds": round(time.perf_counter() - t0, 2), "processes": world,
+                          "recipe": traj.recipe.describe(),
+                          "final_test_accuracy": [round(a[-1], 4) for a in traj.test_accuracy]}))
+    return 0

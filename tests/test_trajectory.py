@@ -139,3 +139,77 @@ def test_learned_labels_become_the_label_store(digits, tmp_path):
     assert store.name == "learned" and store.nbytes() == 10 * 10 * 4
     rows = store.targets(torch.arange(10))
     assert torch.allclose(rows.sum(1), torch.ones(10)) and not torch.equal(rows, torch.eye(10))
+
+
+def _experts_cli(tmp_path, name, launcher):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / name
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "DD_THREADS": "1"}
+    cmd = [*launcher, "-m", "dd_core", "experts", "--dataset", "digits", "--model", "convnet_d2", "--experts", "3",
+           "--epochs", "1", "--quiet", "--out", str(out)]
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_write_the_same_experts_as_one(tmp_path):
+    import shutil
+    import sys
+
+    torchrun = shutil.which("torchrun", path=str(__import__("pathlib").Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed beside this Python")
+    one, summary_one = _experts_cli(tmp_path, "one", [sys.executable])
+    two, summary_two = _experts_cli(tmp_path, "two", [torchrun, "--standalone", "--nproc_per_node", "2"])
+    assert summary_two["processes"] == 2 and summary_one["processes"] == 1
+    a, b = read_experts(one), read_experts(two)
+    assert a.num_experts == b.num_experts == 3 and a.seeds == b.seeds
+    for pa, pb in zip(a.params, b.params):  # each expert is trained from its own seed, whichever rank trains it
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5)
+
+
+def test_experts_command_rejects_an_unknown_recipe_field(tmp_path, capsys):
+    from dd_core.cli import main
+
+    assert main(["experts", "--dataset", "digits", "--experts", "1", "--epochs", "1", "--set", "lr_img=3",
+                 "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "lr_img" in err and "batch_size" in err and "rho" in err
+
+
+@pytest.mark.slow
+def test_app_shows_the_matching_plot_and_evaluates_at_the_learned_lr():
+    # The Distill tab's handler (no server): an MTT run on digits streams the matching plot (the
+    # student's distance to the target beside the expert's own step); the set then evaluates under
+    # the learned_lr protocol at the lr it learned, and a DM set is told that protocol is not for it.
+    from types import SimpleNamespace
+
+    from components import distill_run, distill_tab, evaluate_tab, inputs
+    from components.sessions import drop_session, session_for
+
+    who = SimpleNamespace(session_hash="trajectory")
+    session = session_for(who)
+    try:
+        overrides = {"model": "convnet_d2", "num_experts": 1, "expert_epochs": 1, "max_start_epoch": 1, "syn_steps": 3}
+        req = distill_run.check_request("digits", "", "mtt", 1, 3, 0, "fast", overrides)
+        updates = list(distill_tab.ui_updates(session, req))
+        figures = [u[distill_tab.OUTPUTS.index("matching")] for u in updates]
+        shown = [f for f in figures if isinstance(f, dict) and f.get("visible") and f.get("value") is not None]
+        assert shown, "the matching plot never appeared"
+        names = [t.name for t in shown[-1]["value"].data]
+        assert any(n.startswith("student") for n in names) and any(n.startswith("expert") for n in names)
+        assert len(shown[-1]["value"].data[0].x) == 3  # one point per step
+        syn = session.current()
+        status, report = list(evaluate_tab.run_evaluation(session, syn, "learned_lr", 1, "mlp", compare=False))[-1]
+        assert "Done" in status and f"lr {float(syn.extra_meta['learned_lr'])}" in report
+        list(distill_tab.ui_updates(session, distill_run.check_request("digits", "", "dm", 1, 1, 0)))
+        with pytest.raises(inputs.UserError, match="learned_lr protocol .* has none; use fast or paper"):
+            list(evaluate_tab.run_evaluation(session, session.current(), "learned_lr", 1, "mlp", compare=False))
+    finally:
+        drop_session(who)
