@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from dd_core import metrics
-from dd_core.labels import HardLabels, LabelStore, load_store, same_kind
+from dd_core.label_stores.base import HardLabels, LabelStore
+from dd_core.labels import load_store, same_kind
 from dd_core.evaluate import PROTOCOLS, EvalConfig, EvalResult, evaluate, for_set, protocol as make_protocol
 from dd_core.models import MODELS
 from dd_core.synthetic import SyntheticSet, check_fits, random_subset

@@ -11,7 +11,8 @@ from typing import Iterator
 import gradio as gr
 import plotly.graph_objects as go
 
-from dd_core.labels import LABEL_STORES, parse_spec
+from dd_core.label_stores.base import LABEL_STORES
+from dd_core.labels import parse_spec
 from dd_core.models import MODELS
 from dd_core.synthetic import SyntheticSet
 from dd_core.tradeoff import DEFAULT_STORES, IMAGE_FORMATS, Tradeoff, human_bytes, markdown, run_tradeoff, summary

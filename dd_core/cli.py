@@ -189,7 +189,7 @@ def cmd_experts(args) -> int:
 
 def cmd_list(args) -> int:
     from .data import dataset_names
-    from .labels import LABEL_STORES
+    from .label_stores.base import LABEL_STORES
     from .methods import METHODS
     from .methods.base import field_help, hyperparameters
     from .models import MODELS

@@ -11,14 +11,16 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
 from .augment import dc_augment_for, dsa_for
 from .data import Dataset, DatasetFacts
-from .labels import HardLabels, LabelStore, soft_cross_entropy
-from .models import chunk_size, default_model, fast_forward, model_for
+from .label_stores.base import HardLabels, LabelStore, soft_cross_entropy
+from .labels import load_store
+from .models import default_model, fast_forward, model_for
+from .training import test_accuracy, training_views
 
 
 @dataclass(frozen=True)
@@ -103,44 +105,6 @@ class EvalResult:
                 "stopped": self.stopped}
 
 
-DSA_OPS = ("batch", "image")
-
-
-def training_views(images: torch.Tensor, *, epochs: int, batch_size: int, augment, seed: int,
-                   dsa_ops: str = "batch") -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """The exact sequence of (epoch, indices, augmented views) an evaluation network trains on.
-    Deterministic for a seed, so a label store can replay it and label the very same views.
-    Every image gets its own augmentation numbers; `dsa_ops` says whether the op itself is drawn
-    once per batch (the reference evaluation) or once per image."""
-    if dsa_ops not in DSA_OPS:
-        raise ValueError(f"unknown dsa_ops {dsa_ops!r}; valid values are: {', '.join(DSA_OPS)}")
-    g = torch.Generator().manual_seed(seed)
-    n = len(images)
-    for epoch in range(epochs):
-        perm = torch.randperm(n, generator=g)
-        for i in range(0, n, batch_size):
-            idx = perm[i:i + batch_size]
-            views = images[idx.to(images.device)]
-            if augment is not None:
-                params = augment.sample_batch(len(idx), g) if dsa_ops == "batch" else augment.sample(len(idx), g)
-                views = augment.apply(views, params, torch.arange(len(idx)))
-            yield epoch, idx, views
-
-
-@torch.no_grad()
-def test_accuracy(net: torch.nn.Module, dataset: Dataset, device, chunk: int | None = None) -> float:
-    """Accuracy on the test set, in cache-sized chunks on a CPU (models.chunk_size), 1000 on a GPU."""
-    net.eval()
-    forward = fast_forward(net)
-    chunk = chunk or (1000 if torch.device(device).type != "cpu" else chunk_size(net, dataset.x_test[:1]))
-    correct = 0
-    for i in range(0, len(dataset.x_test), chunk):
-        x = dataset.x_test[i:i + chunk].to(device)
-        correct += (forward(x).argmax(1).cpu() == dataset.y_test[i:i + chunk]).sum().item()
-    net.train()
-    return correct / len(dataset.x_test)
-
-
 def train_network(images: torch.Tensor, labels: LabelStore, dataset: Dataset, config: EvalConfig, *, seed: int,
                   device, on_epoch: Callable[[int], None] | None = None,
                   stop: threading.Event | None = None) -> tuple[torch.nn.Module, float | None]:
@@ -216,6 +180,4 @@ def for_set(config: EvalConfig, syn) -> EvalConfig:
 def evaluate_synthetic(syn, dataset: Dataset, config: EvalConfig, **kw) -> EvalResult:
     """Evaluate a SyntheticSet with the labels it carries: its label store when the file has one
     (soft, dynamic, ...), else its hard labels; 'learned_lr' at the set's own lr."""
-    from .labels import load_store
-
     return evaluate(syn.images, load_store(syn), dataset, for_set(config, syn), **kw)

@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from .data import Dataset
-from .evaluate import EvalConfig, EvalResult, augment_for, test_accuracy
+from .evaluate import EvalConfig, EvalResult, augment_for
 from .models import default_model, fast_forward, model_for
+from .training import test_accuracy
 
 
 def rs2_subsets(n: int, per_epoch: int, epochs: int, gen: torch.Generator) -> Iterator[torch.Tensor]:

@@ -1,10 +1,11 @@
 """Networks trained on the whole real training set ("squeeze"): the teacher for soft labels, the
 feature extractor for coresets and the feature-space map. Cached per dataset and architecture,
-in memory and on disk, and always reported with their test accuracy."""
+in memory and on disk (cache.py: a .safetensors file with the recipe and test accuracy, written
+atomically, rebuilt with a logged note when it fails validation), and always reported with
+their test accuracy."""
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -12,11 +13,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from .augment import dsa_for
+from .cache import cache_path, load_or_build
 from .data import Dataset
 from .interrupt import check
 from .models import model_for
+from .training import test_accuracy
 
 _memory: dict[str, "Teacher"] = {}
 _locks: dict[str, threading.Lock] = {}  # one per key: a network in training blocks only those who want it
@@ -58,11 +63,6 @@ class Teacher:
         return self.temperature_
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("DD_CACHE_DIR")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "distillery"
-
-
 def _key(dataset: Dataset, arch: str, epochs: int, seed: int) -> str:
     # Folder datasets share names across users' folders: key on the data itself as well.
     digest = hashlib.sha1(dataset.x_train[:: max(1, len(dataset.x_train) // 512)].numpy().tobytes()).hexdigest()[:10]
@@ -94,12 +94,29 @@ def train_on_real(dataset: Dataset, arch: str, epochs: int, seed: int, device, b
     return net
 
 
+def _save(value: tuple[torch.nn.Module, float], path: Path, meta: dict[str, str]) -> None:
+    net, accuracy = value
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(path), metadata={**meta, "test_accuracy": repr(accuracy)})
+
+
+def _load(path: Path, dataset: Dataset, meta: dict[str, str], device) -> tuple[torch.nn.Module, float]:
+    """A cached teacher, validated: the metadata must name this key and recipe, and the weights
+    must fit the network exactly (load_state_dict is strict); anything else raises."""
+    with safe_open(str(path), framework="pt") as f:
+        stored = f.metadata() or {}
+    for name, value in meta.items():
+        if stored.get(name) != value:
+            raise ValueError(f"metadata {name!r} is {stored.get(name)!r}, expected {value!r}")
+    net = model_for(dataset, meta["arch"], seed=int(meta["seed"]), device=device)
+    net.load_state_dict(load_file(str(path), device=str(device)))
+    return net.eval(), float(stored["test_accuracy"])
+
+
 def get_teacher(dataset: Dataset, *, arch: str | None = None, epochs: int | None = None, seed: int = 0,
                 device=None, stop: threading.Event | None = None) -> Teacher:
     """The cached trained network for a dataset (trained now if not cached). Training stops with
     `Interrupted` once `stop` is set; nothing is cached then."""
-    from .evaluate import test_accuracy
-
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     arch, epochs = arch or dataset.teacher_arch, epochs or dataset.teacher_epochs  # the dataset's recipe
     key = _key(dataset, arch, epochs, seed)
@@ -108,21 +125,19 @@ def get_teacher(dataset: Dataset, *, arch: str | None = None, epochs: int | None
     with lock:  # one training per key, even with several users asking at once
         if key in _memory:
             return _memory[key]
-        path = cache_dir() / "teachers" / f"{key}.pt"
         t0 = time.perf_counter()
-        net = model_for(dataset, arch, seed=seed, device=device)
-        if path.is_file():
-            net.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-            net.eval()
-        else:
+        meta = {"key": key, "arch": arch, "epochs": str(epochs), "seed": str(seed)}
+
+        def build() -> tuple[torch.nn.Module, float]:
             net = train_on_real(dataset, arch, epochs, seed, device, stop=stop)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(net.state_dict(), tmp)
-            tmp.replace(path)
+            return net, test_accuracy(net, dataset, device)
+
+        (net, accuracy), _ = load_or_build(cache_path("teachers", key, ".safetensors"),
+                                           load=lambda path: _load(path, dataset, meta, device), build=build,
+                                           save=lambda value, tmp: _save(value, tmp, meta))
         for p in net.parameters():
             p.requires_grad_(False)
-        teacher = Teacher(net, arch, epochs, test_accuracy(net, dataset, device), time.perf_counter() - t0)
+        teacher = Teacher(net, arch, epochs, accuracy, time.perf_counter() - t0)
         net.eval()
         _memory[key] = teacher
         return teacher

@@ -22,7 +22,7 @@ from torch import nn
 from .cache import cache_path, load_or_build
 from .committee import Committee
 from .data import Dataset
-from .evaluate import test_accuracy
+from .training import test_accuracy
 from .interrupt import check
 from .models import build_model, model_for
 from .registry import Registry
@@ -117,7 +117,7 @@ def train_teacher(dataset: Dataset, recipe: TeacherRecipe, *, seed: int, device,
     steps = recipe.epochs * math.ceil(n / recipe.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     g = torch.Generator().manual_seed(seed)
-    flips = getattr(dataset, "flips", True)
+    flips = dataset.flips
     net.train()
     for _ in range(recipe.epochs):
         perm = torch.randperm(n, generator=g)

@@ -18,11 +18,16 @@ from typing import Callable
 
 import torch
 
+from .data import DatasetUnavailable, load_dataset
 from .evaluate import EvalConfig, evaluate
-from .labels import LABEL_STORES, build_spec, index_bytes, parse_spec
+from .evaluate import protocol as make_protocol
+from .label_stores.base import LABEL_STORES, index_bytes
+from .labels import build_spec, parse_spec
 from .methods.pca import keep_by_difficulty
-from .registry import Registry
+from .registry import Registry, UnknownNameError
+from .synthetic import SyntheticFileError, SyntheticSet
 from .synthetic import random_subset as baseline_subset
+from .teacher import get_teacher
 
 # The stores every trade-off shows unless told otherwise: one or more of each family.
 DEFAULT_STORES = ["hard", "soft:dtype=float32", "soft", "soft:dtype=int8", "soft:topk=1", "dynamic",
@@ -167,8 +172,6 @@ def random_subset(syn, dataset):
 
 def get_teacher_or_reason(dataset, device):
     """(teacher, '') or (None, why none could be had): training one can fail on odd data."""
-    from .teacher import get_teacher
-
     try:
         return get_teacher(dataset, device=device), ""
     except Exception as err:  # noqa: BLE001  any failure becomes a message beside the stores that needed it
@@ -316,11 +319,6 @@ def labels_command(path: str, protocol: str, stores: list[str] | None, num_model
                    epochs: int | None = None, image_format: str = "uint8", random_set: bool = True,
                    pruned_set: bool = True) -> int:
     """`python -m dd_core labels FILE`: print every store's bytes and accuracy; 0 on success, 2 on bad input."""
-    from .data import DatasetUnavailable, load_dataset
-    from .evaluate import protocol as make_protocol
-    from .registry import UnknownNameError
-    from .synthetic import SyntheticFileError, SyntheticSet
-
     try:
         syn = SyntheticSet.load(path)
         dataset = load_dataset(syn.dataset)

@@ -11,7 +11,8 @@ import torch
 from dd_core import load_dataset
 from dd_core.distill import distill, run_to_end
 from dd_core.methods import make_method
-from dd_core.teacher import cache_dir, get_teacher
+from dd_core.cache import cache_dir
+from dd_core.teacher import get_teacher
 from dd_core.interrupt import Interrupted
 
 CPU = torch.device("cpu")

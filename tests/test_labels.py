@@ -11,9 +11,10 @@ import torch.nn.functional as F
 
 from dd_core.data import load_dataset
 from dd_core.evaluate import evaluate, protocol
-from dd_core.evaluate import test_accuracy as accuracy_on_test
-from dd_core.labels import (AUG_RECORD_BYTES, LABEL_STORES, HardLabels, LabelStore, TeacherRequired, attach, build,
-                            build_spec, load_store, parse_spec, same_kind, soft_cross_entropy)
+from dd_core.training import test_accuracy as accuracy_on_test
+from dd_core.label_stores.base import (AUG_RECORD_BYTES, LABEL_STORES, HardLabels, LabelStore, TeacherRequired,
+                                      soft_cross_entropy)
+from dd_core.labels import attach, build, build_spec, load_store, parse_spec, same_kind
 from dd_core.label_stores.distance import distances, reconstruct
 from dd_core.label_stores.dynamic import AugRecord
 from dd_core.label_stores.soft import RowCodec

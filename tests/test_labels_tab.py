@@ -8,7 +8,7 @@ pytest.importorskip("gradio")
 from components import labels_tab  # noqa: E402
 from dd_core import tradeoff  # noqa: E402
 from dd_core.data import load_dataset  # noqa: E402
-from dd_core.evaluate import test_accuracy as accuracy_on_test  # noqa: E402
+from dd_core.training import test_accuracy as accuracy_on_test  # noqa: E402
 from dd_core.synthetic import init_synthetic  # noqa: E402
 from dd_core.teacher import Teacher, train_on_real  # noqa: E402
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from dd_core.augment import DSA, OPS, DSAParams
-from dd_core.labels import soft_cross_entropy
+from dd_core.label_stores.base import soft_cross_entropy
 from dd_core.methods.gradient_matching import matching_loss, train_on_synthetic
 from dd_core.methods.ncfm import class_cf, cf_distance
 from dd_core.models import ConvNet, _first_block, _foldable_first_block
@@ -122,7 +122,7 @@ def test_ncfm_phase_term_is_the_arctangent_form():
 
 def test_evaluation_draws_one_dsa_op_per_batch_like_the_reference():
     from dd_core.augment import NO_FLIP_OPS, DSA
-    from dd_core.evaluate import training_views
+    from dd_core.training import training_views
 
     dsa = DSA(NO_FLIP_OPS)
     params = dsa.sample_batch(6, torch.Generator().manual_seed(0))

@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from dd_core import load_dataset
 from dd_core.distill import run_to_end
-from dd_core.evaluate import test_accuracy as accuracy_of
+from dd_core.training import test_accuracy as accuracy_of
 from dd_core.methods import make_method
 from dd_core.methods import ncfm_pool
 from dd_core.methods.ncfm import SampleNet, class_cf, cf_distance

@@ -8,9 +8,9 @@ import json
 import torch
 import torch.nn.functional as F
 
-from ..labels import LABEL_STORES, LabelStore
 from ..models import num_parameters
 from ..committee import Committee
+from .base import LABEL_STORES, LabelStore
 from .online import network_for
 
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..labels import AUG_RECORD_BYTES, LABEL_STORES, LabelStore, index_bytes
 from ..teacher import probabilities
+from .base import AUG_RECORD_BYTES, LABEL_STORES, LabelStore, index_bytes
 from .dynamic import AugRecord, schedule_probabilities
 from .soft import SOFTEN, teacher_device, teacher_temperature
 

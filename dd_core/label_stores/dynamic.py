@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from ..augment import dsa_for
 from ..data import dataset_facts
-from ..labels import AUG_RECORD_BYTES, LABEL_STORES, SEED_BYTES, LabelStore, index_bytes
 from ..teacher import probabilities
+from ..training import training_views
+from .base import AUG_RECORD_BYTES, LABEL_STORES, SEED_BYTES, LabelStore, index_bytes
 from .soft import SOFTEN, VALUE_DTYPE, RowCodec, teacher_device, teacher_temperature
 
 
@@ -41,8 +42,6 @@ class AugRecord:
 
     def views(self, images: torch.Tensor, dataset_name: str):
         """The (epoch, indices, views) sequence an evaluation network replaying this record sees."""
-        from ..evaluate import training_views  # evaluate imports labels, which imports this file
-
         augment = dsa_for(dataset_facts(dataset_name)) if self.dsa else None
         return training_views(images, epochs=self.epochs, batch_size=self.batch_size, augment=augment, seed=self.seed,
                               dsa_ops=self.dsa_ops)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..labels import LABEL_STORES, LabelStore
 from ..teacher import probabilities
+from .base import LABEL_STORES, LabelStore
 from .soft import teacher_device
 
 DTYPES = {"float32": (torch.float32, 4), "float16": (torch.float16, 2)}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..labels import LABEL_STORES, LabelStore
 from ..models import build_model, num_parameters
+from .base import LABEL_STORES, LabelStore
 from .soft import SOFTEN, teacher_temperature
 
 WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16}

@@ -21,9 +21,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..augment import dsa_for
-from ..labels import LABEL_STORES, SEED_BYTES, LabelStore, soft_cross_entropy
+from ..cache import cache_path, load_or_build
 from ..models import num_parameters, resolve_model
-from ..teacher import cache_dir, probabilities
+from ..teacher import probabilities
+from .base import LABEL_STORES, SEED_BYTES, LabelStore, soft_cross_entropy
 from .online import network_for
 from .soft import SOFTEN, teacher_device, teacher_temperature
 
@@ -170,16 +171,16 @@ class ProjectorLabels(LabelStore):
         arch = teacher.arch if arch == "auto" else resolve_model(arch, dataset)
         key = (dataset.name, len(dataset.x_train), teacher.describe(), arch, rank, seed, steps, batch, lr, temperature)
         key += (head_rank,) if head_rank else ()  # fits cached before head_rank existed stay valid
-        path = cache_dir() / "projectors" / f"{hashlib.sha1(repr(key).encode()).hexdigest()[:16]}.safetensors"
+        path = cache_path("projectors", hashlib.sha1(repr(key).encode()).hexdigest()[:16], ".safetensors")
+
+        def build() -> dict[str, torch.Tensor]:
+            net, updates = projector_net(syn, arch, seed, rank, head_rank)
+            fit(net, dataset, teacher, steps=steps, batch=batch, lr=lr, temperature=temperature, seed=seed)
+            return learned(net, updates)
+
         with _lock:  # one fit per key, in memory and on disk, like the teacher
-            if key not in _fitted and path.is_file():
-                _fitted[key] = load_file(path)
             if key not in _fitted:
-                net, updates = projector_net(syn, arch, seed, rank, head_rank)
-                fit(net, dataset, teacher, steps=steps, batch=batch, lr=lr, temperature=temperature, seed=seed)
-                _fitted[key] = learned(net, updates)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                save_file(_fitted[key], str(path.with_suffix(".tmp")))
-                path.with_suffix(".tmp").replace(path)
+                _fitted[key], _ = load_or_build(path, load=lambda p: load_file(str(p)), build=build,
+                                                save=lambda tensors, tmp: save_file(tensors, str(tmp)))
         return cls(syn, _fitted[key], arch=arch, seed=seed, rank=rank, head_rank=head_rank)
 

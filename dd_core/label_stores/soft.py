@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..labels import LABEL_STORES, LabelStore, index_bytes
 from ..teacher import probabilities
+from .base import LABEL_STORES, LabelStore, index_bytes
 
 # Teacher probabilities are softmax(logits / T) with T = T_cal x soften: T_cal is the teacher's
 # calibrated temperature (teacher.py), `soften` an optional extra softening (SRe2L and RDED use 4

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 
 from ..augment import dsa_for
 from ..cache import cache_path, load_or_build
-from ..evaluate import test_accuracy
+from ..training import test_accuracy
 from ..models import build_model
 
 # The public pre-training recipe (pretrain_script.py, train_epoch and the configs): SGD lr 0.01,

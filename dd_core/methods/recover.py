@@ -25,6 +25,7 @@ from torch import nn
 from .. import teachers as teacher_registry
 from ..labels import attach, images_digest
 from ..committee import Committee
+from ..data import dataset_facts
 from ..label_stores.committee import CommitteeLabels
 from ..label_stores.online import OnlineTeacher
 from ..models import fast_forward
@@ -180,8 +181,6 @@ class Recover(Method):
 
     @classmethod
     def preset(cls, name, *, dataset, ipc):
-        from ..data import dataset_facts
-
         facts = dataset_facts(dataset)
         out = {"flip": facts.flips}
         if name == "fast":  # a CPU: a cheap teacher and a short schedule; bigger crops keep 8-32 px images legible
