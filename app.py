@@ -15,6 +15,7 @@ from pathlib import Path  # noqa: E402
 import gradio as gr  # noqa: E402
 
 from components import api, distill_tab, evaluate_tab, feature_tab, jobs, labels_tab, learn_tab  # noqa: E402
+from components import compare_tab, lessons, links, run_control  # noqa: E402
 from components.sessions import drop_session  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -30,23 +31,32 @@ def build() -> gr.Blocks:
     with gr.Blocks(title="Distillery", delete_cache=(600, 1800)) as demo:
         current_set = gr.State(None)  # path of this session's current synthetic set (.safetensors)
         gr.Markdown(INTRO, elem_id="intro")
-        with gr.Tabs():
+        current_tab = gr.State("distill")  # the open tab's id, for Copy link
+        with gr.Tabs(elem_id="main-tabs") as tabs:
             with gr.Tab("Distill", id="distill") as distill_t:
                 tab = distill_tab.build(current_set, COMPUTE)
+            with gr.Tab("Compare", id="compare") as compare_t:
+                compare = compare_tab.build(tab, COMPUTE)
             with gr.Tab("Feature space", id="features") as features_t:
                 live_timer = feature_tab.build(features_t, COMPUTE)
             with gr.Tab("Evaluate", id="evaluate") as evaluate_t:
                 evaluate_tab.build(current_set, COMPUTE)
             with gr.Tab("Learn", id="learn") as learn_t:
                 learn_tab.build(tab.method.value)
-            with gr.Tab("Labels & storage", id="labels"):
+            with gr.Tab("Labels & storage", id="labels") as labels_t:
                 labels_tab.render(current_set)
-        for other in (distill_t, evaluate_t, learn_t):  # the live map only redraws while it is seen
+            with gr.Tab("Lessons", id="lessons") as lessons_t:
+                gr.Markdown(lessons.gallery_markdown(), elem_id="lessons")
+        items = dict(distill=distill_t, compare=compare_t, features=features_t, evaluate=evaluate_t, learn=learn_t,
+                     labels=labels_t, lessons=lessons_t)
+        links.wire(demo, tab, tabs, items, current_tab, compare)
+        for other in (distill_t, compare_t, evaluate_t, learn_t, labels_t, lessons_t):  # the live map only redraws while it is seen
             other.select(lambda: gr.Timer(active=False), outputs=live_timer, queue=False, api_visibility="private")
         gr.Markdown(f"<small>{runtime.device_note()}. {runtime.LIMITS.describe()} "
                     f"API: see “Use via API” below.</small>", elem_classes=["note"])
         api.attach(tab, COMPUTE)
         demo.unload(drop_session)
+        demo.unload(run_control.forget)
     demo.queue(max_size=runtime.QUEUE_SIZE)
     return demo
 

@@ -12,7 +12,7 @@ from dd_core import memory
 from dd_core.distill import Snapshot, distill
 from dd_core.methods import METHODS, make_method
 
-from . import inputs, jobs, runtime
+from . import inputs, jobs, run_control, runtime
 from .exports import save_current, write_exports
 from .runtime import LIMITS
 from .sessions import RunRecord, Session
@@ -25,7 +25,7 @@ SAVE_SECONDS = 2.0  # how often the current set is written to disk for the Label
 class Tick:
     """What a run has to say at one moment."""
 
-    phase: str  # waiting, loading, warming, distilling, done, stopped, failed, error
+    phase: str  # waiting, loading, warming, distilling, paused, done, stopped, failed, error
     text: str  # the status line
     snapshot: Snapshot | None = None
     saved: Path | None = None  # a freshly saved current set (.safetensors), if any
@@ -47,9 +47,12 @@ class Request:
     seed: int
     preset: str = "fast"
     overrides: dict | None = None
+    init: str = "real"  # where the images start: random real images of each class, or noise
+    paused: bool = False  # start held at step 0 (a lesson that steps through a run)
 
 
-def check_request(dataset_choice, folder, method, ipc, steps, seed, preset="fast", overrides=None) -> Request:
+def check_request(dataset_choice, folder, method, ipc, steps, seed, preset="fast", overrides=None, init="real",
+                  paused=False) -> Request:
     """Everything that can be checked before loading data; raises UserError."""
     name = inputs.dataset_name(dataset_choice, folder)
     method = inputs.check_method(method)
@@ -58,7 +61,9 @@ def check_request(dataset_choice, folder, method, ipc, steps, seed, preset="fast
     seed = inputs.check_seed(seed)
     if preset not in ("fast", "paper"):
         raise inputs.UserError(f"Unknown preset {preset!r}; choose fast or paper.")
-    return Request(name, method, ipc, steps, seed, preset, dict(overrides or {}))
+    if init not in run_control.INITS:
+        raise inputs.UserError(f"Unknown start {init!r}; choose one of: {', '.join(run_control.INITS)}.")
+    return Request(name, method, ipc, steps, seed, preset, dict(overrides or {}), init, bool(paused))
 
 
 def check_memory(method, dataset, ipc: int) -> None:
@@ -106,10 +111,12 @@ def _run(session: Session, req: Request, job: jobs.Job) -> Iterator[Tick]:
     # The machine's cap on one run, setup included: it sets this run's own stop, which the engine
     # honours between steps and inside long ones (a feature network's training, DC's loops).
     last_save = 0.0
+    gate = run_control.new_gate(session, paused=req.paused)  # Pause / Step / Resume of this run
     with job.capped(LIMITS.max_seconds):
         try:
             for snap in distill(dataset, method, method_name=req.method, ipc=req.ipc, steps=req.steps, seed=req.seed,
-                                snapshot_every=10**9, snapshot_seconds=SNAPSHOT_SECONDS, stop=job.stop):
+                                init=req.init, snapshot_every=10**9, snapshot_seconds=SNAPSHOT_SECONDS,
+                                stop=job.stop, gate=gate):
                 record.final, record.history = snap.synthetic, snap.history
                 record.keep(snap.step, snap.synthetic.images)
                 if session.closed:
@@ -122,6 +129,8 @@ def _run(session: Session, req: Request, job: jobs.Job) -> Iterator[Tick]:
                 phase = "warming" if snap.step == 0 else "distilling"
                 text = ("Warming up: the first step builds the networks…" if snap.step == 0 else
                         f"Distilling with **{req.method}** on **{dataset.name}**, IPC {req.ipc}…")
+                if snap.message in ("paused", "stepped"):
+                    phase, text = "paused", run_control.paused_text(snap)
                 yield Tick(phase, text, snap, saved)
         except Exception as err:  # noqa: BLE001
             record.status, record.message = "failed", inputs.user_message(err)
@@ -137,6 +146,6 @@ def _run(session: Session, req: Request, job: jobs.Job) -> Iterator[Tick]:
     elif snap.status == "failed":
         record.message = f"Ended early: {snap.message}"
     else:
-        record.message = f"Done: {snap.step} steps in {snap.elapsed:.1f} s ({snap.steps_per_second:.1f} steps/s)."
+        record.message = run_control.done_text(snap, learns)
     write_exports(session, record)
     yield Tick(snap.status, record.message, snap, save_current(session, record), record)

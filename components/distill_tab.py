@@ -12,7 +12,7 @@ import gradio as gr
 
 from dd_core.methods import METHODS
 
-from . import distill_run, inputs, jobs, method_params
+from . import distill_run, inputs, jobs, links, method_params, run_control
 from .exports import labelled_grid
 from .figures import loss_figure, matching_figure
 from .learn_tab import method_markdown
@@ -34,8 +34,10 @@ def pack(**values) -> tuple:
 
 
 def status_line(phase: str, text: str) -> str:
-    icon = {"waiting": "⏳", "loading": "…", "warming": "…", "distilling": "⚗", "done": "✓", "stopped": "■",
-            "failed": "⚠", "error": "⚠"}.get(phase, "")
+    icon = {"waiting": "⏳", "loading": "…", "warming": "…", "distilling": "⚗", "paused": "‖", "done": "✓",
+            "stopped": "■", "failed": "⚠", "error": "⚠"}.get(phase, "")
+    if phase == "waiting":  # a class of 30 shares a few slots: the place in line must be seen from the back
+        return f"<div class='queue-banner'>{icon} {text}</div>"
     return f"{icon} {text}"
 
 
@@ -47,35 +49,46 @@ def stats_line(snap, req: distill_run.Request) -> str:
     return f"step **{snap.step}** / {snap.total_steps} · {sps:.1f} steps/s · {eta}"
 
 
+def scrub_update(run) -> dict:
+    n = len(run.kept) if run is not None else 0
+    return gr.update(minimum=0, maximum=max(1, n - 1), value=max(0, n - 1), visible=n > 1,
+                     label=f"Scrub through the {n} kept snapshots")
+
+
 def _finished_updates(run) -> dict:
     files = run.files if run is not None else {}
     out = {k: gr.update(value=str(files[kind]), visible=True) if kind in files else gr.update(visible=False)
            for k, kind in DOWNLOADS.items()}
-    n = len(run.kept) if run is not None else 0
-    out["scrub"] = gr.update(minimum=0, maximum=max(1, n - 1), value=max(0, n - 1), visible=n > 1,
-                             label=f"Scrub through the {n} kept snapshots")
+    out["scrub"] = scrub_update(run)
     out["distill_btn"], out["stop_btn"] = gr.update(interactive=True), gr.update(interactive=False)
     return out
 
 
 def ui_updates(session: Session, req: distill_run.Request, owner: str | None = None) -> Iterator[tuple]:
     """Run `req` for `session` and yield page updates (a plain generator; no server needed)."""
-    last_plot = 0.0
+    last_plot, cleared = 0.0, False
     for tick in distill_run.run(session, req, owner):
         out = {"status": status_line(tick.phase, tick.text)}
         if tick.phase in ("waiting", "loading"):
-            out.update(distill_btn=gr.update(interactive=False), stop_btn=gr.update(interactive=True),
-                       scrub=gr.update(visible=False), loss=loss_figure([]),
+            out.update(distill_btn=gr.update(interactive=False), stop_btn=gr.update(interactive=True))
+        if tick.phase == "warming" and not cleared:  # the new run exists: from now on the page shows only it
+            cleared = True
+            out.update(grid=None, stats="", scrub=gr.update(visible=False), loss=loss_figure([]),
                        matching=gr.update(value=None, visible=False),
                        **{k: gr.update(visible=False) for k in DOWNLOADS})
+        if tick.phase == "error" and not cleared:
+            out["status"] = status_line("error", tick.text + " The grid and files below are still those of "
+                                                             "your previous run, if any.")
         snap = tick.snapshot
         if snap is not None:
             out["grid"] = labelled_grid(snap.synthetic)
             out["stats"] = stats_line(snap, req)
-            if tick.finished or time.perf_counter() - last_plot >= PLOT_SECONDS:
+            if tick.finished or tick.phase == "paused" or time.perf_counter() - last_plot >= PLOT_SECONDS:
                 out["loss"], last_plot = loss_figure(snap.history), time.perf_counter()
                 if snap.history and "student_distance" in snap.history[-1]:  # trajectory matching: what it matches
                     out["matching"] = gr.update(value=matching_figure(snap.history), visible=True)
+        if tick.phase == "paused" and session.run is not None:  # look back through the run while it is held
+            out["scrub"] = scrub_update(session.run)
         if tick.saved is not None:
             out["current_set"] = str(tick.saved)
         if tick.finished:
@@ -140,6 +153,17 @@ class DistillTab:
     status: gr.Markdown
     grid: gr.Image
     distill_event: object
+    # For links and lessons (components/url_state.py): every control a link sets or hides.
+    preset: gr.Radio = None
+    init: gr.Radio = None
+    params: gr.Accordion = None
+    about: gr.Accordion = None
+    groups: dict = None  # method -> its group of hyperparameter widgets
+    widgets: list = None  # method_params.ParamWidget of every method
+    link_row: gr.Accordion = None  # Copy link and what the link hides
+    link_widgets: object = None  # links.LinkWidgets
+    about_md: gr.Markdown = None  # the chosen method's explanation
+    note: gr.Markdown = None  # what a link had to ignore
 
 
 def build(current_set: gr.State, compute: dict) -> DistillTab:
@@ -163,16 +187,25 @@ def build(current_set: gr.State, compute: dict) -> DistillTab:
                                   label="Steps", precision=0, elem_id="steps", min_width=80)
                 seed = gr.Number(0, label="Seed", precision=0, elem_id="seed", min_width=80)
             preset = gr.Radio(["fast", "paper"], value="fast", label="Preset",
-                              info="fast: settings that run on a CPU; paper: the published settings")
-            with gr.Accordion("Method hyperparameters", open=False):
+                              info="fast: settings that run on a CPU; paper: the published settings", elem_id="preset")
+            init = gr.Radio(run_control.INIT_CHOICES, value="real", label="Start from", elem_id="init",
+                            info="noise makes the images emerge from nothing; real images change more quietly")
+            with gr.Accordion("Method hyperparameters", open=False, elem_id="params") as params:
                 groups, widgets = method_params.build_all(default_method)
             with gr.Row():
                 go = gr.Button("Distill", variant="primary", elem_id="distill-btn")
                 stop = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop-btn")
+            with gr.Row():
+                pause_btn = gr.Button("Pause", size="sm", elem_id="pause-btn")
+                step_btn = gr.Button("Step", size="sm", elem_id="step-btn")
+                resume_btn = gr.Button("Resume", size="sm", elem_id="resume-btn")
+            with gr.Accordion("Link to these settings", open=False, elem_id="link-box") as link_row:
+                link_widgets = links.build_link_widgets()
             gr.Markdown(LIMITS.describe(), elem_classes=["note"])
-            with gr.Accordion("About this method", open=True):
+            with gr.Accordion("About this method", open=True, elem_id="about") as about_box:
                 about = gr.Markdown(method_markdown(default_method), elem_id="about-method")
         with gr.Column(scale=3, min_width=360):
+            note = gr.Markdown("", elem_id="url-note")
             status = gr.Markdown("Press **Distill** to start.", elem_id="status")
             stats = gr.Markdown("", elem_id="stats")
             grid = gr.Image(label="Synthetic images (a row per class)", show_label=False, type="pil", format="png",
@@ -191,7 +224,7 @@ def build(current_set: gr.State, compute: dict) -> DistillTab:
                       distill_btn=go, stop_btn=stop, matching=matching, **dl)
     outputs = [components[k] for k in OUTPUTS]
 
-    fields = [dataset, folder, method, ipc, steps, seed, preset]
+    fields = [dataset, folder, method, ipc, steps, seed, preset, init]
 
     def on_distill(values: dict, request: gr.Request):
         # A set of inputs arrives as one dict {component: value}, so gr.Request is injected reliably.
@@ -199,7 +232,8 @@ def build(current_set: gr.State, compute: dict) -> DistillTab:
         try:
             hp = [values[w.component] for w in widgets]
             overrides = method_params.overrides(method_v, widgets, hp) if method_v in METHODS else {}
-            req = distill_run.check_request(*(values[c] for c in fields), overrides)
+            *head, init_v = (values[c] for c in fields)
+            req = distill_run.check_request(*head, overrides, init_v, run_control.take_start_paused(request))
         except inputs.UserError as err:
             yield error_updates(str(err))
             return
@@ -208,14 +242,20 @@ def build(current_set: gr.State, compute: dict) -> DistillTab:
     event = go.click(on_distill, inputs=set(fields + [w.component for w in widgets]), outputs=outputs,
                      show_progress_on=[status], api_visibility="private", **compute)
     stop.click(request_stop, outputs=status, queue=False, api_name="stop")
+    for button, handler in ((pause_btn, run_control.pause), (step_btn, run_control.step),
+                            (resume_btn, run_control.resume)):
+        button.click(handler, outputs=status, queue=False, api_visibility="private")
     scrub_slider.input(scrub, inputs=scrub_slider, outputs=[grid, scrub_note], queue=False, api_visibility="private",
                        trigger_mode="always_last")
 
     settings = [method, preset, dataset, folder, ipc]
     changed_outputs = list(groups.values()) + [w.component for w in widgets] + [steps, about]
+    # .input, not .change: a link sets these programmatically with its own steps and hyperparameters.
     for trigger, update_steps in ((method, True), (preset, True), (dataset, True), (ipc, False)):
-        trigger.change(lambda *v, u=update_steps: settings_changed(*v, widgets, update_steps=u), inputs=settings,
+        trigger.input(lambda *v, u=update_steps: settings_changed(*v, widgets, update_steps=u), inputs=settings,
                        outputs=changed_outputs, queue=False, api_visibility="private")
     dataset.change(lambda d: gr.update(visible=d == inputs.FOLDER_CHOICE), inputs=dataset, outputs=folder,
                    queue=False, api_visibility="private")
-    return DistillTab(dataset, folder, method, ipc, steps, seed, status, grid, event)
+    return DistillTab(dataset, folder, method, ipc, steps, seed, status, grid, event, preset=preset, init=init,
+                      params=params, about=about_box, groups=groups, widgets=widgets, link_row=link_row,
+                      link_widgets=link_widgets, about_md=about, note=note)

@@ -47,6 +47,65 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+class Gate:
+    """Pause, step and resume for a running distillation: a condition variable the loop waits on
+    between steps. `pause()` holds the run after its current step; `step()` lets exactly one more
+    step through and holds again; `resume()` lets it run on. A stop signal always gets through."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._paused = False
+        self._grants = 0  # steps allowed through while paused
+        self._paused_since: float | None = None
+        self.paused_seconds = 0.0  # time spent held, left out of a run's elapsed time
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def holds(self) -> bool:
+        """Would the loop wait before its next step?"""
+        with self._cond:
+            return self._paused and self._grants == 0
+
+    def pause(self) -> None:
+        with self._cond:
+            if not self._paused:
+                self._paused, self._grants, self._paused_since = True, 0, time.perf_counter()
+            self._cond.notify_all()
+
+    def step(self, n: int = 1) -> None:
+        with self._cond:
+            if not self._paused:
+                self.pause()
+            self._grants += n
+            self._cond.notify_all()
+
+    def resume(self) -> None:
+        with self._cond:
+            if self._paused and self._paused_since is not None:
+                self.paused_seconds += time.perf_counter() - self._paused_since
+            self._paused, self._grants, self._paused_since = False, 0, None
+            self._cond.notify_all()
+
+    def wait(self, stop: threading.Event | None = None, poll: float = 0.1) -> bool:
+        """Block while held; True when a granted step was taken (the loop then yields it)."""
+        with self._cond:
+            while self._paused and self._grants == 0 and not (stop is not None and stop.is_set()):
+                self._cond.wait(poll)  # the poll lets a stop set elsewhere get through
+            if self._paused and self._grants > 0:
+                self._grants -= 1
+                return True
+            return False
+
+    def held_seconds(self) -> float:
+        with self._cond:
+            now = self.paused_seconds
+            if self._paused_since is not None:
+                now += time.perf_counter() - self._paused_since
+            return now
+
+
 def _finite(stats: dict[str, float], images: torch.Tensor) -> bool:
     return all(math.isfinite(v) for v in stats.values()) and bool(torch.isfinite(images).all())
 
@@ -54,9 +113,11 @@ def _finite(stats: dict[str, float], images: torch.Tensor) -> bool:
 def distill(dataset: Dataset, method: Method, *, method_name: str, ipc: int, steps: int, seed: int = 0,
             init: str = "real", initial: SyntheticSet | None = None, snapshot_every: int = 10,
             snapshot_seconds: float | None = None, stop: threading.Event | None = None,
-            device: torch.device | None = None) -> Iterator[Snapshot]:
+            device: torch.device | None = None, gate: Gate | None = None) -> Iterator[Snapshot]:
     """Run `method` for `steps` steps; yield a Snapshot every `snapshot_every` steps (or every
-    `snapshot_seconds` of work, whichever comes first) and a final one whose status says how it ended."""
+    `snapshot_seconds` of work, whichever comes first) and a final one whose status says how it ended.
+    With a `gate`, a held run yields one snapshot with message "paused" and waits; every step let
+    through while paused is yielded."""
     device = device or default_device()
     torch.manual_seed(seed)  # anything a method draws outside its own generator is reproducible too
     syn = initial.clone() if initial is not None else init_synthetic(dataset, ipc, init=init, seed=seed)
@@ -64,11 +125,13 @@ def distill(dataset: Dataset, method: Method, *, method_name: str, ipc: int, ste
     method.stop_ = stop
     history: list[dict] = []
     good, t0 = syn.images.detach().cpu().clone(), time.perf_counter()
+    held_before = 0.0  # the gate's held time when the first step began
 
     def snapshot(step: int, status: str, message: str = "") -> Snapshot:
         out = syn.clone()
         out.images, out.steps = good.clone(), step
-        return Snapshot(step, steps, out, dict(history[-1]) if history else {}, time.perf_counter() - t0,
+        held = gate.held_seconds() - held_before if gate is not None else 0.0
+        return Snapshot(step, steps, out, dict(history[-1]) if history else {}, time.perf_counter() - t0 - held,
                         status, message, list(history))
 
     try:
@@ -78,10 +141,18 @@ def distill(dataset: Dataset, method: Method, *, method_name: str, ipc: int, ste
         return
     good = method.images().cpu().clone()
     t0 = last_yield = time.perf_counter()
+    held_before = gate.held_seconds() if gate is not None else 0.0  # a pause during set-up is not run time
     yield snapshot(0, "running", "initialised")
+    shown = -1  # the last step yielded with its own snapshot (-1: none yet, so a run held at once says so)
     if not method.learns_images:
         steps = min(steps, 1)  # a coreset is chosen in one step
     for step in range(1, steps + 1):
+        stepping = False
+        if gate is not None and gate.holds():
+            if shown != step - 1:
+                shown = step - 1
+                yield snapshot(step - 1, "running", "paused")
+            stepping = gate.wait(stop)
         if stop is not None and stop.is_set():
             yield snapshot(step - 1, "stopped", f"stopped at step {step - 1} of {steps}")
             return
@@ -105,9 +176,9 @@ def distill(dataset: Dataset, method: Method, *, method_name: str, ipc: int, ste
         history.append({"step": step, **stats})
         now = time.perf_counter()
         due = step % snapshot_every == 0 or (snapshot_seconds is not None and now - last_yield >= snapshot_seconds)
-        if due and step < steps:
-            last_yield = now
-            yield snapshot(step, "running")
+        if (due or stepping) and step < steps:
+            last_yield, shown = now, step
+            yield snapshot(step, "running", "stepped" if stepping else "")
     yield snapshot(steps, "done", f"finished {steps} steps")
 
 

@@ -99,3 +99,40 @@ def test_without_a_stop_a_run_finishes(digits):
     method = make_method("dc", dataset="digits", ipc=1, outer_loop=2, inner_loop=1, model="convnet_d2", batch_real=16)
     snap = run_to_end(digits, method, method_name="dc", ipc=1, steps=2, device=CPU)
     assert snap.status == "done" and snap.step == 2
+
+
+def test_a_gate_pauses_steps_one_at_a_time_and_resumes(digits):
+    from dd_core.distill import Gate
+
+    gate, stop = Gate(), threading.Event()
+    gate.pause()  # held before the first step, as a lesson that starts paused would be
+    method = make_method("dm", dataset="digits", ipc=1, batch_real=8)
+    run = distill(digits, method, method_name="dm", ipc=1, steps=6, snapshot_every=100, gate=gate, stop=stop,
+                  device=CPU)
+    assert next(run).step == 0  # initialised
+    held = next(run)
+    assert (held.step, held.message) == (0, "paused")
+    gate.step()
+    one = next(run)
+    assert (one.step, one.message, len(one.history)) == (1, "stepped", 1)
+    assert not torch.equal(one.synthetic.images, held.synthetic.images)
+    threading.Timer(0.5, gate.resume).start()
+    t0 = time.perf_counter()
+    rest = list(run)  # held again after exactly one step, until the resume
+    assert time.perf_counter() - t0 >= 0.45
+    assert rest[-1].status == "done" and rest[-1].step == 6 and len(rest[-1].history) == 6
+    assert gate.paused_seconds >= 0.45  # the held time was measured and is left out of elapsed
+    assert rest[-1].elapsed < time.perf_counter() - t0
+
+
+def test_a_stop_gets_through_a_paused_gate(digits):
+    from dd_core.distill import Gate
+
+    gate, stop = Gate(), threading.Event()
+    gate.pause()
+    method = make_method("dm", dataset="digits", ipc=1, batch_real=8)
+    run = distill(digits, method, method_name="dm", ipc=1, steps=5, gate=gate, stop=stop, device=CPU)
+    next(run), next(run)  # initialised, paused
+    threading.Timer(0.2, stop.set).start()
+    last = list(run)[-1]
+    assert (last.status, last.step) == ("stopped", 0)
