@@ -4,6 +4,8 @@ Every figure sets `layout.uirevision`, so a person's zoom survives the next upda
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import plotly.graph_objects as go
 
@@ -38,6 +40,24 @@ def _smooth(ys: list[float]) -> list[float]:
     return out
 
 
+def log_ticks(lo: float, hi: float, most: int = 8) -> list[float]:
+    """Readable ticks for a log axis from `lo` to `hi`: 1-2-5 in each decade, or just the powers of
+    ten when that would be more than `most`, always at least the two ends' neighbours."""
+    if not (lo > 0 and hi >= lo):
+        return []
+    first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    for mantissas in ((1, 2, 5), (1,)):
+        ticks = [m * 10.0 ** k for k in range(first, last + 1) for m in mantissas]
+        inside = [t for t in ticks if lo / 1.05 <= t <= hi * 1.05]
+        if len(inside) <= most:
+            break
+    if len(inside) < 2:  # a narrow range: the nearest 1-2-5 values on either side
+        below = [t for t in ticks if t < lo] or [ticks[0]]
+        above = [t for t in ticks if t > hi] or [ticks[-1]]
+        inside = [below[-1]] + inside + [above[0]]
+    return [float(f"{t:.6g}") for t in inside]
+
+
 def loss_figure(history: list[dict], *, revision: str = "loss") -> go.Figure:
     """Every statistic a method reports, against the step; log scale when all values are positive."""
     fig = _figure(title="", revision=revision, height=280)
@@ -58,6 +78,11 @@ def loss_figure(history: list[dict], *, revision: str = "loss") -> go.Figure:
                                      line=dict(width=2.5, color=colour)))
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(type="log" if positive and keys else "linear")
+    if positive and keys:  # plotly labels a short log axis's minor ticks with bare digits ("9" for 0.9)
+        values = [y for t in fig.data for y in t.y if y is not None]
+        ticks = log_ticks(min(values), max(values)) if values else []
+        if ticks:
+            fig.update_yaxes(tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
     if not rows:
         fig.add_annotation(text="the loss appears here once the run starts", showarrow=False,
                            xref="paper", yref="paper", x=0.5, y=0.5, font=dict(color="#888"))
