@@ -133,7 +133,7 @@ def config_for(protocol: str, epochs, networks, arch: str | None = None):
     e = inputs.as_int(epochs, "Epochs")
     if e < 0 or e > 2000:
         raise inputs.UserError(f"Epochs must be between 1 and 2000, or 0 for the protocol's own (got {e}).")
-    return dataclasses.replace(config, epochs=e) if e else config
+    return dataclasses.replace(config, epochs=e, epochs_augmented=0) if e else config
 
 
 def run_labels(source, upload, current_path, ticked, extra, protocol, epochs, networks, arch, image_format,

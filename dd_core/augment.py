@@ -122,8 +122,10 @@ def _flip(x, u):
 
 
 def _affine(x, theta):
-    grid = F.affine_grid(theta, list(x.shape), align_corners=True)
-    return F.grid_sample(x, grid, align_corners=True)
+    # align_corners=False, the default the reference DSA code runs with (its affine_grid and
+    # grid_sample calls pass none): corners of pixels, not their centres, map to -1 and 1.
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False)
 
 
 def _scale(x, u):

@@ -186,7 +186,98 @@ def test_dc_evaluation_augmentation_does_what_the_dc_paper_describes():
     assert isinstance(augment_for(protocol("dc"), facts["mnist"]), DCAugment)
     assert augment_for(protocol("dc"), facts["digits"]) is None
     assert isinstance(augment_for(protocol("paper"), facts["mnist"]), DSA)
-    assert "DC augmentation" in protocol("dc").describe() and protocol("dc").epochs == 300
+    assert "DC augmentation" in protocol("dc").describe()
+
+
+def _dataset_like(name: str, n: int = 4):
+    from dataclasses import asdict
+
+    from dd_core.data import Dataset, dataset_facts
+
+    x, y = torch.zeros(n, 1, 28, 28), torch.arange(n) % 2
+    return Dataset(name=name, x_train=x, y_train=y, x_test=x, y_test=y, classes=("0", "1"), mean=(0.0,), std=(1.0,),
+                   **asdict(dataset_facts(name)))
+
+
+def test_dc_protocol_trains_1000_epochs_where_it_augments_and_300_elsewhere():
+    """The DC code: 1000 evaluation epochs whenever an augmentation is on (MNIST), 300 without."""
+    from dd_core.evaluate import for_dataset, protocol
+
+    dc = protocol("dc")
+    assert (dc.epochs, dc.epochs_augmented) == (300, 1000) and "1000 where it augments" in dc.describe()
+    on_mnist = for_dataset(dc, _dataset_like("mnist"))
+    assert on_mnist.epochs == 1000 and "1000 epochs" in on_mnist.describe() and on_mnist.model is not None
+    assert for_dataset(dc, _dataset_like("fashion_mnist")).epochs == 300
+    assert for_dataset(protocol("dc", epochs=50), _dataset_like("mnist")).epochs == 50  # a chosen number holds
+    assert for_dataset(protocol("paper"), _dataset_like("mnist")).epochs == 1000
+    assert for_dataset(protocol("fast"), _dataset_like("mnist")).epochs == 300
+
+
+@pytest.mark.parametrize("op", ["scale", "rotate"])
+def test_dsa_scale_and_rotate_resample_as_the_reference_code(op):
+    """The reference DSA code calls affine_grid and grid_sample with their defaults: align_corners=False."""
+    import math
+
+    x = torch.randn(5, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    params = one_op(op, 5)
+    u = params.u
+    if op == "scale":
+        sx, sy = u[:, 0] * (1.2 - 1 / 1.2) + 1 / 1.2, u[:, 1] * (1.2 - 1 / 1.2) + 1 / 1.2
+        theta = torch.zeros(5, 2, 3)
+        theta[:, 0, 0], theta[:, 1, 1] = sx, sy
+    else:
+        a = (u[:, 0] - 0.5) * 2 * 15.0 / 180 * math.pi
+        theta = torch.stack([torch.stack([a.cos(), -a.sin(), torch.zeros(5)], 1),
+                             torch.stack([a.sin(), a.cos(), torch.zeros(5)], 1)], 1)
+    expected = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), align_corners=False)
+    assert torch.allclose(DSA().apply(x, params, torch.arange(5)), expected, atol=1e-6)
+
+
+def test_dc_inner_training_draws_one_dsa_op_per_batch_like_the_reference(monkeypatch):
+    """DC/DSA's inner training on the synthetic set augments as the reference and the evaluator do:
+    one op per batch, with its own numbers per image."""
+
+    seen = []
+    real_apply = DSA.apply
+
+    def spy(self, x, params, groups=None):
+        seen.append((list(params.op), params.u.clone()))
+        return real_apply(self, x, params, groups)
+
+    monkeypatch.setattr(DSA, "apply", spy)
+    net = ConvNet(channels=1, num_classes=2, image_size=(8, 8), width=4, depth=1)
+    images, labels = torch.randn(40, 1, 8, 8), torch.arange(40) % 2
+    train_on_synthetic(net, images, labels, epochs=3, lr=0.01, batch_size=20, generator=torch.Generator().manual_seed(0),
+                       augment=DSA())
+    assert len(seen) == 6
+    for ops, u in seen:
+        assert len(ops) == 20 and len(set(ops)) == 1  # one op for the batch
+        assert len(torch.unique(u[:, 0])) == 20  # numbers per image
+    assert len({ops[0] for ops, _ in seen}) > 1  # the op itself is drawn anew each batch
+
+
+def test_dsa_matching_gives_a_class_the_same_op_and_numbers_on_both_sides(monkeypatch):
+    """In DSA's matching step each class's real batch and synthetic images share one op and one
+    parameter set (the reference reseeds DiffAugment identically for both)."""
+    from dd_core.data import load_dataset
+    from dd_core.methods import make_method
+    from dd_core.synthetic import init_synthetic
+
+    calls = []
+    real_apply = DSA.apply
+
+    def spy(self, x, params, groups=None):
+        calls.append((params, None if groups is None else groups.clone()))
+        return real_apply(self, x, params, groups)
+
+    digits = load_dataset("digits")
+    method = make_method("dsa", dataset="digits", ipc=1, outer_loop=1, inner_loop=1, batch_real=4, model="convnet_d2")
+    method.setup(digits, init_synthetic(digits, 1, seed=0), seed=0, device=torch.device("cpu"))
+    monkeypatch.setattr(DSA, "apply", spy)
+    method.step()
+    (p_real, g_real), (p_syn, g_syn) = calls[:2]
+    assert p_real is p_syn and len(p_real.op) == 10  # one draw per class, given to both sides
+    assert torch.equal(g_real.unique(), torch.arange(10)) and torch.equal(g_syn, torch.arange(10))
 
 
 def test_chunks_fit_the_cache_and_change_nothing_but_rounding():

@@ -86,8 +86,8 @@ def train_on_synthetic(net: nn.Module, images: torch.Tensor, labels: torch.Tenso
         for i in range(0, n, batch_size):
             idx = perm[i:i + batch_size].to(images.device)
             x = images[idx]
-            if augment is not None:  # one parameter set per image, as when evaluating
-                x = augment.apply(x, augment.sample(len(idx), generator), torch.arange(len(idx)))
+            if augment is not None:  # one op per batch, its numbers per image: as the reference, and the evaluator
+                x = augment.apply(x, augment.sample_batch(len(idx), generator), torch.arange(len(idx)))
             loss = F.cross_entropy(forward(x), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
