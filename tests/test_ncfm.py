@@ -176,3 +176,14 @@ def test_presets_follow_the_headline_configs():
     assert paper.sampler is False, "config/ipc*/ keep sampling_net off"
     fast = make_method("ncfm", preset="fast", dataset="mnist", ipc=10)
     assert fast.pool_size * fast.pool_epochs <= 10 and fast.model == "convnet_w32"
+
+
+def test_memory_estimate_counts_frequencies_pool_and_sampler(digits):
+    from dd_core.memory import estimate_bytes
+
+    def estimate(**kw):
+        return estimate_bytes(make_method("ncfm", preset="paper", dataset="digits", ipc=10, **kw), digits, 10)
+    assert estimate(num_freqs=16384) > estimate(num_freqs=1024) + 3 * 1024 * 15360 * 4
+    assert estimate(sampler=True) > estimate() + 9 * 2048 * 2048 * 4 - 1
+    assert estimate(pool_size=100) > estimate(pool_size=0)
+    assert estimate(num_freqs=16384, sampler=True, pool_size=100) < 2**30, "the largest settings stay under 1 GB"

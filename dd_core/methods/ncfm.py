@@ -115,6 +115,21 @@ class NCFM(Method):
     def default_steps(cls, name, *, dataset, ipc):
         return 20000 if name == "paper" else (200 if dataset_facts(dataset).small else 1000)
 
+    def memory_images(self, num_classes, ipc):
+        """One class at a time: its synthetic images' graph, and its real batch."""
+        return ipc, self.batch_real
+
+    def memory_extra_bytes(self, num_classes, ipc):
+        """Upper estimates, with the widest DD ConvNet feature (2048) and a ConvNet-3's weights: each
+        class's projections (real batch x frequencies: angles, cosines, sines), the frequencies, the
+        pool (initial and trained weights of every member, two live networks) and the sampler
+        (three square layers: weights, gradients, momentum)."""
+        feat, weights = 2048, 4 * 600_000  # features per image; bytes of one network's weights
+        projections = 3 * (self.batch_real + ipc) * self.num_freqs * 4
+        pool = (2 * self.pool_size + 2) * weights
+        sampler = 9 * feat * feat * 4 if self.sampler else 0
+        return projections + self.num_freqs * feat * 4 + pool + sampler
+
     def setup(self, real, syn, *, seed, device):
         if self.calib_iters > 0 and self.pool_size == 0:
             raise ValueError("calibration classifies with a trained network of the pool: set pool_size to 1 or "
