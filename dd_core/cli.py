@@ -187,6 +187,48 @@ def cmd_experts(args) -> int:
     return experts_command(args)
 
 
+def cmd_transfer(args) -> int:
+    from .data import load_dataset
+    from .methods.krr_st import TARGETS
+    from .ssl import get_encoder
+    from .synthetic import SyntheticSet, init_synthetic
+    from .transfer import TransferConfig, evaluate_transfer, probe_encoder
+
+    syn = SyntheticSet.load(args.file)
+    if TARGETS not in syn.extra:
+        raise ValueError(f"{args.file} carries no target representations ({TARGETS}): the transfer protocol "
+                         f"pre-trains on an unlabelled set with targets; make one with `distill --method krr_st`")
+    dataset = load_dataset(args.dataset or syn.dataset)
+    check_compatible(syn, dataset)
+    config = TransferConfig(model=args.arch, pretrain_epochs=args.epochs, probe_per_class=args.probe_per_class,
+                            num_models=args.models)
+    targets = syn.extra[TARGETS].float()
+    result = evaluate_transfer(syn.images, targets, dataset, config)
+    out = {"file": str(args.file), "dataset": dataset.name, "method": syn.method, "images": len(syn.images),
+           "target_bytes": targets.numel() * 4, **result.as_dict()}
+    if args.baseline:
+        # random real images carrying the same encoder's targets; no pre-training; the encoder itself
+        target_model = syn.config.get("target_model", "auto")
+        encoder = get_encoder(dataset, arch=None if target_model in ("", "auto") else target_model,
+                              epochs=syn.config.get("target_epochs") or None)
+        rnd = init_synthetic(dataset, max(syn.ipc, 1), init="real", seed=syn.seed + 1)
+        base = evaluate_transfer(rnd.images, encoder.targets(dataset, rnd.images, "cpu"), dataset, config,
+                                 what="random real images with encoder targets")
+        none = evaluate_transfer(None, None, dataset, config)
+        out.update({"random_mean": base.mean, "random_std": base.std, "none_mean": none.mean, "none_std": none.std,
+                    "encoder_probe": probe_encoder(encoder, dataset, config), "encoder": encoder.describe()})
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"{syn.method} on {dataset.name}, {len(syn.images)} unlabelled images + targets: transfer accuracy "
+          f"{result.mean:.4f} +- {result.std:.4f} ({config.describe()})")
+    if args.baseline:
+        print(f"random real images with the encoder's targets: {out['random_mean']:.4f} +- {out['random_std']:.4f}")
+        print(f"no pre-training (random weights): {out['none_mean']:.4f} +- {out['none_std']:.4f}")
+        print(f"the self-supervised encoder itself ({out['encoder']}): {out['encoder_probe']:.4f}")
+    return 0
+
+
 def cmd_list(args) -> int:
     from .data import dataset_names
     from .label_stores.base import LABEL_STORES
@@ -284,6 +326,18 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="folder for expert_NNN.safetensors and index.json")
     ex.add_argument("--quiet", action="store_true")
     ex.set_defaults(func=cmd_experts)
+
+    t = sub.add_parser("transfer", help="pre-train on an unlabelled set with targets (KRR-ST) and linear-probe")
+    t.add_argument("file")
+    t.add_argument("--epochs", type=int, default=300, help="pre-training epochs on the set")
+    t.add_argument("--probe-per-class", type=int, default=0, help="labelled images per class for the probe; 0 = all")
+    t.add_argument("--models", type=int, default=3, help="number of networks")
+    t.add_argument("--arch", default=None, help="the pre-trained network (default: the ConvNet for the resolution)")
+    t.add_argument("--dataset", default=None, help="default: the dataset recorded in the file")
+    t.add_argument("--baseline", action="store_true",
+                   help="also random real images with the encoder's targets, no pre-training, and the encoder itself")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_transfer)
 
     ls = sub.add_parser("list", help="list datasets, models, methods and their hyperparameters")
     ls.set_defaults(func=cmd_list)

@@ -1,0 +1,84 @@
+"""KRR-ST: the kernel ridge prediction against its closed form, the Barlow Twins loss, the saved
+targets, and the transfer protocol (pre-train on the set, linear-probe on labels)."""
+from __future__ import annotations
+
+import torch
+
+from dd_core import load_dataset
+from dd_core.distill import run_to_end
+from dd_core.methods import make_method
+from dd_core.methods.krr_st import TARGETS, krr_predict
+from dd_core.ssl import barlow_twins_loss
+from dd_core.synthetic import SyntheticSet
+from dd_core.transfer import TransferConfig, evaluate_transfer, linear_probe
+
+
+def test_krr_prediction_is_the_closed_form():
+    g = torch.Generator().manual_seed(0)
+    f_s, y_s, f_t = (torch.randn(6, 9, generator=g, dtype=torch.float64), torch.randn(6, 4, generator=g, dtype=torch.float64),
+                     torch.randn(5, 9, generator=g, dtype=torch.float64))
+    k_ss = f_s @ f_s.T
+    lam = 0.1 * k_ss.diagonal().mean() + 1e-8
+    expected = f_t @ f_s.T @ torch.linalg.inv(k_ss + lam * torch.eye(6, dtype=torch.float64)) @ y_s
+    assert torch.allclose(krr_predict(f_s, y_s, f_t, 0.1), expected)
+    # with almost no ridge, the support points get their own targets back
+    assert torch.allclose(krr_predict(f_s, y_s, f_s, 1e-12), y_s, atol=1e-6)
+
+
+def test_barlow_twins_loss_is_low_for_agreeing_decorrelated_views_and_high_for_unrelated_ones():
+    g = torch.Generator().manual_seed(1)
+    q, _ = torch.linalg.qr(torch.randn(512, 8, generator=g) - 0.0)
+    z = (q - q.mean(0)) * 512 ** 0.5  # uncorrelated columns
+    assert barlow_twins_loss(z, z) < 0.05
+    assert barlow_twins_loss(z, torch.randn(512, 8, generator=g)) > 4.0  # the 8 diagonal terms near 1 each
+
+
+def test_a_krr_st_set_carries_its_learned_targets(tmp_path):
+    digits = load_dataset("digits")
+    method = make_method("krr_st", dataset="digits", ipc=1, model="convnet_d2", batch_real=16)
+    snap = run_to_end(digits, method, method_name="krr_st", ipc=1, steps=3, seed=0, device=torch.device("cpu"))
+    start = run_to_end(digits, make_method("krr_st", dataset="digits", ipc=1, model="convnet_d2", batch_real=16),
+                       method_name="krr_st", ipc=1, steps=0, seed=0, device=torch.device("cpu")).synthetic
+    syn = SyntheticSet.load(snap.synthetic.save(tmp_path / "krr.safetensors"))
+    assert syn.extra[TARGETS].shape == (10, 512)  # convnet_d2 at width 128 on 8x8: 128 x 2 x 2
+    assert not torch.equal(syn.extra[TARGETS], start.extra[TARGETS]), "the targets are learned"
+    assert "never uses it" in syn.extra_meta["labels_meaning"] and "Barlow Twins" in syn.extra_meta["target_encoder"]
+
+
+def test_transfer_pretrains_and_probes_deterministically():
+    digits = load_dataset("digits")
+    config = TransferConfig(model="convnet_d2", pretrain_epochs=2, probe_per_class=5, num_models=1)
+    images, targets = digits.x_train[:20], torch.randn(20, 16, generator=torch.Generator().manual_seed(0))
+    first = evaluate_transfer(images, targets, digits, config)
+    again = evaluate_transfer(images, targets, digits, config)
+    none = evaluate_transfer(None, None, digits, config)
+    assert first.accuracies == again.accuracies and 0.0 <= first.mean <= 1.0
+    assert none.what == "none" and first.what == "synthetic set"
+    assert "5 labelled training images per class" in first.as_dict()["protocol_detail"]
+
+
+def test_linear_probe_on_raw_pixels_of_digits():
+    class Pixels(torch.nn.Module):
+        def embed(self, x):
+            return x.flatten(1)
+
+    digits = load_dataset("digits")
+    assert linear_probe(Pixels(), digits, TransferConfig(), seed=0, device="cpu") > 0.9  # digits are near linearly separable
+
+
+def test_cli_transfer_refuses_a_set_without_targets_and_runs_on_one(tmp_path, capsys):
+    import json
+
+    from dd_core.cli import main
+    from dd_core.synthetic import init_synthetic
+
+    digits = load_dataset("digits")
+    plain = init_synthetic(digits, 1, seed=0).save(tmp_path / "plain.safetensors")
+    assert main(["transfer", str(plain)]) == 2
+    assert "distill --method krr_st" in capsys.readouterr().err
+    snap = run_to_end(digits, make_method("krr_st", dataset="digits", ipc=1, model="convnet_d2", batch_real=16),
+                      method_name="krr_st", ipc=1, steps=2, seed=0, device=torch.device("cpu"))
+    path = snap.synthetic.save(tmp_path / "krr.safetensors")
+    assert main(["transfer", str(path), "--epochs", "2", "--models", "1", "--probe-per-class", "5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["protocol"] == "transfer" and 0.0 <= out["accuracy_mean"] <= 1.0 and out["target_bytes"] == 10 * 512 * 4
