@@ -10,7 +10,7 @@ from typing import Callable
 from dd_core import metrics
 from dd_core.label_stores.base import HardLabels, LabelStore
 from dd_core.labels import load_store, same_kind
-from dd_core.evaluate import PROTOCOLS, EvalConfig, EvalResult, evaluate, for_set, protocol as make_protocol
+from dd_core.evaluate import PROTOCOLS, EvalConfig, EvalResult, dataset_for, evaluate, for_set, protocol as make_protocol
 from dd_core.models import MODELS
 from dd_core.synthetic import SyntheticSet, check_fits, random_subset
 from dd_core.teacher import get_teacher, whole_reference as teacher_whole_reference
@@ -68,7 +68,7 @@ def dataset_of(session: Session, syn: SyntheticSet):
                                    f"session that made it (the folder's full path is not stored in the file).")
     dataset = inputs.open_dataset(name)
     check_fits(syn, dataset)
-    return dataset
+    return dataset_for(syn, dataset)  # whitened like the set, if it was distilled with ZCA
 
 
 def labels_of(syn: SyntheticSet) -> LabelStore:

@@ -92,7 +92,7 @@ def cmd_distill(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .data import load_dataset
-    from .evaluate import evaluate, for_set, protocol
+    from .evaluate import dataset_for, evaluate, for_set, protocol
     from .labels import load_store, same_kind
     from .metrics import dd_ranking
     from .synthetic import SyntheticSet, random_subset
@@ -100,6 +100,7 @@ def cmd_evaluate(args) -> int:
     syn = SyntheticSet.load(args.file)
     dataset = load_dataset(args.dataset or syn.dataset)
     check_compatible(syn, dataset)
+    dataset = dataset_for(syn, dataset)  # a ZCA-whitened set trains and tests on whitened data
     overrides = {k: v for k, v in (("num_models", args.models), ("epochs", args.epochs), ("model", args.arch)) if v}
     config = for_set(protocol(args.protocol, **overrides), syn)  # learned_lr: the lr the set learned
     bar = _progress(1000, "evaluate", args.quiet or args.json)

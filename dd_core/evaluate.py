@@ -197,7 +197,17 @@ def for_set(config: EvalConfig, syn) -> EvalConfig:
     return dataclasses.replace(config, lr=float(syn.extra_meta["learned_lr"]))
 
 
+def dataset_for(syn, dataset: Dataset) -> Dataset:
+    """The real data as a set's networks must see it: ZCA-whitened like the set, when it records a
+    transform (trajectory matching on CIFAR), else unchanged."""
+    if "zca" not in syn.extra_meta:
+        return dataset
+    from .zca import whitened
+
+    return whitened(dataset, float(syn.extra_meta["zca"]))
+
+
 def evaluate_synthetic(syn, dataset: Dataset, config: EvalConfig, **kw) -> EvalResult:
     """Evaluate a SyntheticSet with the labels it carries: its label store when the file has one
     (soft, dynamic, ...), else its hard labels; 'learned_lr' at the set's own lr."""
-    return evaluate(syn.images, load_store(syn), dataset, for_set(config, syn), **kw)
+    return evaluate(syn.images, load_store(syn), dataset_for(syn, dataset), for_set(config, syn), **kw)

@@ -30,6 +30,7 @@ from .data import Dataset
 from .training import test_accuracy
 from .interrupt import check
 from .models import model_for, resolve_model
+from .zca import whitened
 
 INDEX = "index.json"
 FORMAT_VERSION = "1"
@@ -55,11 +56,13 @@ class ExpertRecipe:
     rho: float = 0.0  # FTD: SAM neighbourhood radius (0 = plain SGD; FTD's buffers use 0.01)
     clip: float = 0.0  # SeT: largest gradient norm per step (0 = no clipping); see assets/set.md
     grad_penalty: float = 0.0  # SeT: weight of the squared gradient norm added to the loss
+    zca: float = 0.0  # ZCA whitening of the data with this eps (MTT on CIFAR: 0.1); 0 = none
 
     def __post_init__(self):
         checks = {"epochs": self.epochs >= 1, "lr": self.lr > 0, "batch_size": self.batch_size >= 1,
                   "momentum": 0 <= self.momentum < 1, "weight_decay": self.weight_decay >= 0,
-                  "rho": self.rho >= 0, "clip": self.clip >= 0, "grad_penalty": self.grad_penalty >= 0}
+                  "rho": self.rho >= 0, "clip": self.clip >= 0, "grad_penalty": self.grad_penalty >= 0,
+                  "zca": self.zca >= 0}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"expert recipe: {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)} out of range "
@@ -70,7 +73,7 @@ class ExpertRecipe:
 
     def describe(self) -> str:
         extra = [f"SAM rho {self.rho}" if self.rho else "", f"grad clip {self.clip}" if self.clip else "",
-                 f"grad penalty {self.grad_penalty}" if self.grad_penalty else ""]
+                 f"grad penalty {self.grad_penalty}" if self.grad_penalty else "", f"ZCA eps {self.zca}" if self.zca else ""]
         return (f"{self.model}, SGD lr {self.lr} mom {self.momentum} wd {self.weight_decay}, batch {self.batch_size}, "
                 f"{self.epochs} epochs, {'DSA' if self.dsa else 'no augmentation'}"
                 + "".join(f", {e}" for e in extra if e))
@@ -159,6 +162,8 @@ def train_expert(dataset: Dataset, recipe: ExpertRecipe, seed: int, *, device=No
     test accuracy (fraction) at every epoch. Raises `Interrupted` between batches once `stop` is set."""
     device = device or torch.device("cpu")
     recipe = recipe.resolved(dataset)
+    if recipe.zca:
+        dataset = whitened(dataset, recipe.zca)
     net = model_for(dataset, recipe.model, seed=seed, device=device)
     opt = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     g = torch.Generator().manual_seed(seed)

@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .version import code_version
+from .zca import undo as undo_zca
+
 FORMAT_VERSION = "1"
 REQUIRED_META = ("dataset", "classes", "mean", "std", "method", "ipc", "seed", "steps", "config", "version")
 
@@ -54,7 +57,8 @@ class SyntheticSet:
     def denormalized(self) -> torch.Tensor:
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.std).view(1, -1, 1, 1)
-        return (self.images.detach().cpu().float() * std + mean).clamp(0, 1)  # (n, c, h, w) in [0, 1]
+        images = undo_zca(self, self.images.detach().cpu().float())  # a ZCA-whitened set (MTT on CIFAR) unwhitened
+        return (images * std + mean).clamp(0, 1)  # (n, c, h, w) in [0, 1]
 
     # -- save / load -------------------------------------------------------------------------
 
@@ -64,6 +68,7 @@ class SyntheticSet:
             "mean": json.dumps(list(self.mean)), "std": json.dumps(list(self.std)),
             "method": self.method, "ipc": str(self.ipc), "seed": str(self.seed), "steps": str(self.steps),
             "config": json.dumps(self.config, default=str), "version": FORMAT_VERSION,
+            "code_version": code_version(),  # of the code that made the set; a loaded set keeps its own
         }
         meta.update(self.extra_meta)
         return meta

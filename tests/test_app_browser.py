@@ -132,3 +132,29 @@ def test_two_sessions_do_not_see_each_others_runs(browser, url, tmp_path):
     while active_sessions() != before - 1 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert active_sessions() == before - 1
+
+
+@pytest.mark.slow  # trains the digits experts on first use (seconds to a minute on a shared CPU)
+def test_mtt_shows_the_matching_plot_stop_then_evaluate(browser, url, tmp_path):
+    page = open_page(browser, url)
+    page.locator("#method input").fill("mtt")
+    page.locator("#method input").press("Enter")
+    page.wait_for_timeout(500)  # the method change resets steps to its default; then set ours
+    set_number(page, "ipc", 1)
+    set_number(page, "steps", 3000)
+    page.click("#distill-btn")
+    page.wait_for_selector("#matching .js-plotly-plot", timeout=5 * WAIT)  # appears with the first steps
+    page.wait_for_selector("#grid img", timeout=WAIT)
+    first = page.get_attribute("#grid img", "src")
+    page.wait_for_function("s => document.querySelector('#grid img')?.src !== s", arg=first, timeout=WAIT)
+    traces = page.evaluate("() => document.querySelectorAll('#matching .scatterlayer .trace').length")
+    assert traces >= 2  # the student's distance and the expert's own step
+    page.screenshot(path=str(tmp_path / "mtt-matching.png"), full_page=True)
+    page.click("#stop-btn")
+    status_has(page, "status", "Stopped at step")
+    page.get_by_role("tab", name="Evaluate").click()
+    page.click("#eval-btn")
+    page.wait_for_function("() => (document.querySelector('#eval-status')?.innerText || '').includes('Done')",
+                           timeout=5 * WAIT)
+    page.screenshot(path=str(tmp_path / "mtt-evaluated.png"), full_page=True)
+    assert "Traceback" not in page.content()

@@ -213,3 +213,28 @@ def test_app_shows_the_matching_plot_and_evaluates_at_the_learned_lr():
             list(evaluate_tab.run_evaluation(session, session.current(), "learned_lr", 1, "mlp", compare=False))
     finally:
         drop_session(who)
+
+
+def test_zca_run_records_the_transform_and_shows_the_images_unwhitened(digits, tmp_path):
+    from dd_core.distill import distill
+    from dd_core.evaluate import dataset_for, evaluate_synthetic, protocol
+    from dd_core.synthetic import init_synthetic
+    from dd_core.zca import fitted
+
+    zca = fitted(digits)
+    x = digits.x_train[:50]
+    torch.testing.assert_close(zca.unwhiten(zca.whiten(x)), x, atol=1e-4, rtol=1e-4)
+    method = make_method("mtt", dataset="digits", ipc=1, model="convnet_d2", num_experts=1, expert_epochs=1,
+                         max_start_epoch=1, syn_steps=2, zca=True)
+    snaps = list(distill(digits, method, method_name="mtt", ipc=1, steps=2, device=torch.device("cpu")))
+    first, last = snaps[0], snaps[-1]
+    assert last.status == "done" and last.synthetic.extra_meta["zca"] == "0.1"
+    initial = init_synthetic(digits, 1, seed=0)
+    assert not torch.allclose(first.synthetic.images, initial.images, atol=1e-2)  # stored whitened
+    torch.testing.assert_close(first.synthetic.denormalized(), initial.denormalized(), atol=1e-4, rtol=0)
+    back = SyntheticSet.load(last.synthetic.save(tmp_path / "zca.safetensors"))
+    torch.testing.assert_close(back.denormalized(), last.synthetic.denormalized())
+    seen = dataset_for(back, digits)  # the evaluator trains and tests on whitened data, like the set
+    torch.testing.assert_close(seen.x_test, zca.whiten(digits.x_test))
+    result = evaluate_synthetic(back, digits, protocol("fast", epochs=5, num_models=1, model="mlp"))
+    assert 0.0 <= result.mean <= 1.0

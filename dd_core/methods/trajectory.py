@@ -26,6 +26,7 @@ from ..experts import ExpertRecipe, Trajectories, get_experts
 from ..label_stores.learned import LearnedLabels
 from ..labels import PREFIX, attach, images_digest
 from ..models import build_model, resolve_model
+from ..zca import EPS as ZCA_EPS, fitted, record, whitened
 from ..data import dataset_facts
 from .base import Method, hp
 
@@ -145,6 +146,8 @@ class TrajectoryMethod(Method):
     batch_syn: int = hp(0, "synthetic images per student step; 0 = all of them", range=(0, 100000))
     dsa: bool = hp(True, "DSA augmentation of every student batch (and of the experts' training)")
     expert_seed: int = hp(0, "seed of the first expert (expert i uses seed + i)", range=(0, 2**31 - 1))
+    zca: bool = hp(False, "ZCA-whiten the data (eps 0.1), as MTT does on CIFAR-10 at IPC 1 and 10: experts, "
+                          "student and saved images live in the whitened space; the set records the transform")
 
     @classmethod
     def default_steps(cls, name, *, dataset, ipc):
@@ -176,7 +179,7 @@ class TrajectoryMethod(Method):
     def recipe(self, dataset) -> ExpertRecipe:
         """The expert recipe this method needs: MTT's, trained only as far as the start window reaches."""
         return ExpertRecipe(model=self.model, epochs=self.max_start_epoch + self.expert_epochs, dsa=self.dsa,
-                            rho=self.expert_rho)
+                            rho=self.expert_rho, zca=ZCA_EPS if self.zca else 0.0)
 
     def load_experts(self, real, device) -> Trajectories:
         traj = get_experts(real, self.recipe(real), self.num_experts, seed=self.expert_seed, stop=self.stop_)
@@ -194,6 +197,11 @@ class TrajectoryMethod(Method):
         self.device_ = device
         self.experts_ = self.load_experts(real, device)
         self.check_stop()
+        if self.zca:  # from here on everything lives in the whitened space (the experts were trained in it)
+            transform = fitted(real)
+            real = whitened(real)
+            syn.images = transform.whiten(syn.images)
+            record(syn, transform)
         net = build_model(resolve_model(self.model, real), channels=real.channels, num_classes=real.num_classes,
                           image_size=real.image_size, seed=0, device=device)
         self.flat_ = FlatNet(net)

@@ -1,0 +1,236 @@
+"""Trajectory-matching benchmarks; one JSON line per measurement.
+
+    # accuracy: distill each method, evaluate every set under one protocol with its own labels
+    python -m benchmarks.trajectory compare --dataset digits --ipcs 1 10 --methods random dm mtt tesla ftd datm set \
+        --steps 200 --out benchmarks/results/trajectory_digits.jsonl
+    # seconds per MTT iteration: ours against a loop built like the official code, same draws
+    python -m benchmarks.trajectory speed --dataset digits --ipc 10 --repeats 5
+    # peak memory of one iteration, MTT (autograd through the unroll) against TESLA (adjoint)
+    python -m benchmarks.trajectory memory --dataset digits --ipc 10 --syn-steps 10 20 40
+
+Every line records the settings, the code version and the machine; `speed` alternates the two
+loops from the same draws, so a changing load falls on both and their losses must agree.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dd_core.data import load_dataset
+from dd_core.distill import run_to_end
+from dd_core.evaluate import evaluate_synthetic, protocol
+from dd_core.methods import METHODS, make_method
+from dd_core.methods.trajectory import matching_loss
+from dd_core.synthetic import init_synthetic
+
+from .reproduce import allocator, code_version
+
+
+def _machine() -> dict:
+    return {"threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+            "code_version": code_version(), "allocator": allocator()}
+
+
+def _overrides(items: list[str], method: str) -> dict:
+    out = {}
+    for kv in items:
+        key, value = kv.split("=", 1)
+        if "." in key:
+            only, key = key.split(".", 1)
+            if only != method:
+                continue
+        out[key] = json.loads(value) if value not in ("true", "false") else value == "true"
+    return out
+
+
+def cmd_compare(args) -> None:
+    dataset = load_dataset(args.dataset)
+    config = protocol(args.protocol, num_models=args.models)
+    for ipc in args.ipcs:
+        for name in args.methods:
+            method = make_method(name, preset=args.preset, dataset=dataset.name, ipc=ipc, **_overrides(args.set, name))
+            steps = args.steps if METHODS.get(name).learns_images else 1
+            t0 = time.perf_counter()
+            snap = run_to_end(dataset, method, method_name=name, ipc=ipc, steps=steps, seed=args.seed,
+                              snapshot_every=10**9)
+            distill_s = time.perf_counter() - t0
+            result = evaluate_synthetic(snap.synthetic, dataset, config)  # each set with its own labels
+            row = {"bench": "compare", "dataset": dataset.name, "method": name, "ipc": ipc, "preset": args.preset,
+                   "steps": snap.step, "status": snap.status, "hyperparameters": method.config(),
+                   "distill_seconds": round(distill_s, 1), "eval": result.as_dict(),
+                   "learned_lr": snap.synthetic.extra_meta.get("learned_lr"),
+                   "experts": snap.synthetic.extra_meta.get("experts"), **_machine()}
+            if args.learned_lr and "learned_lr" in snap.synthetic.extra_meta:
+                row["eval_learned_lr"] = evaluate_synthetic(snap.synthetic, dataset,
+                                                            protocol("learned_lr", num_models=args.models)).as_dict()
+            _emit(row, args.out)
+
+
+# -- speed: ours against a loop built like the official code -----------------------------------------
+
+
+class ReparamNet(nn.Module):
+    """Built like the official MTT code's reparametrised module: the network's parameters are removed
+    and, on every forward, views of one flat vector are set back in their place as attributes."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.slots = [(m, n, p.shape, p.numel()) for m in net.modules() for n, p in list(m.named_parameters(recurse=False))]
+        for m, n, _, _ in self.slots:
+            delattr(m, n)
+
+    def forward(self, x, flat_param):
+        offset = 0
+        for m, n, shape, numel in self.slots:
+            setattr(m, n, flat_param[offset:offset + numel].view(shape))
+            offset += numel
+        return self.net(x)
+
+
+def reference_iteration(ref: ReparamNet, start, target, images, labels, syn_lr, draws, augmenter) -> torch.Tensor:
+    """The official inner loop: a list of student parameter vectors, each the last minus lr x the
+    gradient taken with create_graph; the loss on the last one, then backward."""
+    student_params = [start.clone().requires_grad_(True)]
+    for idx, aug in zip(draws.batches, draws.augment):
+        x = images[idx]
+        if aug is not None:
+            x = augmenter.apply(x, aug, torch.arange(len(idx)))
+        ce = F.cross_entropy(ref(x, flat_param=student_params[-1]), labels[idx])
+        grad = torch.autograd.grad(ce, student_params[-1], create_graph=True)[0]
+        student_params.append(student_params[-1] - syn_lr * grad)
+    loss = matching_loss(student_params[-1], start, target)
+    loss.backward()
+    return loss.detach()
+
+
+def cmd_speed(args) -> None:
+    dataset = load_dataset(args.dataset)
+    method = make_method(args.method, preset=args.preset, dataset=dataset.name, ipc=args.ipc,
+                         **_overrides(args.set, args.method))
+    method.setup(dataset, init_synthetic(dataset, args.ipc, seed=0), seed=0, device=torch.device("cpu"))
+    import copy
+
+    ref = ReparamNet(copy.deepcopy(method.flat_.net))
+    times: dict[str, list[float]] = {"ours": [], "reference": []}
+    losses: dict[str, list[float]] = {"ours": [], "reference": []}
+    for _ in range(args.repeats + 1):  # the first round warms up and is not counted
+        expert, epoch = method.draw_start()
+        start, target = method.start_and_target(expert, epoch)
+        draws = method.draws()
+        for kind in ("ours", "reference"):
+            method.images_.grad, method.syn_lr_.grad = None, None
+            t0 = time.perf_counter()
+            if kind == "ours":
+                loss, _ = method.match(start, target, draws)
+            else:
+                loss = reference_iteration(ref, start, target, method.images_, method.labels_, method.syn_lr_, draws,
+                                           method.augmenter_)
+            times[kind].append(time.perf_counter() - t0)
+            losses[kind].append(float(loss))
+    times = {k: v[1:] for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in times.items()}
+    _emit({"bench": "speed", "dataset": dataset.name, "method": args.method, "ipc": args.ipc, "preset": args.preset,
+           "hyperparameters": method.config(), "seconds_median": med, "seconds": times,
+           "reference_over_ours": round(med["reference"] / med["ours"], 3),
+           "max_loss_difference": max(abs(a - b) for a, b in zip(losses["ours"], losses["reference"])), **_machine()},
+          args.out)
+
+
+# -- memory: one iteration's peak resident memory, in a fresh process per setting --------------------
+
+
+def _one_iteration_peak(argv: list[str]) -> None:
+    """(child) Set up, run one iteration to warm up, then report how far one more raises the peak RSS."""
+    dataset_name, name, ipc, syn_steps, model = argv[0], argv[1], int(argv[2]), int(argv[3]), argv[4]
+    torch.set_num_threads(1)
+    dataset = load_dataset(dataset_name)
+    method = make_method(name, dataset=dataset.name, ipc=ipc, syn_steps=syn_steps, model=model)
+    method.setup(dataset, init_synthetic(dataset, ipc, seed=0), seed=0, device=torch.device("cpu"))
+    method.step()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_now = _rss_kib()
+    t0 = time.perf_counter()
+    method.step()
+    seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_kib": after, "peak_before_kib": before, "rss_before_kib": rss_now,
+                      "step_peak_over_rss_kib": after - rss_now, "seconds": seconds}))
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return -1
+
+
+def cmd_memory(args) -> None:
+    for steps in args.syn_steps:
+        for name in ("mtt", "tesla"):
+            done = subprocess.run([sys.executable, "-m", "benchmarks.trajectory", "_child", args.dataset, name,
+                                   str(args.ipc), str(steps), args.model], capture_output=True, text=True, check=True)
+            child = json.loads(done.stdout.strip().splitlines()[-1])
+            _emit({"bench": "memory", "dataset": args.dataset, "method": name, "ipc": args.ipc, "syn_steps": steps,
+                   "model": args.model, **child, **_machine()}, args.out)
+
+
+def _emit(row: dict, out: str | None) -> None:
+    line = json.dumps(row)
+    print(line, flush=True)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "a") as f:
+            f.write(line + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_child":
+        return _one_iteration_peak(argv[1:])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.trajectory")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compare")
+    c.add_argument("--dataset", default="digits")
+    c.add_argument("--methods", nargs="*", default=["random", "dm", "mtt", "tesla", "ftd", "datm", "set"])
+    c.add_argument("--ipcs", nargs="*", type=int, default=[1, 10])
+    c.add_argument("--preset", default="fast", choices=["fast", "paper"])
+    c.add_argument("--steps", type=int, default=200)
+    c.add_argument("--set", action="append", default=[], metavar="[METHOD.]FIELD=VALUE")
+    c.add_argument("--protocol", default="fast")
+    c.add_argument("--models", type=int, default=3)
+    c.add_argument("--learned-lr", action="store_true", help="also evaluate trajectory sets at their learned lr")
+    c.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("speed")
+    s.add_argument("--dataset", default="digits")
+    s.add_argument("--method", default="mtt")
+    s.add_argument("--ipc", type=int, default=10)
+    s.add_argument("--preset", default="fast", choices=["fast", "paper"])
+    s.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    s.add_argument("--repeats", type=int, default=5)
+    m = sub.add_parser("memory")
+    m.add_argument("--dataset", default="digits")
+    m.add_argument("--ipc", type=int, default=10)
+    m.add_argument("--model", default="convnet_d2")
+    m.add_argument("--syn-steps", nargs="*", type=int, default=[10, 20, 40])
+    for q in (c, s, m):
+        q.add_argument("--threads", type=int, default=1)
+        q.add_argument("--out", default=None, help="append JSON lines here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    {"compare": cmd_compare, "speed": cmd_speed, "memory": cmd_memory}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
