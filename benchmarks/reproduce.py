@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 import platform
-import subprocess
+import statistics
 import time
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from dd_core.data import load_dataset
 from dd_core.distill import run_to_end, time_budget
 from dd_core.evaluate import evaluate, protocol
 from dd_core.methods import METHODS, make_method
+from dd_core.version import code_version as read_code_version
 
 # Published accuracies (%, ConvNet-3, final epoch, hard labels) from the reference table.
 PUBLISHED = {
@@ -33,23 +34,7 @@ PUBLISHED = {
 }
 
 
-def _git(*args: str) -> str:
-    # From the repository's root: pathspecs below are relative to it.
-    return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent).stdout.strip()
-
-
-def _read_code_version() -> str:
-    """The commit this process started from, '-dirty' if tracked code differed from it (results and
-    Markdown files, which benchmarks append to while others run, do not count)."""
-    try:
-        head = _git("rev-parse", "--short", "HEAD") or "unknown"
-        changed = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results", ":!*.md")
-        return head + ("-dirty" if changed else "")
-    except OSError:
-        return "unknown"
-
-
-_CODE_VERSION = _read_code_version()  # read when the benchmark starts: a long run may outlive several commits
+_CODE_VERSION = read_code_version()  # read when the benchmark starts: a long run may outlive several commits
 
 
 def code_version() -> str:
@@ -74,9 +59,13 @@ def run_one(dataset, method_name: str, ipc: int, args) -> dict:
     rows = [run_seed(dataset, method_name, ipc, args, seed) for seed in args.seeds]
     first = rows[0]
     if len(rows) > 1:
-        import statistics
-
         accs = [a for r in rows for a in r["eval"]["accuracies"]]
+        # Two spreads: of the per-seed means (distillation seeds) and within a seed (evaluation networks).
+        first["per_seed"] = [{"seed": r["seed"], "accuracies": r["eval"]["accuracies"],
+                              "accuracy_mean": r["eval"]["accuracy_mean"], "accuracy_std": r["eval"]["accuracy_std"],
+                              "distill_seconds": r["distill_seconds"], "steps": r["steps"]} for r in rows]
+        first["seed_spread"] = statistics.pstdev(r["eval"]["accuracy_mean"] for r in rows)
+        first["network_spread"] = statistics.fmean(r["eval"]["accuracy_std"] for r in rows)
         first["eval"]["accuracies"] = accs
         first["eval"]["accuracy_mean"] = statistics.fmean(accs)
         first["eval"]["accuracy_std"] = statistics.pstdev(accs)

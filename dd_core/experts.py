@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from .augment import dsa_for
 from .cache import atomic_write, cache_path, load_or_build
 from .data import Dataset
 from .training import test_accuracy
+from .version import code_version
 from .interrupt import check
 from .models import model_for, resolve_model
 from .zca import whitened
@@ -206,19 +206,6 @@ def write_expert(path: Path, params: torch.Tensor, accuracy: list[float], *, see
     tensors = {"params": params.to(DTYPES[dtype]).contiguous(), "test_accuracy": torch.tensor(accuracy, dtype=torch.float32)}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"seed": str(seed), "format": FORMAT_VERSION}))
     return path.stat().st_size
-
-
-def code_version() -> str:
-    """The git commit of this code (with -dirty if it has uncommitted changes), or 'unknown'."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "dd_core"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (head + ("-dirty" if dirty else "")) if head else "unknown"
 
 
 def index_record(dataset: Dataset, recipe: ExpertRecipe, folder: Path, seeds: list[int], *, dtype: str,

@@ -70,3 +70,39 @@ def test_ipc_limits(digits):
     with pytest.raises(ValueError, match="at most 139"):
         check_ipc(digits, 140)
     check_ipc(digits, 139)
+
+
+def test_a_saved_set_records_the_code_version_that_made_it(tmp_path, monkeypatch):
+    from dd_core import synthetic
+
+    syn = init_synthetic(load_dataset("digits"), 1, seed=0)
+    monkeypatch.setattr(synthetic, "code_version", lambda: "abc1234")
+    path = syn.save(tmp_path / "made.safetensors")
+    loaded = SyntheticSet.load(path)
+    assert loaded.extra_meta["code_version"] == "abc1234"
+    monkeypatch.setattr(synthetic, "code_version", lambda: "def5678-dirty")  # re-saved by later code
+    assert SyntheticSet.load(loaded.save(tmp_path / "again.safetensors")).extra_meta["code_version"] == "abc1234"
+
+
+def test_code_version_without_git_falls_back_cleanly(tmp_path, monkeypatch):
+    import subprocess
+
+    from dd_core import version
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    exported = tmp_path / "VERSION"
+    monkeypatch.setattr(version, "EXPORTED", exported)
+    version.code_version.cache_clear()
+    try:
+        assert version.code_version() == "unknown"  # no git, no export file
+        exported.write_text("$Format:%h$\n")  # the repository's unexpanded placeholder
+        version.code_version.cache_clear()
+        assert version.code_version() == "unknown"
+        exported.write_text("1a2b3c4\n")  # as `git archive` writes it
+        version.code_version.cache_clear()
+        assert version.code_version() == "1a2b3c4"
+    finally:
+        version.code_version.cache_clear()
