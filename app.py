@@ -16,7 +16,7 @@ import gradio as gr  # noqa: E402
 
 from components import api, distill_tab, evaluate_tab, feature_tab, jobs, labels_tab, learn_tab  # noqa: E402
 from components import compare_tab, lessons, links, run_control  # noqa: E402
-from components.sessions import drop_session  # noqa: E402
+from components.sessions import drop_session, sweep_at_start  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 # All compute-heavy events share one pool sized for the machine, one job per visitor at a time
@@ -65,7 +65,10 @@ demo = build()
 
 
 def launch(**kw):
-    """Launch with the app's styling (gradio 6 takes css/theme at launch)."""
+    """Launch with the app's styling (gradio 6 takes css/theme at launch), after sweeping what a
+    crashed run left behind; uploads above the app's limit are refused by gradio itself."""
+    sweep_at_start()
+    kw.setdefault("max_file_size", runtime.MAX_UPLOAD_BYTES)
     return demo.launch(css_paths=[ASSETS / "app.css"], theme=gr.themes.Soft(), **kw)
 
 

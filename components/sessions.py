@@ -8,6 +8,7 @@ sessions.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -19,7 +20,9 @@ from pathlib import Path
 import gradio as gr
 import torch
 
+from dd_core.cache import pid_alive, sweep_temporaries
 from dd_core.synthetic import SyntheticSet
+from dd_core.umap_worker import repair_numba_cache
 
 SNAPSHOT_BUDGET = 64 * 2**20  # bytes of kept snapshot images per run (scrubbing, GIF, paths)
 MAX_KEPT = 60  # snapshots kept per run at most
@@ -165,21 +168,21 @@ def sweep_leftovers(root: Path | None = None) -> int:
             pid = int(folder.name[len(FOLDER_PREFIX):].split("-")[0])
         except ValueError:
             continue
-        if pid == os.getpid() or _alive(pid) or not folder.is_dir():
+        if pid == os.getpid() or pid_alive(pid) or not folder.is_dir():
             continue
         freed += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
         shutil.rmtree(folder, ignore_errors=True)
     return freed
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: leave its folders alone
-        return True
-    return True
+def sweep_at_start() -> None:
+    """At launch: session folders of dead processes, half-written cache files, and numba cache
+    entries that no longer read (each would otherwise stay until someone deletes it by hand)."""
+    freed = sweep_leftovers() + sweep_temporaries()
+    repaired = repair_numba_cache(os.environ.get("NUMBA_CACHE_DIR"))
+    if freed or repaired:
+        logging.getLogger("distillery.app").warning("start-up sweep: freed %d bytes of leftovers, removed %d "
+                                                    "unreadable numba cache entries", freed, repaired)
 
 
 def drop_session(request: gr.Request) -> None:

@@ -84,11 +84,24 @@ def sweep_temporaries(root: Path | None = None) -> int:
             pid = int(tmp.name.split(".")[-3])
         except (ValueError, IndexError):
             pid = -1
-        if pid == os.getpid():
-            continue  # a write of ours in progress
+        if pid == os.getpid() or pid_alive(pid):
+            continue  # a write in progress (ours, or another live process sharing the cache)
         try:
             freed += tmp.stat().st_size
             tmp.unlink()
         except OSError:
             pass
     return freed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs (another user's counts as running)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -110,8 +110,51 @@ def _exit_with_parent(parent: int, every: float = 2.0) -> None:
     os._exit(0)
 
 
+def _pickles_ok(data: bytes) -> bool:
+    """True when `data` is one or more complete pickle streams (walked, never executed)."""
+    import io
+    import pickletools
+
+    stream = io.BytesIO(data)
+    try:
+        while stream.tell() < len(data):
+            for _ in pickletools.genops(stream):
+                pass
+    except Exception:  # noqa: BLE001 - any malformed byte means: not a pickle
+        return False
+    return len(data) > 0
+
+
+def repair_numba_cache(root: str | os.PathLike | None) -> int:
+    """Remove numba cache entries that cannot be read (a truncated or garbled index or data file
+    makes `import umap` fail in every new process until someone deletes it by hand); numba then
+    compiles those functions again. Returns how many functions' entries were removed."""
+    if not root or not Path(root).is_dir():
+        return 0
+    removed = 0
+    for index in Path(root).rglob("*.nbi"):
+        stem = index.name[:-len(".nbi")]  # e.g. rp_trees.select_side-2772.py311
+        data = sorted(index.parent.glob(f"{stem}.*.nbc"))
+        try:
+            ok = _pickles_ok(index.read_bytes()) and all(_pickles_ok(d.read_bytes()) for d in data)
+        except OSError:
+            ok = False
+        if not ok:
+            for f in [index, *data]:
+                f.unlink(missing_ok=True)
+            removed += 1
+    for orphan in Path(root).rglob("*.nbc"):  # data whose index is gone
+        if not orphan.with_name(orphan.name.rsplit(".", 2)[0] + ".nbi").exists():
+            orphan.unlink(missing_ok=True)
+    if removed:
+        print(f"numba cache: removed {removed} unreadable entr{'y' if removed == 1 else 'ies'} under {root}; "
+              f"they compile again", file=sys.stderr)
+    return removed
+
+
 def main() -> None:
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    repair_numba_cache(os.environ.get("NUMBA_CACHE_DIR"))  # before anything imports umap
     proto_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything a library prints goes to stderr, never into the protocol
     serve(sys.stdin.buffer, proto_out)
@@ -142,7 +185,7 @@ class UmapWorker:
                 preexec_fn=(lambda: os.nice(self.nice)) if os.name == "posix" and self.nice else None)
         return self._proc
 
-    def call(self, cmd: str, key=None, payload=None):
+    def call(self, cmd: str, key=None, payload=None, *, retry: bool = True):
         with self._lock:
             proc = self._ensure()
             try:
@@ -150,7 +193,14 @@ class UmapWorker:
                 status, result = _recv(proc.stdout)
             except (EOFError, BrokenPipeError, OSError) as err:
                 self._proc = None
-                raise RuntimeError(f"the UMAP worker stopped ({err}); try again") from None
+                status, result = "died", f"the UMAP worker stopped ({err})"
+        if retry and (status == "died" or (status == "error" and _looks_like_cache(result))):
+            # A broken numba cache fails every import of umap; clear it and try once more in a new worker.
+            self.close()
+            _clear_numba_cache(result)
+            return self.call(cmd, key, payload, retry=False)
+        if status == "died":
+            raise RuntimeError(f"{result}; try again")
         if status == "missing":
             raise MissingMap(result)
         if status == "error":
@@ -167,8 +217,29 @@ class UmapWorker:
         with self._lock:
             if self._proc is not None and self._proc.poll() is None:
                 self._proc.stdin.close()
-                self._proc.wait(timeout=10)
+                try:
+                    self._proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
             self._proc = None
+
+
+CACHE_ERRORS = ("pickle", "numba", "cache", "EOFError", "load key", "ImportError", "truncated", "marshal")
+
+
+def _looks_like_cache(message: str) -> bool:
+    return any(word.lower() in str(message).lower() for word in CACHE_ERRORS)
+
+
+def _clear_numba_cache(reason: str) -> None:
+    import logging
+    import shutil
+
+    root = os.environ.get("NUMBA_CACHE_DIR")
+    if root and Path(root).is_dir():
+        logging.getLogger("distillery.cache").warning(
+            "UMAP failed (%s); clearing numba's cache %s so it compiles afresh", str(reason)[:200], root)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,83 @@
+"""The launched app over plain HTTP (`/gradio_api/call/...`), as a script or `curl` would use it:
+its own /stop, one running and one waiting job per caller, and plain messages for bad numbers."""
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+
+
+@pytest.fixture(scope="module")
+def api(app_url):
+    return app_url.rstrip("/") + "/gradio_api"
+
+
+def call(api: str, name: str, data: list, session: str | None = None) -> str:
+    body = {"data": data, **({"session_hash": session} if session else {})}
+    return httpx.post(f"{api}/call/{name}", json=body, timeout=30).json()["event_id"]
+
+
+def events(api: str, name: str, event_id: str, on_data=None) -> list[tuple[str, object]]:
+    """(event, data) pairs of a call's stream, to its end."""
+    out, kind = [], None
+    with httpx.stream("GET", f"{api}/call/{name}/{event_id}", timeout=300) as response:
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                kind = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                data = json.loads(line.split(":", 1)[1]) if line[5:].strip() not in ("", "null") else None
+                out.append((kind, data))
+                if on_data is not None:
+                    on_data(kind, data)
+    return out
+
+
+def test_a_rest_caller_stops_its_own_run_by_naming_its_session(api):
+    session = "rest-own-session"
+    event = call(api, "distill", ["digits", "dm", 1, 3000, 0], session)
+    stopped = threading.Event()
+
+    def stop_after_first_step(kind, data):
+        if kind == "generating" and data and data[0].get("step", 0) >= 1 and not stopped.is_set():
+            stopped.set()
+            call(api, "stop", [], session)  # its result shares the session's stream: not read here
+
+    out = events(api, "distill", event, stop_after_first_step)
+    kind, (progress, set_file) = out[-1]
+    assert kind == "complete" and progress["status"] == "stopped" and set_file is not None
+
+
+def test_rest_callers_without_a_session_get_one_running_and_one_waiting_job(api):
+    first = call(api, "distill", ["digits", "dm", 1, 3000, 0])
+    second = call(api, "distill", ["digits", "dm", 1, 3000, 1])
+    results = {}
+    threads = [threading.Thread(target=lambda k=k, e=e: results.__setitem__(k, events(api, "distill", e)))
+               for k, e in (("first", first), ("second", second))]
+    for t in threads:
+        t.start()
+    refused = events(api, "distill", call(api, "distill", ["digits", "dm", 1, 5, 2]))
+    assert refused[-1][0] == "error" and "one running and one waiting" in json.dumps(refused[-1][1]).replace(
+        "a job running and one waiting", "one running and one waiting")
+    # A /stop from the same address (no session either) ends that caller's runs.
+    events(api, "stop", call(api, "stop", []))
+    events(api, "stop", call(api, "stop", []))  # the second one, once it has started
+    for t in threads:
+        t.join(300)
+    assert all(results[k][-1][0] == "complete" for k in results)
+    assert {results[k][-1][1][0]["status"] for k in results} <= {"stopped", "done"}
+
+
+@pytest.mark.parametrize("ipc, fragment", [(2.5, "whole number"), (True, "whole number"),
+                                           ("ten", "whole number"), (None, "whole number")])
+def test_a_number_that_is_not_whole_is_a_plain_message(api, ipc, fragment):
+    out = events(api, "distill", call(api, "distill", ["digits", "dm", ipc, 5, 0]))
+    assert out[-1][0] == "error" and fragment in json.dumps(out[-1][1])
+
+
+def test_echoed_input_is_cut_short(api):
+    out = events(api, "distill", call(api, "distill", ["x" * 100_000, "dm", 1, 5, 0]))
+    message = json.dumps(out[-1][1])
+    assert out[-1][0] == "error" and len(message) < 2000 and "characters" in message
