@@ -34,6 +34,7 @@ class Report:
     whole_note: str
     scores: dict[str, float] | None  # IOR, HLR, LRS when baseline and whole exist
     hard: EvalResult | None = None  # the set on hard labels, for HLR, when it carries other labels
+    rs2: EvalResult | None = None  # RS2 at the set's per-epoch image budget, when asked for
 
 
 # What each protocol is, in one line, for the Evaluate tab and the API.
@@ -114,6 +115,25 @@ def baseline(session: Session, syn: SyntheticSet, config: EvalConfig, *, stop: t
     teacher = get_teacher(dataset) if store.needs_teacher else None
     labels = same_kind(store, subset, dataset, teacher, config)
     result = evaluate(subset.images, labels, dataset, config, progress=progress, stop=stop)
+    if not result.stopped:
+        with _baseline_lock:
+            _baselines[key] = result
+    return result
+
+
+def rs2(session: Session, syn: SyntheticSet, config: EvalConfig, *, stop: threading.Event,
+        progress: Callable[[float, str], None] | None = None) -> EvalResult:
+    """RS2 (Okanovic et al. 2023): as many fresh random real training images each epoch as the set
+    holds, for the same epochs and recipe, hard labels; cached for everyone like the random
+    baseline (its seconds are those of the run that measured it)."""
+    from dd_core.rs2 import evaluate_rs2
+
+    dataset = dataset_of(session, syn)
+    key = ("rs2", dataset.name, dataset.split_note, len(syn.images), config)
+    with _baseline_lock:
+        if key in _baselines:
+            return _baselines[key]
+    result = evaluate_rs2(dataset, config, len(syn.images), progress=progress, stop=stop)
     if not result.stopped:
         with _baseline_lock:
             _baselines[key] = result

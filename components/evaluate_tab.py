@@ -18,7 +18,7 @@ from .sessions import Session, session_for
 SOURCES = ("this session's set", "an uploaded file")
 SAME_ARCH = evaluate_run.SAME_ARCH
 TABLE_COLUMNS = ["method", "dataset", "IPC", "labels", "bytes", "accuracy", "std", "networks", "protocol",
-                 "architecture", "steps", "IOR", "HLR", "LRS"]
+                 "architecture", "steps", "IOR", "HLR", "LRS", "RS2"]
 
 
 def _acc(result) -> str:
@@ -36,18 +36,26 @@ def report_markdown(syn: SyntheticSet, rep: evaluate_run.Report, bytes_: int, la
             f"| **synthetic** ({syn.method}, IPC {ipc}, {labels} labels) | **{_acc(s)}** | {len(s.accuracies)} |"]
     if b is not None:
         rows.append(f"| random real images, IPC {ipc}, {labels} labels | {_acc(b)} | {len(b.accuracies)} |")
+    if rep.rs2 is not None:
+        rows.append(f"| RS2: {len(syn.images)} fresh random real images each epoch, hard labels | {_acc(rep.rs2)} "
+                    f"| {len(rep.rs2.accuracies)} |")
     if rep.hard is not None:
         rows.append(f"| synthetic on hard labels (for HLR) | {_acc(rep.hard)} | {len(rep.hard.accuracies)} |")
     if rep.whole is not None:
         rows.append(f"| whole training set | {rep.whole:.3f} | 1 ({rep.whole_note}) |")
     lines = ["\n".join(rows), "", f"Protocol: {s.config.describe()}. Accuracies are fractions of the test set; "
              f"the final epoch is reported. Set size: {bytes_:,} bytes."]
+    if rep.rs2 is not None:
+        made = syn.extra_meta.get("seconds")
+        lines.append(f"\nWall time, same epochs and images per epoch: training on the set {s.seconds:.1f} s"
+                     + (f" (after {float(made):.0f} s of distillation)" if made else "")
+                     + f"; RS2 {rep.rs2.seconds:.1f} s. RS2 needs the whole training set at hand; the set does not.")
     if rep.scores:
         sc = rep.scores
         lines.append(f"\n**IOR** {sc['IOR']:+.3f} (improvement over random, higher is better) · "
                      f"**HLR** {sc['HLR']:+.3f} (gap to the whole set, lower is better) · "
                      f"**LRS** {sc['LRS']:.3f} (DD-Ranking score in [0, 1], higher is better)")
-    if s.stopped or any(r is not None and r.stopped for r in (b, rep.hard)):
+    if s.stopped or any(r is not None and r.stopped for r in (b, rep.hard, rep.rs2)):
         lines.append(f"\n■ Stopped early (Stop pressed or the {LIMITS.max_seconds / 60:.0f}-minute limit): "
                      f"only finished networks are counted.")
     return "\n".join(lines)
@@ -59,25 +67,28 @@ def table_row(syn: SyntheticSet, rep: evaluate_run.Report, bytes_: int, labels: 
             "labels": labels, "bytes": bytes_, "accuracy": round(s.mean, 4) if s.accuracies else None,
             "std": round(s.std, 4), "networks": len(s.accuracies), "protocol": s.config.protocol,
             "architecture": s.config.model, "steps": syn.steps,
-            **{k: round(sc[k], 4) if k in sc else None for k in ("IOR", "HLR", "LRS")}}
+            **{k: round(sc[k], 4) if k in sc else None for k in ("IOR", "HLR", "LRS")},
+            "RS2": round(rep.rs2.mean, 4) if rep.rs2 is not None and rep.rs2.accuracies else None}
 
 
 def run_evaluation(session: Session, syn: SyntheticSet, protocol: str, num_models, arch: str | None, compare: bool,
                    progress: Callable[[float, str], None] | None = None,
-                   owner: str | None = None) -> Iterator[tuple[str, str]]:
+                   owner: str | None = None, rs2: bool = False) -> Iterator[tuple[str, str]]:
     """Yield (status, results markdown) while evaluating, as one job of the session (its own Stop
     and time cap, a compute slot shared fairly); a plain generator."""
     icons = {"error": "⚠", "waiting": "⏳", "stopped": "■"}
     yield from jobs.guarded(session, "evaluate", owner,
-                            lambda job: _evaluation(session, syn, protocol, num_models, arch, compare, progress, job),
+                            lambda job: _evaluation(session, syn, protocol, num_models, arch, compare, progress, job,
+                                                    rs2),
                             say=lambda phase, text: (f"{icons[phase]} {text}", gr.skip()), seconds=LIMITS.max_seconds)
 
 
-def _evaluation(session, syn, protocol, num_models, arch, compare, progress, job) -> Iterator[tuple[str, str]]:
+def _evaluation(session, syn, protocol, num_models, arch, compare, progress, job,
+                rs2: bool = False) -> Iterator[tuple[str, str]]:
     progress = progress or (lambda frac, text: None)
     store = evaluate_run.labels_of(syn)
     soft = store.name != "hard"  # HLR needs the set on hard labels too
-    stages = (3 if soft else 2) if compare else 1
+    stages = ((3 if soft else 2) if compare else 1) + rs2
 
     def stage(i: int, name: str):
         return lambda frac, text: progress((i + frac) / stages, f"{name}: {text}")
@@ -103,6 +114,9 @@ def _evaluation(session, syn, protocol, num_models, arch, compare, progress, job
         except Interrupted:  # the teacher behind soft labels or the reference was still training
             pass
         rep.scores = evaluate_run.scores(rep.synthetic, rep.baseline, rep.whole, rep.hard)
+    if rs2 and not job.stop.is_set():
+        yield "… Evaluating: RS2 (fresh random real images each epoch)…", report_markdown(syn, rep, bytes_, labels)
+        rep.rs2 = evaluate_run.rs2(session, syn, result.config, progress=stage(stages - 1, "RS2"), stop=job.stop)
     session.last_eval = table_row(syn, rep, bytes_, labels)
     if job.stop.is_set():
         why = "reached this machine's time limit" if job.cap_reached.is_set() else "you pressed Stop"
@@ -163,6 +177,9 @@ def build(current_set: gr.State, compute: dict) -> None:
                                info="another architecture tests how well the set transfers")
             compare = gr.Checkbox(True, label="Compare with random real images and the whole dataset",
                                   info="the random baseline is computed once per dataset and IPC, then cached")
+            rs2_box = gr.Checkbox(False, label="Compare with RS2: fresh random real images each epoch",
+                                  info="RS2 (Okanovic et al. 2023): as many real images per epoch as the set holds, "
+                                       "the same epochs; with the wall time of each side")
             with gr.Row():
                 go = gr.Button("Evaluate", variant="primary", elem_id="eval-btn")
                 stop = gr.Button("Stop", variant="stop", elem_id="eval-stop")
@@ -175,14 +192,14 @@ def build(current_set: gr.State, compute: dict) -> None:
                          interactive=False, elem_id="comparison", wrap=True)
     csv_btn = gr.DownloadButton("Download the table (CSV)", visible=False, size="sm", elem_id="comparison-csv")
 
-    def on_evaluate(source_v, upload_v, protocol_v, n_v, arch_v, compare_v, _current, request: gr.Request = None,
+    def on_evaluate(source_v, upload_v, protocol_v, n_v, arch_v, compare_v, rs2_v, _current, request: gr.Request = None,
                     progress=gr.Progress()):
         session = session_for(request)
         try:
             syn = pick_set(session, source_v, upload_v)
             yield from run_evaluation(session, syn, protocol_v, n_v, None if arch_v == SAME_ARCH else arch_v,
                                       bool(compare_v), progress=lambda frac, text: progress(frac, desc=text),
-                                      owner=jobs.owner_of(request))
+                                      owner=jobs.owner_of(request), rs2=bool(rs2_v))
         except Exception as err:  # noqa: BLE001 - shown in the page, never as a traceback
             message = inputs.user_message(err)
             gr.Warning(message)
@@ -190,7 +207,7 @@ def build(current_set: gr.State, compute: dict) -> None:
 
     source.change(lambda s: gr.update(visible=s == SOURCES[1]), inputs=source, outputs=upload, queue=False,
                   api_visibility="private")
-    go.click(on_evaluate, inputs=[source, upload, protocol, num_models, arch, compare, current_set],
+    go.click(on_evaluate, inputs=[source, upload, protocol, num_models, arch, compare, rs2_box, current_set],
              outputs=[status, results], show_progress_on=[bar], api_visibility="private", **compute)
     stop.click(stop_evaluation, outputs=status, queue=False, api_visibility="private")
     pin_btn.click(pin, outputs=[table, csv_btn], queue=False, api_visibility="private")

@@ -54,3 +54,23 @@ def test_cli_evaluate_rs2_reports_both_sides_and_their_wall_times(tmp_path, caps
     assert 0.0 <= out["rs2_mean"] <= 1.0 and len(out["rs2_accuracies"]) == 1
     assert out["rs2_seconds"] > 0 and out["seconds"] > 0
     assert "20 of the 1437" in out["rs2_detail"] and "2 epochs" in out["rs2_detail"]
+
+
+def test_the_evaluate_tab_sets_rs2_beside_the_set_with_both_wall_times():
+    from types import SimpleNamespace
+
+    from components import evaluate_tab
+    from components.sessions import drop_session, session_for
+    from dd_core.synthetic import init_synthetic
+
+    req = SimpleNamespace(session_hash="rs2-tab")
+    session = session_for(req)
+    try:
+        syn = init_synthetic(load_dataset("digits"), 1, seed=0)
+        status, report = list(evaluate_tab.run_evaluation(session, syn, "fast", 1, "mlp", compare=False, rs2=True))[-1]
+        assert "Done" in status
+        assert "| RS2: 10 fresh random real images each epoch, hard labels |" in report
+        assert "Wall time, same epochs and images per epoch: training on the set" in report and "; RS2 " in report
+        assert session.last_eval["RS2"] is not None and 0 <= session.last_eval["RS2"] <= 1
+    finally:
+        drop_session(req)
