@@ -238,3 +238,14 @@ def test_zca_run_records_the_transform_and_shows_the_images_unwhitened(digits, t
     torch.testing.assert_close(seen.x_test, zca.whiten(digits.x_test))
     result = evaluate_synthetic(back, digits, protocol("fast", epochs=5, num_models=1, model="mlp"))
     assert 0.0 <= result.mean <= 1.0
+
+
+def test_a_folder_from_the_experts_command_can_be_used(digits, tmp_path):
+    experts.build_experts(digits, ExpertRecipe(model="convnet_d2", epochs=2), 1, tmp_path / "buf")
+    method = make_method("mtt", dataset="digits", ipc=1, model="convnet_d2", expert_epochs=1, max_start_epoch=1,
+                         syn_steps=2, experts_dir=str(tmp_path / "buf"))
+    snap = run_to_end(digits, method, method_name="mtt", ipc=1, steps=1, device=torch.device("cpu"))
+    assert snap.status == "done" and "1 experts x 2 epochs" in snap.synthetic.extra_meta["experts"]
+    wrong = make_method("mtt", dataset="digits", ipc=1, model="mlp", experts_dir=str(tmp_path / "buf"))
+    with pytest.raises(ValueError, match="are convnet_d2 on digits; this run needs mlp on digits"):
+        run_to_end(digits, wrong, method_name="mtt", ipc=1, steps=1, device=torch.device("cpu"))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from ..augment import DSAParams, dsa_for
-from ..experts import ExpertRecipe, Trajectories, get_experts
+from ..experts import ExpertRecipe, Trajectories, get_experts, read_experts
 from ..label_stores.learned import LearnedLabels
 from ..labels import PREFIX, attach, images_digest
 from ..models import build_model, resolve_model
@@ -146,6 +146,8 @@ class TrajectoryMethod(Method):
     batch_syn: int = hp(0, "synthetic images per student step; 0 = all of them", range=(0, 100000))
     dsa: bool = hp(True, "DSA augmentation of every student batch (and of the experts' training)")
     expert_seed: int = hp(0, "seed of the first expert (expert i uses seed + i)", range=(0, 2**31 - 1))
+    experts_dir: str = hp("", "a folder written by `python -m dd_core experts` to use instead of the cached experts "
+                              "(e.g. a 100 x 50-epoch buffer built with torchrun); empty = the cache")
     zca: bool = hp(False, "ZCA-whiten the data (eps 0.1), as MTT does on CIFAR-10 at IPC 1 and 10: experts, "
                           "student and saved images live in the whitened space; the set records the transform")
 
@@ -182,7 +184,15 @@ class TrajectoryMethod(Method):
                             rho=self.expert_rho, zca=ZCA_EPS if self.zca else 0.0)
 
     def load_experts(self, real, device) -> Trajectories:
-        traj = get_experts(real, self.recipe(real), self.num_experts, seed=self.expert_seed, stop=self.stop_)
+        if self.experts_dir:
+            traj = read_experts(self.experts_dir)
+            wanted = self.recipe(real).resolved(real)
+            if traj.dataset != real.name or traj.recipe.model != wanted.model or traj.recipe.zca != wanted.zca:
+                raise ValueError(f"the experts in {self.experts_dir} are {traj.recipe.model} on {traj.dataset}"
+                                 f"{' (ZCA)' if traj.recipe.zca else ''}; this run needs {wanted.model} on {real.name}"
+                                 f"{' (ZCA)' if wanted.zca else ''}")
+        else:
+            traj = get_experts(real, self.recipe(real), self.num_experts, seed=self.expert_seed, stop=self.stop_)
         needed = self.max_start_epoch + self.expert_epochs
         if traj.epochs < needed:
             raise ValueError(f"max_start_epoch {self.max_start_epoch} + expert_epochs {self.expert_epochs} needs "
