@@ -1,5 +1,6 @@
-"""The named API endpoints, for gradio_client and `curl`: /distill, /evaluate (and /stop, wired in
-the Distill tab). They run in the same compute pool and per-session state as the page.
+"""The named API endpoints, for gradio_client and `curl`: /distill, /evaluate, /feature_map (and
+/stop, wired in the Distill tab). They run in the same compute pool (one job per caller at a time,
+components/jobs.py) and per-session state as the page.
 
     from gradio_client import Client, handle_file
     client = Client("http://127.0.0.1:7860/")
@@ -15,7 +16,9 @@ from typing import Iterator
 
 import gradio as gr
 
-from . import distill_run, evaluate_run, inputs, jobs
+from dd_core import defaults
+
+from . import distill_run, evaluate_run, feature_view, inputs, jobs
 from .runtime import LIMITS
 from .sessions import KEEP_ALIVE_SECONDS, keep_alive, session_for
 
@@ -58,6 +61,25 @@ def evaluate_api(set_file, protocol: str = "fast", num_models=1, model: str = ""
     return result.as_dict()
 
 
+def map_api(kind: str = "trained", projection: str = "PCA", request: gr.Request = None) -> dict:
+    """The feature-space map of the caller's latest set: where each synthetic image lands among the
+    real ones (PCA or UMAP of a network's features) and how far it is from its nearest real image."""
+    try:
+        if kind not in ("trained", "random") or projection not in ("PCA", "UMAP"):
+            raise inputs.UserError(f"Choose kind trained or random (got {inputs.echo(kind)}) and projection PCA or "
+                                   f"UMAP (got {inputs.echo(projection)}).")
+        session = session_for(request)
+        if session.current() is None:
+            raise inputs.UserError("This client has no synthetic set yet: call /distill first.")
+        view = jobs.run_blocking(session, "map", jobs.owner_of(request), LIMITS.max_seconds,
+                                 lambda job: feature_view.compute_view(session, kind, projection, paths=False))
+    except Exception as err:  # noqa: BLE001 - the client gets a message, never a traceback
+        raise gr.Error(inputs.user_message(err), print_exception=False) from None
+    return {"projection": view.projection, "features": view.note, "step": view.step,
+            "synthetic_xy": view.syn_xy.round(4).tolist(), "synthetic_labels": view.syn_labels.tolist(),
+            "nearest_distance": view.nearest_dist.round(4).tolist()}
+
+
 def whole_number(value, label: str) -> gr.Number:
     """A number box that hands the handler what the caller sent, unrounded: 2.5, True or "ten"
     get a plain message from inputs.as_int instead of being rounded or failing inside gradio.
@@ -74,7 +96,7 @@ def attach(tab, compute: dict) -> None:
         progress = gr.JSON(label="progress")
         set_out = gr.File(label="synthetic set (.safetensors)")
         set_in = gr.File(label="synthetic set (.safetensors)", file_types=[".safetensors"])
-        protocol = gr.Radio(list(evaluate_run.PROTOCOLS), value="fast", label="protocol", info=evaluate_run.PROTOCOL_HELP)
+        protocol = gr.Radio(list(evaluate_run.PROTOCOLS), value=defaults.PROTOCOL, label="protocol", info=evaluate_run.PROTOCOL_HELP)
         num_models = whole_number(1, "networks")
         model = gr.Textbox("", label="architecture (empty: the protocol's)")
         result = gr.JSON(label="result")
@@ -83,5 +105,10 @@ def attach(tab, compute: dict) -> None:
                      outputs=[progress, set_out], api_name="distill", **compute)
     go_eval.click(evaluate_api, inputs=[set_in, protocol, num_models, model], outputs=result, api_name="evaluate",
                   **compute)
+    kind_in = gr.Textbox("trained", label="kind (trained or random)", visible=False)
+    projection_in = gr.Textbox("PCA", label="projection (PCA or UMAP)", visible=False)
+    map_out = gr.JSON(label="map", visible=False)
+    gr.Button(visible=False).click(map_api, inputs=[kind_in, projection_in], outputs=map_out, api_name="feature_map",
+                                   **compute)
     # An open page pings its session, so the idle sweep drops only sessions nobody is looking at.
     gr.Timer(KEEP_ALIVE_SECONDS).tick(keep_alive, queue=False, show_progress="hidden", api_visibility="private")

@@ -218,7 +218,7 @@ def test_heavy_events_share_one_pool_and_the_queue_is_bounded():
 
     from components import jobs
 
-    heavy = {"on_distill", "distill_api", "evaluate_api", "on_evaluate", "draw", "run_labels"}
+    heavy = {"on_distill", "distill_api", "evaluate_api", "on_evaluate", "draw", "run_labels", "map_api"}
     found = {}
     for fn in app.demo.fns.values():
         name = getattr(fn.fn, "__name__", "")
