@@ -20,6 +20,7 @@ from .data import Dataset, DatasetFacts
 from .label_stores.base import HardLabels, LabelStore, soft_cross_entropy
 from .labels import load_store
 from .models import default_model, fast_forward, model_for
+from .soft_protocol import train_soft
 from .training import test_accuracy, training_views
 
 
@@ -43,8 +44,20 @@ class EvalConfig:
     num_models: int = 3
     report: str = "final"  # "final" epoch accuracy; "best" only to mimic papers that did so
     seed: int = 0
+    note: str = ""  # one line on what the protocol is for: the help text of the CLI and the app
+    recipe: str = "sgd"  # "sgd": the recipe above; "soft": soft_protocol.py (AdamW, cosine, KL, crops + CutMix)
+    temperature: float = 1.0  # soft recipe: the student's KL temperature (the set's labels carry their own)
+    cutmix: float = 0.0  # soft recipe: CutMix with lam ~ Beta(cutmix, cutmix); 0 turns it off
+    crop_min: float = 0.08  # soft recipe: smallest random-resized-crop area fraction
 
     def describe(self) -> str:
+        if self.recipe == "soft":
+            batch = self.batch_size or "half the set, 10-100 (RDED)"
+            return (f"{self.protocol}: {self.model or 'ConvNet for the resolution'}, AdamW lr {self.lr} wd "
+                    f"{self.weight_decay}, cosine, batch {batch}, {self.epochs} epochs, KL to the set's soft labels at "
+                    f"T = {self.temperature:g}, random-resized crops (area >= {self.crop_min:g}) + flips where they keep "
+                    f"the class + CutMix ({self.cutmix:g}), {self.report} accuracy, {self.num_models} "
+                    f"network{'' if self.num_models == 1 else 's'}")
         if self.dsa:
             aug = f"DSA (one op per {self.dsa_ops})"
         elif self.dc_aug:
@@ -59,15 +72,25 @@ class EvalConfig:
 
 PROTOCOLS = {
     # The DC/DSA/DM recipe, shorter: for interactive use on a CPU.
-    "fast": EvalConfig(protocol="fast", epochs=300, dsa=True, num_models=3),
+    "fast": EvalConfig(protocol="fast", epochs=300, dsa=True, num_models=3, note="300 epochs with DSA"),
     # The DSA/DM protocol: 1000 epochs with DSA, final epoch.
-    "paper": EvalConfig(protocol="paper", epochs=1000, dsa=True, num_models=5),
+    "paper": EvalConfig(protocol="paper", epochs=1000, dsa=True, num_models=5,
+                        note="1000 epochs with DSA (the DSA and DM papers)"),
     # The DC paper's protocol, behind its own figures and its coreset baselines (random, herding,
     # k-center): its own augmentation instead of DSA (MNIST only), 1000 epochs with it, 300 without.
-    "dc": EvalConfig(protocol="dc", epochs=300, epochs_augmented=1000, dsa=False, dc_aug=True, num_models=5),
+    "dc": EvalConfig(protocol="dc", epochs=300, epochs_augmented=1000, dsa=False, dc_aug=True, num_models=5,
+                     note="the DC paper's crop/scale/rotate on MNIST for 1000 epochs, no augmentation and 300 "
+                          "epochs elsewhere (its own and its coreset figures)"),
     # The fast recipe at the lr the set learned (MTT and its family learn the student's lr and their
     # evaluation trains with it); for sets that carry a 'learned_lr' (evaluate.for_set).
-    "learned_lr": EvalConfig(protocol="learned_lr", epochs=300, dsa=True, num_models=3),
+    "learned_lr": EvalConfig(protocol="learned_lr", epochs=300, dsa=True, num_models=3,
+                             note="fast at the lr a trajectory-matching set learned (MTT's evaluation)"),
+    # The decoupled papers' soft-label recipe (RDED's settings; SRe2L's CIFAR relabel is the same
+    # AdamW/cosine/KL with mixup at T = 30): 300 epochs, for sets that carry soft labels.
+    "soft": EvalConfig(protocol="soft", recipe="soft", epochs=300, lr=0.001, momentum=0.0, weight_decay=0.01,
+                       batch_size=0, dsa=False, num_models=3, temperature=20.0, cutmix=1.0, crop_min=0.08,
+                       note="the decoupled papers' soft-label recipe: AdamW, cosine, KL at T = 20, crops + CutMix, "
+                            "300 epochs (SRe2L, RDED, CV-DD, INFER sets)"),
 }
 
 
@@ -76,6 +99,11 @@ def augment_for(config: EvalConfig, dataset: DatasetFacts):
     if config.dsa:
         return dsa_for(dataset)
     return dc_augment_for(dataset) if config.dc_aug else None
+
+
+def protocol_help() -> str:
+    """Every protocol in a line, for the CLI's --protocol and the app's radio buttons."""
+    return "; ".join(f"{name}: {c.note or c.describe()}" for name, c in PROTOCOLS.items())
 
 
 def protocol(name: str, **overrides) -> EvalConfig:
@@ -97,8 +125,6 @@ def for_dataset(config: EvalConfig, dataset: Dataset) -> EvalConfig:
         config = dataclasses.replace(config, epochs=config.epochs_augmented if augmented else config.epochs,
                                      epochs_augmented=0)
     return config
-
-
 
 
 @dataclass
@@ -130,6 +156,9 @@ def train_network(images: torch.Tensor, labels: LabelStore, dataset: Dataset, co
                   device, on_epoch: Callable[[int], None] | None = None,
                   stop: threading.Event | None = None) -> tuple[torch.nn.Module, float | None]:
     """Train one fresh network on (images, labels); returns it and the best test accuracy if asked for."""
+    if config.recipe == "soft":
+        return train_soft(images, labels, dataset, config, seed=seed, device=device, on_epoch=on_epoch, stop=stop,
+                          test=lambda net: test_accuracy(net, dataset, device))
     net = model_for(dataset, config.model, seed=seed, device=device)
     opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[config.epochs // 2], gamma=0.1)

@@ -1,2 +1,2 @@
 """Label stores beyond hard labels, one file per family; importing this package registers them."""
-from . import base, distance, dynamic, learned, online, projector, soft  # noqa: F401
+from . import base, committee, distance, dynamic, learned, online, projector, soft  # noqa: F401

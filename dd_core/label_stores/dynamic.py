@@ -13,6 +13,7 @@ from ..data import dataset_facts
 from ..teacher import probabilities
 from ..training import training_views
 from .base import AUG_RECORD_BYTES, LABEL_STORES, SEED_BYTES, LabelStore, index_bytes
+from ..soft_protocol import soft_views
 from .soft import SOFTEN, VALUE_DTYPE, RowCodec, teacher_device, teacher_temperature
 
 
@@ -25,23 +26,36 @@ class AugRecord:
     batch_size: int
     dsa: bool  # with the dataset's DSA ops, or no augmentation
     dsa_ops: str = "batch"  # the op drawn once per batch or once per image (EvalConfig.dsa_ops)
+    # The soft-label protocol's views (soft_protocol.py) instead: random-resized crops down to
+    # `crop_min` of the area, flips where they keep the class, CutMix with Beta(cutmix, cutmix).
+    recipe: str = "sgd"
+    crop_min: float = 0.08
+    cutmix: float = 0.0
 
     @classmethod
     def for_config(cls, config) -> "AugRecord":
-        return cls(config.seed + 1, config.epochs, config.batch_size, config.dsa, config.dsa_ops)
+        soft = getattr(config, "recipe", "sgd") == "soft"
+        return cls(config.seed + 1, config.epochs, config.batch_size, config.dsa, config.dsa_ops,
+                   *((config.recipe, config.crop_min, config.cutmix) if soft else ()))
 
     def meta(self) -> dict[str, str]:
+        soft = {"recipe": self.recipe, "crop_min": repr(self.crop_min), "cutmix": repr(self.cutmix)}
         return {"seed": str(self.seed), "epochs": str(self.epochs), "batch_size": str(self.batch_size),
-                "dsa": str(int(self.dsa)), "dsa_ops": self.dsa_ops}
+                "dsa": str(int(self.dsa)), "dsa_ops": self.dsa_ops, **(soft if self.recipe == "soft" else {})}
 
     @classmethod
     def from_meta(cls, meta: dict[str, str]) -> "AugRecord":
         # files written before dsa_ops was recorded drew one op per image
         return cls(int(meta["seed"]), int(meta["epochs"]), int(meta["batch_size"]), meta["dsa"] == "1",
-                   meta.get("dsa_ops", "image"))
+                   meta.get("dsa_ops", "image"), meta.get("recipe", "sgd"), float(meta.get("crop_min", 0.08)),
+                   float(meta.get("cutmix", 0.0)))
 
     def views(self, images: torch.Tensor, dataset_name: str):
         """The (epoch, indices, views) sequence an evaluation network replaying this record sees."""
+        if self.recipe == "soft":  # crops + CutMix: the labels are made for the mixed views themselves
+            views = soft_views(images, epochs=self.epochs, batch_size=self.batch_size, seed=self.seed,
+                               crop_min=self.crop_min, flips=dataset_facts(dataset_name).flips, cutmix_alpha=self.cutmix)
+            return ((epoch, idx, batch) for epoch, idx, batch, _ in views)
         augment = dsa_for(dataset_facts(dataset_name)) if self.dsa else None
         return training_views(images, epochs=self.epochs, batch_size=self.batch_size, augment=augment, seed=self.seed,
                               dsa_ops=self.dsa_ops)
@@ -50,6 +64,16 @@ class AugRecord:
         if not config.dsa and config.dc_aug:
             raise ValueError(f"the {store!r} labels replay DSA or unaugmented schedules only; evaluate them "
                              "with the 'paper' or 'fast' protocol, not 'dc'")
+        soft = getattr(config, "recipe", "sgd") == "soft"
+        if soft != (self.recipe == "soft"):
+            made, asked = ("the soft protocol's crops and CutMix", "another protocol's") if not soft else \
+                ("another protocol's views", "the soft protocol's crops and CutMix")
+            raise ValueError(f"the {store!r} labels were made for {made}; the evaluation trains on {asked}. "
+                             "Rebuild the labels for this protocol, or evaluate with the one they were made for.")
+        if soft and (config.crop_min, config.cutmix) != (self.crop_min, self.cutmix):
+            raise ValueError(f"the {store!r} labels were made for crops down to {self.crop_min:g} and CutMix "
+                             f"{self.cutmix:g}; the evaluation asks for {config.crop_min:g} and {config.cutmix:g}. "
+                             "Rebuild the labels for it.")
         wanted = (config.epochs, config.batch_size, config.dsa, config.dsa and config.dsa_ops)
         if wanted != (self.epochs, self.batch_size, self.dsa, self.dsa and self.dsa_ops):
             def aug(dsa, ops):
@@ -78,7 +102,8 @@ class DynamicLabels(LabelStore):
     needs_teacher = True
     OPTIONS = {"dtype": VALUE_DTYPE,
                "topk": (0, "keep only the k largest probabilities per view (0 keeps all)"),
-               "soften": SOFTEN}
+               "soften": SOFTEN,
+               "temperature": (0.0, "the labels' temperature as given (0: the teacher's calibrated one x soften)")}
 
     def __init__(self, values, indices, *, codec: RowCodec, record: AugRecord, temperature: float):
         super().__init__(codec.num_classes)
@@ -128,8 +153,8 @@ class DynamicLabels(LabelStore):
                    temperature=float(meta["temperature"]))
 
     @classmethod
-    def build(cls, syn, dataset, teacher, config, *, dtype="float16", topk=0, soften=1.0):
-        temperature = teacher_temperature(teacher, dataset, soften)
+    def build(cls, syn, dataset, teacher, config, *, dtype="float16", topk=0, soften=1.0, temperature=0.0):
+        temperature = temperature or teacher_temperature(teacher, dataset, soften)
         codec, record = RowCodec(syn.num_classes, dtype, topk), AugRecord.for_config(config)
         values, indices = codec.encode(schedule_probabilities(syn, teacher, record, temperature))
         return cls(values, indices, codec=codec, record=record, temperature=temperature)
@@ -223,8 +248,8 @@ class PrunedDynamicLabels(DynamicLabels):
 
     @classmethod
     def build(cls, syn, dataset, teacher, config, *, dtype="float16", topk=0, soften=1.0,
-              keep=0.1, prune_seed=0, fill="view"):
-        temperature = teacher_temperature(teacher, dataset, soften)
+              keep=0.1, prune_seed=0, fill="view", temperature=0.0):
+        temperature = temperature or teacher_temperature(teacher, dataset, soften)
         if fill not in cls.FILLS:
             raise ValueError(f"unknown fill {fill!r}; valid fills are: {', '.join(cls.FILLS)}")
         if not 0 < keep <= 1:

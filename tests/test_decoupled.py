@@ -1,0 +1,188 @@
+"""The decoupled family beyond the registry-wide contract: the soft-label protocol's loss, the
+teacher cache, the recover loss against a hook-based reference, RDED's selection, stopping."""
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dd_core import load_dataset
+from dd_core.distill import distill
+from dd_core.evaluate import evaluate, evaluate_synthetic, protocol
+from dd_core.labels import build, load_store
+from dd_core.label_stores.base import HardLabels
+from dd_core.label_stores.soft import RowCodec, SoftLabels
+from dd_core.methods import make_method
+from dd_core.methods.recover import FoldedConvBN, recover_loss, tapped
+from dd_core.models import build_model
+from dd_core.soft_protocol import kl_to_targets, mixed_targets, soft_views
+from dd_core.synthetic import SyntheticSet, init_synthetic
+from dd_core import teachers
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def teacher(digits):
+    return teachers.get_bn_teacher(digits, "convnet_bn_quick", device=CPU)
+
+
+def test_soft_loss_is_kl_to_the_given_labels_and_mixes_per_image_labels_by_area(digits):
+    syn = init_synthetic(digits, 2, seed=0)  # 20 images
+    p = torch.softmax(torch.randn(20, 10, generator=torch.Generator().manual_seed(1)) * 3, 1)
+    codec = RowCodec(10, "float32", 0)
+    store = SoftLabels(*codec.encode(p), codec=codec, temperature=1.0)
+    views_seq = soft_views(syn.images, epochs=1, batch_size=8, seed=3, crop_min=0.5, flips=False, cutmix_alpha=1.0)
+    _, idx, views, mix = next(views_seq)
+    assert mix is not None and 0 <= mix.lam <= 1
+    logits = torch.randn(len(idx), 10, dtype=torch.float64)
+    targets = mixed_targets(store, idx, views, 0, mix)
+    expected_t = mix.lam * p[idx] + (1 - mix.lam) * p[idx][mix.perm]  # per-image labels mixed by area
+    torch.testing.assert_close(targets, expected_t.to(targets.dtype))
+    for t in (1.0, 20.0):
+        q = torch.log_softmax(logits / t, 1)
+        kl = (expected_t.double() * (expected_t.double().log() - q)).sum(1).mean()
+        torch.testing.assert_close(kl_to_targets(logits, expected_t.double(), t), kl)
+    # hard labels under KL are cross-entropy at T = 1
+    hard = HardLabels(syn.labels, 10)
+    one_hot = mixed_targets(hard, idx, views, 0, None)
+    torch.testing.assert_close(kl_to_targets(logits, one_hot.double(), 1.0), F.cross_entropy(logits, syn.labels[idx]))
+    # the same seed replays the same views and mixes
+    again = next(soft_views(syn.images, epochs=1, batch_size=8, seed=3, crop_min=0.5, flips=False, cutmix_alpha=1.0))
+    assert torch.equal(again[2], views) and torch.equal(again[3].perm, mix.perm)
+
+
+def test_per_view_labels_are_not_mixed_and_dynamic_labels_replay_the_soft_views(digits, teacher):
+    syn = init_synthetic(digits, 1, seed=0)
+    config = protocol("soft", epochs=2, num_models=1)
+    online = build("teacher", syn, digits, teacher, config, temperature=4.0)
+    dynamic = build("dynamic", syn, digits, teacher, config, dtype="float32", temperature=0.0)
+    assert online.labels_views() and dynamic.labels_views()
+    seq = soft_views(syn.images, epochs=2, batch_size=0, seed=dynamic.view_seed(0), crop_min=0.08,
+                     flips=digits.flips, cutmix_alpha=1.0)
+    for epoch, idx, views, mix in seq:
+        torch.testing.assert_close(mixed_targets(online, idx, views, epoch, mix),
+                                   torch.softmax(teacher.net(views) / 4.0, 1))
+        p = torch.softmax(teacher.net(views) / dynamic.temperature, 1)
+        torch.testing.assert_close(mixed_targets(dynamic, idx, views, epoch, mix), p, atol=1e-6, rtol=1e-4)
+    with pytest.raises(ValueError, match="soft protocol's crops and CutMix"):
+        dynamic.check_config(protocol("fast", epochs=2), digits)
+
+
+def test_teacher_is_trained_once_then_reused_and_a_corrupt_cache_file_is_rebuilt_with_a_note(digits, monkeypatch,
+                                                                                             caplog):
+    first = teachers.get_bn_teacher(digits, "convnet_bn_quick", seed=5, device=CPU)
+    assert teachers.get_bn_teacher(digits, "convnet_bn_quick", seed=5, device=CPU) is first  # memory
+    assert not first.net.training, "a teacher's batch norm must use its running statistics"
+    teachers._memory.clear()
+    trained = []
+    real_train = teachers.train_teacher
+    monkeypatch.setattr(teachers, "train_teacher", lambda *a, **k: trained.append(1) or real_train(*a, **k))
+    again = teachers.get_bn_teacher(digits, "convnet_bn_quick", seed=5, device=CPU)  # from the file
+    assert not trained and again.test_accuracy == first.test_accuracy
+    for a, b in zip(again.net.state_dict().values(), first.net.state_dict().values()):
+        assert torch.equal(a, b)
+    path = next(p for p in (teachers.cache_path("teachers", "x", "").parent).glob("*s5-*.safetensors"))
+    path.write_bytes(b"not a safetensors file")
+    teachers._memory.clear()
+    with caplog.at_level(logging.WARNING, logger="distillery.cache"):
+        rebuilt = teachers.get_bn_teacher(digits, "convnet_bn_quick", seed=5, device=CPU)
+    assert trained == [1], "the unusable file is retrained"
+    assert "is unusable" in caplog.text and "discarding it and rebuilding" in caplog.text and path.name in caplog.text
+    assert rebuilt.test_accuracy == first.test_accuracy  # the same seed trains the same network
+
+
+def test_tapped_loss_equals_the_per_bn_hook_reference(teacher):
+    # SRe2L's reference: a forward hook per BN layer, statistics from the channel-major copy of its input
+    net = build_model("resnet18_w16", channels=1, num_classes=10, image_size=(8, 8), seed=0).eval()
+    for m in net.modules():  # non-trivial running statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(12, 1, 8, 8, requires_grad=True)
+    y = torch.arange(12) % 10
+    terms = []
+
+    def hook(module, inputs, _):
+        a = inputs[0]
+        nch = a.shape[1]
+        mean = a.mean([0, 2, 3])
+        var = a.permute(1, 0, 2, 3).contiguous().view(nch, -1).var(1, unbiased=False)
+        terms.append(torch.norm(module.running_var - var, 2) + torch.norm(module.running_mean - mean, 2))
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    ce = F.cross_entropy(net(x), y)
+    ref = ce + 0.01 * (10 * terms[0] + sum(terms[1:]))
+    for h in handles:
+        h.remove()
+    ref_grad, = torch.autograd.grad(ref, x)
+    for fold in (False, True):  # BN layers tapped, or folded into the conv before them where they can be
+        tnet, sink = tapped(net, fold=fold)
+        ours, _ = recover_loss(tnet, sink, x, y, groups=1, bn_weight=0.01, first_bn_multiplier=10.0)
+        our_grad, = torch.autograd.grad(ours, x)
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(our_grad, ref_grad, rtol=1e-4, atol=1e-6)
+    assert any(isinstance(m, FoldedConvBN) for m in tnet.modules()), "the stem and shortcuts fold"
+    # two groups in one pass: the sum of the two batches' losses
+    halves = [recover_loss(tnet, sink, x[i:i + 6], y[i:i + 6], groups=1, bn_weight=0.01, first_bn_multiplier=10.0)[0]
+              for i in (0, 6)]
+    both, _ = recover_loss(tnet, sink, x, y, groups=2, bn_weight=0.01, first_bn_multiplier=10.0)
+    torch.testing.assert_close(both, halves[0] + halves[1])
+
+
+def test_rded_keeps_the_most_confident_crops_and_shows_its_choice(digits):
+    method = make_method("rded", dataset="digits", ipc=2, teacher="convnet_bn_quick", candidates=20, factor=2)
+    stats_before = [b.clone() for b in teachers.get_bn_teacher(digits, "convnet_bn_quick", device=CPU).net.buffers()]
+    run = list(distill(digits, method, method_name="rded", ipc=2, steps=3, seed=0, device=CPU, snapshot_every=1))
+    assert run[-1].status == "done"
+    assert all(torch.equal(a, b) for a, b in zip(stats_before, method.teacher_.net.buffers())), "scoring moved BN stats"
+    shown = method.selection()
+    assert shown["class"] == 2 and shown["candidates"].shape == (20, 1, 4, 4)
+    pool_worst = shown["pool_scores"].max()
+    assert (shown["scores"][shown["chosen"]] <= pool_worst + 1e-6).all()
+    assert (shown["scores"][~shown["chosen"]] >= pool_worst - 1e-6).all(), "a rejected crop beat a kept one"
+    assert torch.equal(shown["pool_scores"], shown["pool_scores"].sort().values)
+    losses = [s["loss"] for s in run[-1].history]
+    assert losses == sorted(losses, reverse=True), "keeping the best of old and new never raises the pool's loss"
+
+
+@pytest.mark.parametrize("name", ["sre2l", "rded", "infer"])
+def test_stopping_keeps_a_valid_set_with_its_labels(name, digits, tmp_path):
+    stop = threading.Event()
+    method = make_method(name, dataset="digits", ipc=1, teacher="convnet_bn_quick", **({"candidates": 8} if name == "rded" else {}))
+    last = None
+    for last in distill(digits, method, method_name=name, ipc=1, steps=50, seed=0, device=CPU, snapshot_every=1, stop=stop):
+        if last.step >= 2:
+            stop.set()
+    assert last.status == "stopped" and last.step == 2, last.message
+    path = last.synthetic.save(tmp_path / "set.safetensors")
+    syn = SyntheticSet.load(path)
+    assert torch.isfinite(syn.images).all()
+    store = load_store(syn)  # the digest matches the kept images
+    assert store.name == ("soft" if name == "infer" else "teacher")
+    assert teachers.teacher_of_set(syn, digits).arch == "convnet_bn_w32"
+    result = evaluate_synthetic(syn, digits, protocol("soft", epochs=1, num_models=1), device=CPU)
+    assert 0 <= result.mean <= 1 and result.label_store == store.name
+
+
+def test_committee_labels_round_trip_and_record_every_member(digits, tmp_path):
+    method = make_method("cvdd", dataset="digits", ipc=1, teacher="convnet_bn_quick", committee="seeds", members=2)
+    last = None
+    for last in distill(digits, method, method_name="cvdd", ipc=1, steps=2, seed=0, device=CPU):
+        pass
+    syn = SyntheticSet.load(last.synthetic.save(tmp_path / "cv.safetensors"))
+    store = load_store(syn)
+    assert store.name == "committee" and store.labels_views()
+    committee = teachers.teacher_of_set(syn, digits)
+    x = syn.images[:4]
+    torch.testing.assert_close(store.targets(torch.arange(4), x, 0), torch.softmax(committee.net(x) / 20.0, 1))
+    result = evaluate(syn.images, store, digits, protocol("soft", epochs=1, num_models=1), device=CPU)
+    assert 0 <= result.mean <= 1
