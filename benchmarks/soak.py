@@ -110,7 +110,14 @@ def client_student(url: str, rng: random.Random, deadline: float, budget: list, 
     """A student with gradio_client: distill (sometimes stopping it), evaluate, the feature map, bad input."""
     from gradio_client import Client, handle_file
 
-    client = Client(url, verbose=False)
+    client = None
+    while client is None and time.time() < deadline:
+        t0 = time.time()
+        try:  # a slow server answers its API description slowly: a connection is a request too
+            client = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
+        except Exception as err:  # noqa: BLE001
+            log.add("connect", "failed", time.time() - t0, None, f"{type(err).__name__}: {err}")
+            time.sleep(5)
     set_file = None
     while time.time() < deadline and take(budget):
         action = rng.choices(["distill", "stop", "evaluate", "map", "bad"], [4, 2, 2, 2, 2])[0]

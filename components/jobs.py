@@ -8,8 +8,9 @@ owner), a status line while it waits for a slot, the work under the time cap wit
 as its stop signal, and the slot released however it ends.
 
 Fairness: gradio admits compute events freely (`ADMITTED` at a time) and this pool decides who
-computes. `SLOTS` jobs run at once, at most one per owner (a browser session, a gradio_client, or
-for plain-HTTP calls without a session, the caller's address); each owner may have one more job
+computes. `runtime.POOL` jobs run at once, at most one per owner (a browser session, a
+gradio_client, or for plain-HTTP calls without a session, the caller's address; a feature map may
+run beside its owner's distillation, which it follows live); each owner may have one more job
 waiting, first come first served. So one visitor sending twenty requests holds one slot and one
 place in line, and the other nineteen are refused at once with a message that says why.
 """

@@ -1,8 +1,9 @@
 """How the app uses this machine: device, threads, the shared compute pool and the per-run caps.
 
-Read once at start-up. Every compute-heavy event (distill, evaluate, feature map) joins one
-concurrency pool of `POOL` slots, and each slot gets `cores // POOL` torch threads, so that two
-runs at once share the cores instead of oversubscribing them (OpenMP spin-waits make that slow).
+Read once at start-up. Every compute-heavy job (distill, evaluate, labels, feature map) computes in
+one of `POOL` slots (handed out by jobs.py, one per visitor), and each slot gets `cores // POOL`
+torch threads, so that two runs at once share the cores instead of oversubscribing them (OpenMP
+spin-waits make that slow).
 """
 from __future__ import annotations
 
