@@ -16,6 +16,7 @@ from typing import Iterator
 import torch
 
 from .data import Dataset
+from .device import autocast, configure as configure_device, default_device
 from .interrupt import Interrupted
 from .methods.base import Method
 from .synthetic import SyntheticSet, init_synthetic
@@ -41,10 +42,6 @@ class Snapshot:
     @property
     def steps_per_second(self) -> float:
         return self.step / self.elapsed if self.elapsed > 0 else 0.0
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class Gate:
@@ -106,6 +103,18 @@ class Gate:
             return now
 
 
+@dataclass
+class Resume:
+    """Where a run left off between two calls of distill() (a ZeroGPU Space runs a long distillation
+    as a series of short GPU calls): `step` steps are done, the method passed in is already set up
+    and carries its state (images, optimizer, learned labels or lr), and `synthetic` holds the set's
+    provenance. The caller restores the global RNG state if it wants the uninterrupted run's draws."""
+
+    step: int
+    synthetic: SyntheticSet
+    elapsed: float = 0.0  # seconds of work before this call, so elapsed and steps/s run on
+
+
 def _finite(stats: dict[str, float], images: torch.Tensor) -> bool:
     return all(math.isfinite(v) for v in stats.values()) and bool(torch.isfinite(images).all())
 
@@ -113,14 +122,20 @@ def _finite(stats: dict[str, float], images: torch.Tensor) -> bool:
 def distill(dataset: Dataset, method: Method, *, method_name: str, ipc: int, steps: int, seed: int = 0,
             init: str = "real", initial: SyntheticSet | None = None, snapshot_every: int = 10,
             snapshot_seconds: float | None = None, stop: threading.Event | None = None,
-            device: torch.device | None = None, gate: Gate | None = None) -> Iterator[Snapshot]:
+            device: torch.device | None = None, gate: Gate | None = None, resume: Resume | None = None,
+            until: int | None = None) -> Iterator[Snapshot]:
     """Run `method` for `steps` steps; yield a Snapshot every `snapshot_every` steps (or every
     `snapshot_seconds` of work, whichever comes first) and a final one whose status says how it ended.
     With a `gate`, a held run yields one snapshot with message "paused" and waits; every step let
-    through while paused is yielded."""
+    through while paused is yielded.
+    `until`: do steps only up to that one; a run not yet at `steps` then yields a "running" snapshot
+    of it last. `resume`: go on from a Resume instead of setting up (no "initialised" snapshot)."""
     device = device or default_device()
-    torch.manual_seed(seed)  # anything a method draws outside its own generator is reproducible too
-    syn = initial.clone() if initial is not None else init_synthetic(dataset, ipc, init=init, seed=seed)
+    configure_device(device)
+    if resume is None:
+        torch.manual_seed(seed)  # anything a method draws outside its own generator is reproducible too
+    syn = (resume.synthetic.clone() if resume is not None else
+           initial.clone() if initial is not None else init_synthetic(dataset, ipc, init=init, seed=seed))
     syn.method, syn.seed, syn.config = method_name, seed, method.config()
     method.stop_ = stop
     history: list[dict] = []
@@ -135,18 +150,23 @@ def distill(dataset: Dataset, method: Method, *, method_name: str, ipc: int, ste
                         status, message, list(history))
 
     try:
-        method.setup(dataset, syn, seed=seed, device=device)
+        if resume is None:
+            method.setup(dataset, syn, seed=seed, device=device)
     except Interrupted:  # e.g. a long feature-network training: keep the initial images
         yield snapshot(0, "stopped", "stopped while setting up, before step 1; kept the initial images")
         return
     good = method.images().cpu().clone()
     t0 = last_yield = time.perf_counter()
+    t0 -= resume.elapsed if resume is not None else 0.0
     held_before = gate.held_seconds() if gate is not None else 0.0  # a pause during set-up is not run time
-    yield snapshot(0, "running", "initialised")
+    if resume is None:
+        yield snapshot(0, "running", "initialised")
     shown = -1  # the last step yielded with its own snapshot (-1: none yet, so a run held at once says so)
     if not method.learns_images:
         steps = min(steps, 1)  # a coreset is chosen in one step
-    for step in range(1, steps + 1):
+    first = resume.step + 1 if resume is not None else 1
+    end = steps if until is None else min(steps, until)
+    for step in range(first, end + 1):
         stepping = False
         if gate is not None and gate.holds():
             if shown != step - 1:
@@ -157,7 +177,8 @@ def distill(dataset: Dataset, method: Method, *, method_name: str, ipc: int, ste
             yield snapshot(step - 1, "stopped", f"stopped at step {step - 1} of {steps}")
             return
         try:
-            stats = method.step()
+            with autocast(device):  # bf16 on CUDA only when DD_AMP=bf16 (device.py); a no-op otherwise
+                stats = method.step()
         except Interrupted:
             method.restore(good)
             yield snapshot(step - 1, "stopped", f"stopped during step {step}; kept the images of step {step - 1}")
@@ -176,9 +197,13 @@ def distill(dataset: Dataset, method: Method, *, method_name: str, ipc: int, ste
         history.append({"step": step, **stats})
         now = time.perf_counter()
         due = step % snapshot_every == 0 or (snapshot_seconds is not None and now - last_yield >= snapshot_seconds)
-        if (due or stepping) and step < steps:
+        if (due or stepping) and step < end:
             last_yield, shown = now, step
             yield snapshot(step, "running", "stepped" if stepping else "")
+    if end < steps:
+        if end >= first:  # this call did steps; a set-up-only call (until=0) ends at "initialised"
+            yield snapshot(end, "running", f"reached step {end} of {steps}")
+        return
     yield snapshot(steps, "done", f"finished {steps} steps")
 
 

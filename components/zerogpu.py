@@ -1,0 +1,231 @@
+"""ZeroGPU Spaces: the GPU exists only inside functions decorated with `spaces.GPU`, for a bounded
+time per call (60 s unless the decorator asks for more), in a worker process that receives its
+arguments and sends back each result or yield pickled. Outside those calls the Space's own process
+sees a stand-in CUDA that cannot compute, so there it prefers the CPU (dd_core.device.prefer).
+
+Here a long distillation runs as a series of GPU calls: one that sets the method up (a feature
+network or teacher trains there), then calls of about CHUNK_SECONDS of steps each. Between calls
+the set-up method (images, optimizer, learned labels or lr, its generator) travels as bytes
+(dd_core.run_state); the dataset is loaded once in the worker, never shipped. Each call yields the
+engine's snapshots as they come, so the page streams across calls. A Stop works between calls and
+within them: the session's stop event is mirrored into a file (FileStop) that the worker's loop
+checks between steps and inside long ones, exactly as it checks a stop event on one machine.
+The evaluator runs one GPU call per network.
+
+Everywhere else (a dedicated GPU, a CPU, tests) ENABLED is False and the app calls the engine
+directly; `Calls(decorate)` lets tests drive the same path through a stand-in decorator.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import threading
+import time
+import uuid
+from typing import Callable, Iterator
+
+import torch
+
+from dd_core import device as dd_device
+from dd_core.data import Dataset, load_dataset
+from dd_core.distill import Resume, Snapshot, distill
+from dd_core.evaluate import EvalConfig, EvalResult, for_dataset
+from dd_core.evaluate import evaluate as evaluate_here
+from dd_core.methods.base import Method
+from dd_core.run_state import capture, pack, restore_rng, unpack
+
+CALL_SECONDS = 60  # GPU time asked for per call: ZeroGPU's default duration
+SETUP_SECONDS = 120  # the set-up call may train a feature network or teacher
+EVAL_SECONDS = 120  # one evaluation network (paper protocol, IPC 50: well under a minute on an H200)
+CHUNK_SECONDS = 20.0  # steps per call are sized to take about this long: a third of CALL_SECONDS
+FIRST_CHUNK_STEPS = 20  # the first call after set-up measures the speed with this many steps
+SNAPSHOT_SECONDS = 0.5
+
+
+def _spaces_gpu():
+    """spaces.GPU when this process runs on a ZeroGPU Space, else None."""
+    try:
+        import spaces
+    except ImportError:
+        return None
+    config = getattr(getattr(spaces, "config", None), "Config", None)
+    on_zero = getattr(config, "zero_gpu", None)
+    if on_zero is None:  # an old or unusual `spaces`: trust the Space's variable
+        on_zero = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+    return spaces.GPU if on_zero else None
+
+
+class FileStop:
+    """A stop signal that crosses into a GPU worker process: set means its file exists. It has the
+    threading.Event methods the engine uses (is_set, set, clear, wait) and pickles as its path."""
+
+    is_stop_signal = True  # dd_core.run_state never packs a stop signal into a run
+
+    def __init__(self, path: str | None = None):
+        self.path = path or os.path.join(tempfile.gettempdir(), f"distillery-stop-{uuid.uuid4().hex}")
+
+    def is_set(self) -> bool:
+        return os.path.exists(self.path)
+
+    def set(self) -> None:
+        with open(self.path, "w"):
+            pass
+
+    def clear(self) -> None:
+        try:
+            os.remove(self.path)
+        except FileNotFoundError:
+            pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            if end is not None and time.monotonic() >= end:
+                return False
+            time.sleep(0.05)
+        return True
+
+
+def _mirror(stop: threading.Event | None, flag: FileStop, done: threading.Event) -> None:
+    """Set `flag` as soon as `stop` is set, until `done`."""
+    while stop is not None and not done.is_set():
+        if stop.wait(0.1):
+            flag.set()
+            return
+
+
+# -- what runs inside a GPU call (module level: the worker finds these by name) -----------------
+
+def _worker_device() -> torch.device:
+    """The call's device. In a ZeroGPU worker (a fork of the Space's process, which prefers the CPU)
+    the GPU is real for the call's length, so the worker prefers it for anything left to default."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if ENABLED:
+        dd_device.prefer(device)
+    return device
+
+
+def _run_chunk(dataset_spec: str, start: Method | bytes, run: dict, until: int, stop: FileStop) -> Iterator[tuple]:
+    """Set up (start is a fresh Method) or go on (start is a packed run) up to step `until`; yields
+    ("snapshot", Snapshot) as the engine does, then ("state", bytes) if the run is not over."""
+    device = _worker_device()
+    dataset = load_dataset(dataset_spec)
+    if isinstance(start, Method):
+        method, resume = start, None
+    else:
+        state = unpack(start, dataset)
+        restore_rng(state, device)
+        method, resume = state.method, state.resume
+    last = None
+    for last in distill(dataset, method, **run, until=until, resume=resume, stop=stop, device=device,
+                        snapshot_every=10**9, snapshot_seconds=SNAPSHOT_SECONDS):
+        yield "snapshot", last
+    if last is not None and not last.finished:
+        yield "state", pack(capture(method, Resume(last.step, last.synthetic, last.elapsed), device), dataset)
+
+
+def _evaluate_one(dataset_spec: str, images: torch.Tensor, labels, config: EvalConfig, stop: FileStop) -> EvalResult:
+    """One evaluation network (config.num_models == 1) on this call's GPU."""
+    return evaluate_here(images, labels, load_dataset(dataset_spec), config, device=_worker_device(), stop=stop)
+
+
+# -- the caller's side ----------------------------------------------------------------------------
+
+def _identity(**_):
+    return lambda fn: fn
+
+
+class Calls:
+    """The GPU functions, each wrapped by `decorate(duration=seconds)` (spaces.GPU on ZeroGPU)."""
+
+    def __init__(self, decorate: Callable = _identity):
+        self.setup = decorate(duration=SETUP_SECONDS)(_setup_call)
+        self.advance = decorate(duration=CALL_SECONDS)(_advance_call)
+        self.evaluate_one = decorate(duration=EVAL_SECONDS)(_evaluate_one)
+
+
+# Two names for one function, so that ZeroGPU sees (and schedules) the set-up and the steps apart.
+def _setup_call(dataset_spec, method, run, until, stop):
+    yield from _run_chunk(dataset_spec, method, run, until, stop)
+
+
+def _advance_call(dataset_spec, blob, run, until, stop):
+    yield from _run_chunk(dataset_spec, blob, run, until, stop)
+
+
+_gpu = _spaces_gpu()
+ENABLED = _gpu is not None
+CALLS = Calls(_gpu) if ENABLED else Calls()
+if ENABLED:  # this process computes on the CPU; only GPU calls see the GPU
+    dd_device.prefer("cpu")
+
+
+def chunk_steps(done_steps: int, seconds: float, target: float = CHUNK_SECONDS) -> int:
+    """Steps for the next call: as many as took `target` seconds at the last call's pace, at least 1."""
+    if done_steps <= 0 or seconds <= 0:
+        return FIRST_CHUNK_STEPS
+    return max(1, int(done_steps * target / seconds))
+
+
+def distill_in_calls(dataset_spec: str, method: Method, *, method_name: str, ipc: int, steps: int, seed: int = 0,
+                     init: str = "real", stop: threading.Event | None = None, calls: Calls | None = None,
+                     target_seconds: float = CHUNK_SECONDS) -> Iterator[Snapshot]:
+    """dd_core.distill.distill, run as a series of GPU calls; yields the same kind of snapshots
+    (history and elapsed time run on across calls) and ends with the same statuses."""
+    calls = calls or CALLS
+    flag, done = FileStop(), threading.Event()
+    threading.Thread(target=_mirror, args=(stop, flag, done), daemon=True, name="stop-mirror").start()
+    run = dict(method_name=method_name, ipc=ipc, steps=steps, seed=seed, init=init)
+    history: list[dict] = []
+    last: Snapshot | None = None
+    try:
+        start, until, call = method, 0, calls.setup
+        while True:
+            if last is not None and stop is not None and stop.is_set():  # between two calls
+                yield dataclasses.replace(last, status="stopped", message=f"stopped at step {last.step} of {steps}")
+                return
+            blob, t0, before = None, time.perf_counter(), history[-1]["step"] if history else 0
+            for kind, item in call(dataset_spec, start, run, until, flag):
+                if kind == "state":
+                    blob = item
+                    continue
+                item.history = history + item.history  # this call's steps after the earlier calls'
+                last = item
+                yield item
+            if last is None or last.finished or blob is None:
+                return
+            history = list(last.history)
+            start, call = blob, calls.advance
+            until = last.step + chunk_steps(last.step - before, time.perf_counter() - t0, target_seconds)
+    finally:
+        done.set()
+        flag.clear()
+
+
+def evaluate_in_calls(dataset_spec: str, images: torch.Tensor, labels, dataset: Dataset, config: EvalConfig, *,
+                      progress: Callable[[float, str], None] | None = None, stop: threading.Event | None = None,
+                      calls: Calls | None = None) -> EvalResult:
+    """dd_core.evaluate.evaluate with one GPU call per network: network k is trained from the same
+    seed as in one call (config.seed + 1000 k), so the accuracies are those of a single run."""
+    calls = calls or CALLS
+    config = for_dataset(config, dataset)  # the network and epochs actually used, as evaluate() records them
+    flag, done = FileStop(), threading.Event()
+    threading.Thread(target=_mirror, args=(stop, flag, done), daemon=True, name="stop-mirror").start()
+    t0, accs, store_name = time.perf_counter(), [], "hard"
+    try:
+        for k in range(config.num_models):
+            if stop is not None and stop.is_set():
+                return EvalResult(accs, config, time.perf_counter() - t0, store_name, stopped=True)
+            if progress:
+                progress(k / config.num_models, f"network {k + 1}/{config.num_models} (GPU call)")
+            one = dataclasses.replace(config, num_models=1, seed=config.seed + 1000 * k)
+            result = calls.evaluate_one(dataset_spec, images, labels, one, flag)
+            store_name = result.label_store
+            if result.stopped or not result.accuracies:
+                return EvalResult(accs, config, time.perf_counter() - t0, store_name, stopped=True)
+            accs += result.accuracies
+        return EvalResult(accs, config, time.perf_counter() - t0, store_name)
+    finally:
+        done.set()
+        flag.clear()
