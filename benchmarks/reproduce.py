@@ -21,8 +21,9 @@ import torch
 
 from dd_core.data import load_dataset
 from dd_core.distill import run_to_end, time_budget
-from dd_core.evaluate import evaluate, protocol
+from dd_core.evaluate import PROTOCOLS, evaluate, protocol
 from dd_core.methods import METHODS, make_method
+from dd_core.methods.base import PRESETS, method_overrides
 from dd_core.version import code_version as read_code_version
 
 # Published accuracies (%, ConvNet-3, final epoch, hard labels) from the reference table.
@@ -76,16 +77,13 @@ def run_one(dataset, method_name: str, ipc: int, args) -> dict:
 
 
 def run_seed(dataset, method_name: str, ipc: int, args, seed: int) -> dict:
-    overrides = {}
-    for kv in args.set:
-        key, value = kv.split("=", 1)
-        if "." in key:  # method.field=value applies to one method only
-            only, key = key.split(".", 1)
-            if only != method_name:
-                continue
-        overrides[key] = json.loads(value) if value[:1] in "0123456789-[{tf" and value not in ("true", "false") else value
-        if value in ("true", "false"):
-            overrides[key] = value == "true"
+    mine = []
+    for kv in args.set:  # method.field=value applies to one method only
+        key = kv.split("=", 1)[0]
+        if "." in key and key.split(".", 1)[0] != method_name:
+            continue
+        mine.append(kv.split(".", 1)[1] if "." in key else kv)
+    overrides = method_overrides(method_name, mine)
     method = make_method(method_name, preset=args.preset, dataset=dataset.name, ipc=ipc, **overrides)
     steps = args.steps if args.steps is not None else METHODS.get(method_name).default_steps(
         args.preset, dataset=dataset.name, ipc=ipc)
@@ -154,12 +152,12 @@ def main() -> None:
     p.add_argument("--dataset", default="digits")
     p.add_argument("--methods", nargs="*", default=["random", "dm"])
     p.add_argument("--ipcs", nargs="*", type=int, default=[1, 10])
-    p.add_argument("--preset", default="fast", choices=["fast", "paper"])
+    p.add_argument("--preset", default="fast", choices=PRESETS)
     p.add_argument("--steps", type=int, default=None, help="distillation steps (default: the preset's)")
     p.add_argument("--minutes", type=float, default=None,
                    help="time budget per distillation: stop after this many minutes (the steps reached are reported)")
     p.add_argument("--set", action="append", default=[], metavar="[METHOD.]FIELD=VALUE")
-    p.add_argument("--protocol", default="fast", choices=["fast", "paper", "dc"])
+    p.add_argument("--protocol", default="fast", choices=list(PROTOCOLS))
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--models", type=int, default=3)
     p.add_argument("--dsa-ops", default="batch", choices=["batch", "image"],

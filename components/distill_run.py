@@ -11,6 +11,7 @@ from typing import Iterator
 from dd_core import memory
 from dd_core.distill import Snapshot, distill
 from dd_core.methods import METHODS, make_method
+from dd_core.methods.base import PRESETS
 
 from . import inputs, jobs, run_control, runtime
 from .exports import save_current, write_exports
@@ -30,6 +31,7 @@ class Tick:
     snapshot: Snapshot | None = None
     saved: Path | None = None  # a freshly saved current set (.safetensors), if any
     record: RunRecord | None = None  # on the last tick: this run's record (its kept snapshots and files)
+    selection: dict | None = None  # a selecting method's last choice (RDED: candidate and kept crops)
 
     @property
     def finished(self) -> bool:
@@ -59,8 +61,8 @@ def check_request(dataset_choice, folder, method, ipc, steps, seed, preset="fast
     ipc = inputs.check_ipc_value(ipc)
     steps = inputs.check_steps(steps)
     seed = inputs.check_seed(seed)
-    if preset not in ("fast", "paper"):
-        raise inputs.UserError(f"Unknown preset {preset!r}; choose fast or paper.")
+    if preset not in PRESETS:
+        raise inputs.UserError(f"Unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}.")
     if init not in run_control.INITS:
         raise inputs.UserError(f"Unknown start {init!r}; choose one of: {', '.join(run_control.INITS)}.")
     return Request(name, method, ipc, steps, seed, preset, dict(overrides or {}), init, bool(paused))
@@ -131,7 +133,7 @@ def _run(session: Session, req: Request, job: jobs.Job) -> Iterator[Tick]:
                         f"Distilling with **{req.method}** on **{dataset.name}**, IPC {req.ipc}…")
                 if snap.message in ("paused", "stepped"):
                     phase, text = "paused", run_control.paused_text(snap)
-                yield Tick(phase, text, snap, saved)
+                yield Tick(phase, text, snap, saved, selection=selection_of(method))
         except Exception as err:  # noqa: BLE001
             record.status, record.message = "failed", inputs.user_message(err)
             if record.final is not None:
@@ -148,4 +150,10 @@ def _run(session: Session, req: Request, job: jobs.Job) -> Iterator[Tick]:
     else:
         record.message = run_control.done_text(snap, learns)
     write_exports(session, record)
-    yield Tick(snap.status, record.message, snap, save_current(session, record), record)
+    yield Tick(snap.status, record.message, snap, save_current(session, record), record, selection_of(method))
+
+
+def selection_of(method) -> dict | None:
+    """What a selecting method chose at its last step (`selection()`, RDED), or None."""
+    show = getattr(method, "selection", None)
+    return show() if callable(show) else None

@@ -10,7 +10,8 @@ from typing import Callable
 from dd_core import metrics
 from dd_core.label_stores.base import HardLabels, LabelStore
 from dd_core.labels import load_store, same_kind
-from dd_core.evaluate import PROTOCOLS, EvalConfig, EvalResult, dataset_for, evaluate, for_set, protocol as make_protocol
+from dd_core.evaluate import PROTOCOLS, EvalConfig, EvalResult, dataset_for, evaluate, for_set, protocol_help
+from dd_core.evaluate import protocol as make_protocol
 from dd_core.models import MODELS
 from dd_core.synthetic import SyntheticSet, check_fits, random_subset
 from dd_core.teacher import get_teacher, whole_reference as teacher_whole_reference
@@ -37,10 +38,8 @@ class Report:
     rs2: EvalResult | None = None  # RS2 at the set's per-epoch image budget, when asked for
 
 
-# What each protocol is, in one line, for the Evaluate tab and the API.
-PROTOCOL_HELP = ("fast: 300 epochs with DSA; paper: 1000 epochs with DSA (the DSA and DM papers); "
-                 "dc: 300 epochs with the DC paper's crop/scale/rotate on MNIST (its own and its coreset figures); "
-                 "learned_lr: fast at the lr a trajectory-matching set learned (MTT's evaluation)")
+# What each protocol is, in one line, for the Evaluate tab and the API: from the protocols themselves.
+PROTOCOL_HELP = protocol_help()
 
 
 def config_for(protocol: str, num_models, model: str | None) -> EvalConfig:

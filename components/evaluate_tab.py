@@ -7,6 +7,7 @@ from typing import Callable, Iterator
 
 import gradio as gr
 
+from dd_core import defaults
 from dd_core.interrupt import Interrupted
 from dd_core.models import MODELS
 from dd_core.synthetic import SyntheticSet
@@ -169,7 +170,7 @@ def build(current_set: gr.State, compute: dict) -> None:
             source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Evaluate", elem_id="eval-source")
             upload = gr.File(label="Synthetic set (.safetensors)", file_types=[".safetensors"], visible=False,
                              elem_id="eval-upload")
-            protocol = gr.Radio(list(evaluate_run.PROTOCOLS), value="fast", label="Protocol",
+            protocol = gr.Radio(list(evaluate_run.PROTOCOLS), value=defaults.PROTOCOL, label="Protocol",
                                 info=evaluate_run.PROTOCOL_HELP)
             num_models = gr.Slider(1, evaluate_run.MAX_MODELS, value=1, step=1, label="Networks",
                                    info="mean and std over this many fresh networks")

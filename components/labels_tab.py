@@ -11,11 +11,13 @@ from typing import Iterator
 import gradio as gr
 import plotly.graph_objects as go
 
+from dd_core import defaults
+from dd_core.evaluate import PROTOCOLS
 from dd_core.label_stores.base import LABEL_STORES
-from dd_core.labels import parse_spec
+from dd_core.labels import LabelSpec, parse_spec
 from dd_core.models import MODELS
 from dd_core.synthetic import SyntheticSet
-from dd_core.tradeoff import DEFAULT_STORES, IMAGE_FORMATS, Tradeoff, human_bytes, markdown, run_tradeoff, summary
+from dd_core.tradeoff import LABEL_PROTOCOLS, DEFAULT_STORES, IMAGE_FORMATS, Tradeoff, human_bytes, markdown, run_tradeoff, summary
 
 from . import evaluate_run, inputs, jobs
 from .runtime import CUDA, LIMITS
@@ -101,17 +103,20 @@ def report(result: Tradeoff) -> str:
     return "\n\n".join(lines)
 
 
-def chosen_stores(ticked: list[str] | None, extra: str | None) -> list[str]:
-    """The ticked stores plus any typed specs ("soft:topk=2, dynamic:dtype=int8"), checked."""
+def chosen_stores(ticked: list[str] | None, extra: str | None) -> list[LabelSpec]:
+    """The ticked stores plus any typed specs ("soft:topk=2, dynamic:dtype=int8"), parsed and checked
+    once; the engine takes them as they are."""
     specs = list(ticked or []) + [s.strip() for s in (extra or "").replace(";", " ").replace(", ", " ").split() if s.strip()]
     if not specs:
         raise inputs.UserError("Tick at least one label store (hard labels are the cheapest).")
+    parsed = {}
     for spec in specs:
         try:
-            parse_spec(spec)
+            one = parse_spec(spec)
         except (ValueError, KeyError) as err:
             raise inputs.UserError(f"Label store {spec!r}: {inputs.user_message(err)}") from None
-    return list(dict.fromkeys(specs))
+        parsed.setdefault(str(one), one)  # the same store and options typed twice run once
+    return list(parsed.values())
 
 
 def pick_set(session, source: str, upload, current_path) -> SyntheticSet:
@@ -208,8 +213,8 @@ def render(current_set: gr.State) -> None:
             extra = gr.Textbox("", label="More stores (optional)", placeholder="soft:topk=2 dynamic:dtype=int8",
                                info="options: " + "; ".join(f"{n}: {', '.join(LABEL_STORES.get(n).OPTIONS) or '-'}"
                                                             for n in LABEL_STORES.names()))
-            protocol = gr.Radio(["fast", "paper"], value="fast", label="Protocol",
-                                info="fast: 300 epochs; paper: 1000 epochs (DC/DSA/DM), both with DSA")
+            protocol = gr.Radio(list(LABEL_PROTOCOLS), value=defaults.PROTOCOL, label="Protocol",
+                                info="; ".join(f"{p}: {PROTOCOLS[p].note}" for p in LABEL_PROTOCOLS))
             epochs = gr.Number(DEFAULT_EPOCHS, precision=0, label="Epochs (0 = the protocol's own)", elem_id="labels-epochs",
                                info="fewer epochs for a quick look on a CPU; every number says which recipe made it")
             networks = gr.Slider(1, evaluate_run.MAX_MODELS, value=DEFAULT_NETWORKS, step=1, label="Networks per point",

@@ -12,6 +12,11 @@ import time
 
 import torch
 
+from . import defaults
+from .evaluate import PROTOCOLS, protocol_help
+from .methods.base import PRESETS
+from .tradeoff import LABEL_PROTOCOLS
+
 
 def _threads() -> None:
     # Use every core deliberately; torch and numba both otherwise guess.
@@ -22,15 +27,6 @@ def _progress(total: int, desc: str, quiet: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="step", disable=quiet, file=sys.stderr, dynamic_ncols=True)
-
-
-def _parse_value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 def _positive_int(text: str) -> int:
@@ -58,14 +54,13 @@ def cmd_distill(args) -> int:
     from .data import load_dataset
     from .distill import distill, time_budget
     from .methods import METHODS, make_method
-
+    from .methods.base import method_overrides
     from .synthetic import check_ipc
 
     dataset = load_dataset(args.dataset)
     check_ipc(dataset, args.ipc)
-    overrides = dict(kv.split("=", 1) for kv in args.set)
     method = make_method(args.method, preset=args.preset, dataset=dataset.name, ipc=args.ipc,
-                         **{k: _parse_value(v) for k, v in overrides.items()})
+                         **method_overrides(args.method, args.set))
     steps = args.steps if args.steps is not None else METHODS.get(args.method).default_steps(
         args.preset, dataset=dataset.name, ipc=args.ipc)
     bar = _progress(steps, f"{args.method} {dataset.name} ipc={args.ipc}", args.quiet)
@@ -262,15 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("distill", help="distill a dataset into a synthetic set")
-    d.add_argument("--dataset", default="digits", help="dataset name or folder:<path> (see `list`)")
-    d.add_argument("--method", default="dm")
-    d.add_argument("--ipc", type=_positive_int, default=10, help="images per class")
+    d.add_argument("--dataset", default=defaults.DATASET, help="dataset name or folder:<path> (see `list`)")
+    d.add_argument("--method", default=defaults.METHOD)
+    d.add_argument("--ipc", type=_positive_int, default=defaults.IPC, help="images per class")
     d.add_argument("--steps", type=_positive_int, default=None, help="outer iterations (default: the preset's)")
     d.add_argument("--minutes", type=_positive_float, default=None,
                    help="time budget: stop after this many minutes (setup included) and keep the last good set")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--preset", default="fast", choices=["fast", "paper"])
-    d.add_argument("--init", default="real", choices=["real", "noise"])
+    d.add_argument("--seed", type=int, default=defaults.SEED)
+    d.add_argument("--preset", default=defaults.PRESET, choices=PRESETS)
+    d.add_argument("--init", default=defaults.INIT, choices=["real", "noise"])
     d.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a hyperparameter")
     d.add_argument("--out", default="synthetic.safetensors")
     d.add_argument("--grid", default=None, help="also save a PNG grid here")
@@ -279,10 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="train fresh networks on a synthetic set and report test accuracy")
     e.add_argument("file")
-    e.add_argument("--protocol", default="fast", choices=["fast", "paper", "dc", "learned_lr"],
-                   help="fast: 300 epochs with DSA; paper: the DSA/DM paper protocol (1000 epochs, DSA); "
-                        "dc: the DC paper's (300 epochs, its crop/scale/rotate augmentation on MNIST); "
-                        "learned_lr: fast at the lr a trajectory-matching set learned (MTT's evaluation)")
+    e.add_argument("--protocol", default=defaults.PROTOCOL, choices=list(PROTOCOLS), help=protocol_help())
     e.add_argument("--models", type=int, default=None, help="number of evaluation networks")
     e.add_argument("--epochs", type=int, default=None)
     e.add_argument("--arch", default=None, help="evaluation network (cross-architecture)")
@@ -301,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lab = sub.add_parser("labels", help="bytes vs accuracy of every label store for one synthetic set")
     lab.add_argument("file")
-    lab.add_argument("--protocol", default="fast", choices=["fast", "paper"])
+    lab.add_argument("--protocol", default=defaults.PROTOCOL, choices=LABEL_PROTOCOLS)
     lab.add_argument("--stores", nargs="*", default=None)
     lab.add_argument("--models", type=int, default=None)
     lab.add_argument("--epochs", type=int, default=None, help="training epochs (default: the protocol's)")

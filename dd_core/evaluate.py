@@ -45,6 +45,7 @@ class EvalConfig:
     report: str = "final"  # "final" epoch accuracy; "best" only to mimic papers that did so
     seed: int = 0
     note: str = ""  # one line on what the protocol is for: the help text of the CLI and the app
+    note: str = ""  # one line on what the protocol is for: the help text of the CLI and the app
     recipe: str = "sgd"  # "sgd": the recipe above; "soft": soft_protocol.py (AdamW, cosine, KL, crops + CutMix)
     temperature: float = 1.0  # soft recipe: the student's KL temperature (the set's labels carry their own)
     cutmix: float = 0.0  # soft recipe: CutMix with lam ~ Beta(cutmix, cutmix); 0 turns it off
@@ -99,6 +100,11 @@ def augment_for(config: EvalConfig, dataset: DatasetFacts):
     if config.dsa:
         return dsa_for(dataset)
     return dc_augment_for(dataset) if config.dc_aug else None
+
+
+def protocol_help() -> str:
+    """Every protocol in a line, for the CLI's --protocol and the app's radio buttons."""
+    return "; ".join(f"{name}: {c.note or c.describe()}" for name, c in PROTOCOLS.items())
 
 
 def protocol_help() -> str:

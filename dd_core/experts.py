@@ -27,6 +27,7 @@ from .augment import dsa_for
 from .cache import atomic_write, cache_path, load_or_build
 from .data import Dataset
 from .training import test_accuracy
+from .convert import fields_from_text
 from .version import code_version
 from .interrupt import check
 from .models import model_for, resolve_model
@@ -351,19 +352,8 @@ def get_experts(dataset: Dataset, recipe: ExpertRecipe, num_experts: int, *, see
 
 def parse_recipe(model: str | None, epochs: int, settings: list[str]) -> ExpertRecipe:
     """An ExpertRecipe from --model, --epochs and --set FIELD=VALUE items; unknown fields are named."""
-    values: dict[str, object] = {}
-    fields = {f.name: f for f in dataclasses.fields(ExpertRecipe)}
-    for item in settings:
-        key, eq, text = item.partition("=")
-        if not eq or key not in fields or key in ("model", "epochs"):
-            valid = ", ".join(sorted(set(fields) - {"model", "epochs"}))
-            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of: {valid} "
-                             f"(--model and --epochs have their own flags)")
-        kind = type(fields[key].default)
-        try:
-            values[key] = text.lower() in ("1", "true", "yes") if kind is bool else kind(text)
-        except ValueError:
-            raise ValueError(f"--set {key}={text!r}: expected a {kind.__name__}") from None
+    defaults = {f.name: f.default for f in dataclasses.fields(ExpertRecipe) if f.name not in ("model", "epochs")}
+    values = fields_from_text(settings, defaults, "--set")  # --model and --epochs have their own flags
     return ExpertRecipe(model=model or "auto", epochs=epochs, **values)
 
 

@@ -13,9 +13,11 @@ and travels inside the synthetic-set file: tensors named `label_store.<key>` in
 from __future__ import annotations
 
 import hashlib
+from typing import NamedTuple
 
 import torch
 
+from .convert import from_text
 from .label_stores.base import LABEL_STORES, HardLabels, LabelStore, TeacherRequired
 
 PREFIX = "label_store."
@@ -29,8 +31,22 @@ def images_digest(images: torch.Tensor) -> str:
 # -- building from a spec ------------------------------------------------------------------------
 
 
-def parse_spec(spec: str) -> tuple[str, dict[str, object]]:
-    """'soft:dtype=int8,topk=2' -> ('soft', {'dtype': 'int8', 'topk': 2}), typed by the store's defaults."""
+class LabelSpec(NamedTuple):
+    """A label store named with its options, parsed and checked once at the boundary (CLI, app) and
+    then passed along as is: ('soft', {'dtype': 'int8', 'topk': 2})."""
+
+    name: str
+    options: dict[str, object]
+
+    def __str__(self) -> str:  # the canonical text, as store.spec records it
+        return self.name + (":" + ",".join(f"{k}={v}" for k, v in sorted(self.options.items())) if self.options else "")
+
+
+def parse_spec(spec: str | LabelSpec) -> LabelSpec:
+    """'soft:dtype=int8,topk=2' -> ('soft', {'dtype': 'int8', 'topk': 2}), typed by the store's defaults.
+    A spec already parsed is returned as it is."""
+    if isinstance(spec, LabelSpec):
+        return spec
     name, _, rest = spec.strip().partition(":")
     cls = LABEL_STORES.get(name)
     options: dict[str, object] = {}
@@ -38,24 +54,11 @@ def parse_spec(spec: str) -> tuple[str, dict[str, object]]:
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"label store option {item!r} in {spec!r} must be written key=value")
-        options[key] = _typed(cls, key, value)
-    return name, options
-
-
-def _typed(cls, key: str, value: str):
-    if key not in cls.OPTIONS:
-        valid = ", ".join(sorted(cls.OPTIONS)) or "none"
-        raise ValueError(f"label store {cls.name!r} has no option {key!r}; its options are: {valid}")
-    default = cls.OPTIONS[key][0]
-    try:
-        if isinstance(default, bool):
-            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError(value)
-            return value.lower() in ("1", "true", "yes")
-        return type(default)(value)
-    except ValueError:
-        kind = {bool: "true or false", int: "an integer", float: "a number"}.get(type(default), "a string")
-        raise ValueError(f"option {key!r} of label store {cls.name!r} takes {kind}; got {value!r}") from None
+        if key not in cls.OPTIONS:
+            valid = ", ".join(sorted(cls.OPTIONS)) or "none"
+            raise ValueError(f"label store {cls.name!r} has no option {key!r}; its options are: {valid}")
+        options[key] = from_text(value, cls.OPTIONS[key][0], f"option {key!r} of label store {cls.name!r}")
+    return LabelSpec(name, options)
 
 
 def build(name: str, syn, dataset, teacher, config, **options) -> LabelStore:
@@ -71,11 +74,11 @@ def build(name: str, syn, dataset, teacher, config, **options) -> LabelStore:
     store = cls.build(syn, dataset, teacher, config, **options)
     if teacher is not None and cls.needs_teacher:
         store.teacher_note = teacher.describe()
-    store.spec = name + (":" + ",".join(f"{k}={v}" for k, v in sorted(options.items())) if options else "")
+    store.spec = str(LabelSpec(name, options))
     return store
 
 
-def build_spec(spec: str, syn, dataset, teacher, config) -> LabelStore:
+def build_spec(spec: str | LabelSpec, syn, dataset, teacher, config) -> LabelStore:
     name, options = parse_spec(spec)
     return build(name, syn, dataset, teacher, config, **options)
 

@@ -22,13 +22,15 @@ from .data import DatasetUnavailable, load_dataset
 from .evaluate import EvalConfig, evaluate
 from .evaluate import protocol as make_protocol
 from .label_stores.base import LABEL_STORES, index_bytes
-from .labels import build_spec, parse_spec
+from .labels import LabelSpec, build_spec, parse_spec
 from .methods.pca import keep_by_difficulty
 from .registry import Registry, UnknownNameError
 from .synthetic import SyntheticFileError, SyntheticSet
 from .synthetic import random_subset as baseline_subset
 from .teacher import get_teacher
 
+# The protocols a trade-off runs under: replayed label stores (dynamic, distance) record DSA schedules.
+LABEL_PROTOCOLS = ("fast", "paper")
 # The stores every trade-off shows unless told otherwise: one or more of each family.
 DEFAULT_STORES = ["hard", "soft:dtype=float32", "soft", "soft:dtype=int8", "soft:topk=1", "dynamic",
                   "dynamic-pruned:keep=0.1", "dynamic-pruned:keep=0.02", "dynamic-pruned:keep=0.02,fill=label",
@@ -162,8 +164,7 @@ class Tradeoff:
 def random_subset(syn, dataset):
     """The random-subset baseline (synthetic.random_subset, the one seed rule of the app and the
     CLI) at `syn`'s images per class, in `syn`'s provenance but without its labels."""
-    ipc = int(torch.bincount(syn.labels, minlength=dataset.num_classes).max())
-    base = baseline_subset(dataset, ipc)
+    base = baseline_subset(dataset, max(syn.ipc, 1))  # IPC as the set records it (the CLI's rule too)
     out = syn.clone()
     out.images, out.labels, out.method = base.images, base.labels, "random"
     out.extra, out.extra_meta = {}, {}
@@ -189,16 +190,14 @@ def pruned_subset(syn, dataset, teacher, device):
     return out
 
 
-def run_tradeoff(syn, dataset, config: EvalConfig, stores: list[str] | None = None, *, image_format: str = "uint8",
+def run_tradeoff(syn, dataset, config: EvalConfig, stores: list[str | LabelSpec] | None = None, *, image_format: str = "uint8",
                  random_set: bool = True, pruned_set: bool = True, teacher=None, device=None,
                  progress: Callable[[float, str], None] | None = None,
                  stop: threading.Event | None = None) -> Tradeoff:
     """Build and evaluate every store in `stores` on `syn` (and a random real subset of the same size)."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     fmt = IMAGE_FORMATS.get(image_format)
-    specs = list(stores or DEFAULT_STORES)
-    for spec in specs:
-        parse_spec(spec)  # fail before any work on a misspelt store or option
+    specs = [parse_spec(s) for s in stores or DEFAULT_STORES]  # once each; already parsed at the CLI or app
     stored = syn.clone()
     stored.images = fmt.roundtrip(syn.images.detach().cpu(), syn.mean, syn.std)
     sets = [("synthetic", stored)]
@@ -207,7 +206,7 @@ def run_tradeoff(syn, dataset, config: EvalConfig, stores: list[str] | None = No
         rnd.images = fmt.roundtrip(rnd.images, syn.mean, syn.std)
         sets.append(("random", rnd))
     reason = ""
-    if teacher is None and (pruned_set or any(LABEL_STORES.get(parse_spec(s)[0]).needs_teacher for s in specs)):
+    if teacher is None and (pruned_set or any(LABEL_STORES.get(s.name).needs_teacher for s in specs)):
         if progress:
             progress(0.0, "getting the teacher (trained once per dataset, then cached)")
         teacher, reason = get_teacher_or_reason(dataset, device)
@@ -229,8 +228,7 @@ def run_tradeoff(syn, dataset, config: EvalConfig, stores: list[str] | None = No
         if stop is not None and stop.is_set():
             result.stopped = True
             break
-        name = parse_spec(spec)[0]
-        if LABEL_STORES.get(name).needs_teacher and teacher is None:
+        if LABEL_STORES.get(spec.name).needs_teacher and teacher is None:
             if kind == "synthetic":
                 result.errors.append(f"{spec}: needs a teacher network and {reason}")
             continue
@@ -249,7 +247,7 @@ def run_tradeoff(syn, dataset, config: EvalConfig, stores: list[str] | None = No
         if res.stopped:
             result.stopped = True
             break
-        result.points.append(Point(spec, kind, fmt.name, fmt.nbytes(s.images), store.nbytes(), res.mean, res.std,
+        result.points.append(Point(str(spec), kind, fmt.name, fmt.nbytes(s.images), store.nbytes(), res.mean, res.std,
                                    res.accuracies, fmt.formula(s.images), store.formula(), store.uncounted(),
                                    store.teacher_note, res.config.describe(), round(time.perf_counter() - t0, 2)))
     if skipped:
@@ -324,8 +322,7 @@ def labels_command(path: str, protocol: str, stores: list[str] | None, num_model
         dataset = load_dataset(syn.dataset)
         overrides = {k: v for k, v in (("num_models", num_models), ("epochs", epochs)) if v}
         config = make_protocol(protocol, **overrides)
-        for spec in stores or []:
-            parse_spec(spec)
+        specs = [parse_spec(spec) for spec in stores] if stores else None
         IMAGE_FORMATS.get(image_format)
     except (SyntheticFileError, DatasetUnavailable, ValueError, UnknownNameError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -340,7 +337,7 @@ def labels_command(path: str, protocol: str, stores: list[str] | None, num_model
             last[0] = text.split(":")[0]
             print(f"[{frac:4.0%}] {last[0]}", file=sys.stderr, flush=True)
 
-    result = run_tradeoff(syn, dataset, config, stores, image_format=image_format, random_set=random_set,
+    result = run_tradeoff(syn, dataset, config, specs, image_format=image_format, random_set=random_set,
                           pruned_set=pruned_set, progress=progress)
     print(file=sys.stderr)
     for err in result.errors:

@@ -8,11 +8,14 @@ from typing import ClassVar
 
 import torch
 
+from ..convert import from_text
 from ..data import dataset_facts
 from ..interrupt import check
 from ..registry import Registry
 
 METHODS: Registry = Registry("method")
+# "fast": sized for a CPU; "paper": the published hyperparameters and steps. The CLI and the app offer these.
+PRESETS = ("fast", "paper")
 
 
 @dataclass
@@ -86,8 +89,8 @@ class Method:
 
     @classmethod
     def from_preset(cls, name: str = "fast", *, dataset: str, ipc: int, **overrides) -> "Method":
-        if name not in ("paper", "fast"):
-            raise ValueError(f"unknown preset {name!r}; valid presets are: fast, paper")
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; valid presets are: {', '.join(PRESETS)}")
         return cls(**{**cls.preset(name, dataset=dataset, ipc=ipc), **overrides})
 
     def config(self) -> dict:
@@ -120,6 +123,19 @@ def field_range(f: dataclasses.Field) -> tuple | None:
 
 def field_choices(f: dataclasses.Field) -> tuple | None:
     return f.metadata.get("choices")
+
+
+def method_overrides(name: str, items: list[str]) -> dict:
+    """`--set FIELD=VALUE` items for method `name`, each typed by its field's default (convert.py); a
+    field the method lacks is passed on as text, for make_method to refuse with the valid names."""
+    defaults = {f.name: f.default for f in hyperparameters(METHODS.get(name))}
+    out = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        if not eq:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE")
+        out[key] = from_text(text, defaults[key], f"--set {key}") if key in defaults else text
+    return out
 
 
 def make_method(name: str, *, preset: str = "fast", dataset: str, ipc: int, **overrides) -> Method:

@@ -19,7 +19,7 @@ class _Coreset(Method):
 
     def setup(self, real, syn, *, seed, device):
         self.gen_ = torch.Generator().manual_seed(seed)
-        ipc = int((syn.labels == 0).sum())
+        ipc = syn.ipc
         picks = [self.select(real, c, ipc, device) for c in range(real.num_classes)]
         self.chosen_ = torch.cat(picks)  # (classes * ipc,) indices into the training set
         self.images_ = real.x_train[self.chosen_].clone().to(device)

@@ -152,7 +152,7 @@ class DC(Method):
         self.shape_ = dict(channels=real.channels, num_classes=real.num_classes, image_size=real.image_size)
         self.device_ = device
         self.net_name_ = resolve_model(self.model, real)
-        auto = loops_for(int((syn.labels == 0).sum()))
+        auto = loops_for(syn.ipc)
         self.loops_ = (self.outer_loop or auto[0], self.inner_loop or auto[1])
         self.images_ = syn.images.detach().to(device).requires_grad_(True)
         self.labels_ = syn.labels.to(device)
