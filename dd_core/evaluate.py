@@ -17,6 +17,7 @@ import torch
 
 from .augment import dc_augment_for, dsa_for
 from .data import Dataset, DatasetFacts
+from .device import autocast, configure as configure_device, default_device, maybe_compile
 from .label_stores.base import HardLabels, LabelStore, soft_cross_entropy
 from .labels import load_store
 from .models import default_model, fast_forward, model_for
@@ -44,7 +45,6 @@ class EvalConfig:
     num_models: int = 3
     report: str = "final"  # "final" epoch accuracy; "best" only to mimic papers that did so
     seed: int = 0
-    note: str = ""  # one line on what the protocol is for: the help text of the CLI and the app
     note: str = ""  # one line on what the protocol is for: the help text of the CLI and the app
     recipe: str = "sgd"  # "sgd": the recipe above; "soft": soft_protocol.py (AdamW, cosine, KL, crops + CutMix)
     temperature: float = 1.0  # soft recipe: the student's KL temperature (the set's labels carry their own)
@@ -100,11 +100,6 @@ def augment_for(config: EvalConfig, dataset: DatasetFacts):
     if config.dsa:
         return dsa_for(dataset)
     return dc_augment_for(dataset) if config.dc_aug else None
-
-
-def protocol_help() -> str:
-    """Every protocol in a line, for the CLI's --protocol and the app's radio buttons."""
-    return "; ".join(f"{name}: {c.note or c.describe()}" for name, c in PROTOCOLS.items())
 
 
 def protocol_help() -> str:
@@ -172,7 +167,7 @@ def train_network(images: torch.Tensor, labels: LabelStore, dataset: Dataset, co
     images = images.to(device)
     best = 0.0 if config.report == "best" else None
     epoch_now = 0
-    forward = fast_forward(net)
+    forward = maybe_compile(fast_forward(net), device)  # torch.compile only on CUDA with DD_COMPILE=1
     net.train()
     # A store that labelled one recorded schedule (dynamic labels) makes every network replay it.
     for epoch, idx, views in training_views(images, epochs=config.epochs, batch_size=config.batch_size,
@@ -189,7 +184,8 @@ def train_network(images: torch.Tensor, labels: LabelStore, dataset: Dataset, co
         if stop is not None and stop.is_set():  # every batch too: one epoch of a large set can take minutes
             return net, best
         views = labels.inputs(idx, views, epoch)  # a store may show its own labelled views instead
-        loss = soft_cross_entropy(forward(views), labels.targets(idx.to(device), views, epoch).to(device))
+        with autocast(device):  # bf16 only on CUDA with DD_AMP=bf16 (device.py)
+            loss = soft_cross_entropy(forward(views), labels.targets(idx.to(device), views, epoch).to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -203,7 +199,8 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor | LabelStore, dataset: D
              device=None, progress: Callable[[float, str], None] | None = None,
              stop: threading.Event | None = None) -> EvalResult:
     """Train `config.num_models` fresh networks on the synthetic set; report final test accuracy."""
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
+    configure_device(device)
     config = for_dataset(config, dataset)  # record the network and epochs actually used
     store = labels if isinstance(labels, LabelStore) else HardLabels(labels, dataset.num_classes)
     store.check_config(config, dataset)  # e.g. dynamic labels made for another number of epochs

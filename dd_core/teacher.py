@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from .augment import dsa_for
 from .cache import cache_path, load_or_build
 from .data import Dataset
+from .device import default_device
 from .interrupt import check
 from .models import model_for
 from .training import test_accuracy
@@ -117,7 +118,7 @@ def get_teacher(dataset: Dataset, *, arch: str | None = None, epochs: int | None
                 device=None, stop: threading.Event | None = None) -> Teacher:
     """The cached trained network for a dataset (trained now if not cached). Training stops with
     `Interrupted` once `stop` is set; nothing is cached then."""
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     arch, epochs = arch or dataset.teacher_arch, epochs or dataset.teacher_epochs  # the dataset's recipe
     key = _key(dataset, arch, epochs, seed)
     with _locks_guard:

@@ -197,3 +197,15 @@ def test_the_real_spaces_package_leaves_everything_unchanged_off_zerogpu(monkeyp
         return x + 1
 
     assert spaces.GPU(duration=zerogpu.CALL_SECONDS)(task) is task  # the decorator is a no-op here
+
+
+@pytest.mark.cuda
+def test_on_a_gpu_the_state_crosses_calls_on_the_gpu(digits, monkeypatch):
+    # the calls pick CUDA themselves; the packed state keeps its CUDA tensors between calls
+    monkeypatch.setattr(zerogpu, "FIRST_CHUNK_STEPS", 3)
+    snaps = chunked("dm", 2, 10, Recorder(), target=0.01)
+    whole = run_to_end(digits, tiny_method("dm", 2), method_name="dm", ipc=2, steps=10, seed=0,
+                       device=torch.device("cuda"))
+    assert snaps[-1].status == "done", snaps[-1].message
+    # cuDNN may pick other kernels from one run to the next (benchmark mode): equal to float noise
+    assert torch.allclose(snaps[-1].synthetic.images, whole.synthetic.images, rtol=1e-3, atol=1e-4)
