@@ -16,7 +16,8 @@ from dd_core.augment import dsa_for
 from dd_core.models import build_model
 from dd_core.synthetic import SyntheticSet
 
-TINY_RECIPE = ExpertRecipe(model="convnet_d2", epochs=2)
+TINY_RECIPE = ExpertRecipe(model="convnet_d2", epochs=2)  # what MTT with max_start_epoch 1, expert_epochs 1 needs
+ONE_EPOCH = ExpertRecipe(model="convnet_d2", epochs=1)
 
 
 @pytest.fixture(scope="module")
@@ -25,36 +26,36 @@ def digits():
 
 
 def test_trajectory_round_trips_through_its_files(digits, tmp_path):
-    seeds = experts.build_experts(digits, TINY_RECIPE, 2, tmp_path, seed=5, dtype="float16")
+    seeds = experts.build_experts(digits, ONE_EPOCH, 2, tmp_path, seed=5, dtype="float16")
     back = read_experts(tmp_path)
     index = json.loads((tmp_path / "index.json").read_text())
     assert seeds == back.seeds == [5, 6]
-    assert back.epochs == 2 and back.num_experts == 2 and back.params[0].dtype == torch.float16
+    assert back.epochs == 1 and back.num_experts == 2 and back.params[0].dtype == torch.float16
     assert index["bytes"] == sum(p.stat().st_size for p in tmp_path.glob("expert_*.safetensors"))
     assert index["recipe"]["lr"] == 0.01 and index["recipe"]["momentum"] == 0.0 and index["code_version"]
-    assert len(index["experts"][0]["test_accuracy"]) == 3  # the start and every epoch
+    assert len(index["experts"][0]["test_accuracy"]) == 2  # the start and every epoch
     # the stored checkpoints are the expert's parameters: retraining the same seed gives them again
-    params, acc = experts.train_expert(digits, TINY_RECIPE, 5)
-    assert torch.allclose(back.checkpoint(0, 2), params[2], atol=1e-3)  # float16 storage
+    params, acc = experts.train_expert(digits, ONE_EPOCH, 5)
+    assert torch.allclose(back.checkpoint(0, 1), params[1], atol=1e-3)  # float16 storage
     assert back.test_accuracy[0] == pytest.approx(acc, abs=1e-6)
 
 
 def test_missing_or_corrupt_expert_file_is_reported_and_rebuilt(digits, caplog):
-    first = get_experts(digits, TINY_RECIPE, 2)
-    folder = experts.expert_folder(digits, TINY_RECIPE, 2)
+    first = get_experts(digits, ONE_EPOCH, 2)
+    folder = experts.expert_folder(digits, ONE_EPOCH, 2)
     (folder / "expert_001.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ExpertFileError, match="expert_001.safetensors .* is corrupt.*build the experts again"):
         read_experts(folder)
     experts._memory.clear()
     with caplog.at_level(logging.WARNING, logger="distillery.cache"):
-        again = get_experts(digits, TINY_RECIPE, 2)
+        again = get_experts(digits, ONE_EPOCH, 2)
     assert "unusable" in caplog.text and "rebuilding" in caplog.text
     assert torch.equal(again.params[1], first.params[1])
     (folder / "expert_000.safetensors").unlink()
     with pytest.raises(ExpertFileError, match="expert_000.safetensors is missing"):
         read_experts(folder)
     experts._memory.clear()
-    assert get_experts(digits, TINY_RECIPE, 2).num_experts == 2
+    assert get_experts(digits, ONE_EPOCH, 2).num_experts == 2
 
 
 def _small_case(seed=0, soft=False):
@@ -100,23 +101,31 @@ def test_unroll_leaves_the_start_unchanged():
 def test_bad_settings_name_their_limits(digits):
     with pytest.raises(ValueError, match="syn_steps = 0 is out of range; valid values are 1 to"):
         make_method("mtt", dataset="digits", ipc=1, syn_steps=0)
-    method = make_method("mtt", dataset="digits", ipc=1, model="convnet_d2", num_experts=2, max_start_epoch=1)
-    get_experts(digits, method.recipe(digits), 2)  # experts with 1 + 2 epochs
-    too_far = make_method("mtt", dataset="digits", ipc=1, model="convnet_d2", num_experts=2, max_start_epoch=5)
+    method = make_method("mtt", dataset="digits", ipc=1, model="convnet_d2", num_experts=2, max_start_epoch=1,
+                         expert_epochs=1)
+    assert method.recipe(digits) == TINY_RECIPE  # the cached experts of the other tests: 1 + 1 epochs
+    too_far = make_method("mtt", dataset="digits", ipc=1, model="convnet_d2", num_experts=2, max_start_epoch=5,
+                          expert_epochs=1)
     too_far.recipe = lambda dataset: method.recipe(dataset)  # pretend they are the stored experts
     snap_error = None
     try:
         run_to_end(digits, too_far, method_name="mtt", ipc=1, steps=1, device=torch.device("cpu"))
     except ValueError as err:
         snap_error = str(err)
-    assert snap_error and "needs 7 stored epochs, but the experts hold 3" in snap_error and "at most 1" in snap_error
+    assert snap_error and "needs 6 stored epochs, but the experts hold 2" in snap_error and "at most 1" in snap_error
+    from components import distill_run, inputs
+    from components.runtime import LIMITS
+
+    with pytest.raises(inputs.UserError, match="limit"):  # the app's cap on IPC names it
+        distill_run.check_request("digits", "", "mtt", LIMITS.max_ipc + 1, 10, 0)
 
 
 def test_stopping_mid_run_keeps_a_valid_set(digits, tmp_path):
     import threading
 
     stop = threading.Event()
-    method = make_method("mtt", dataset="digits", ipc=1, model="convnet_d2", num_experts=2)
+    method = make_method("mtt", dataset="digits", ipc=1, model="convnet_d2", num_experts=2, expert_epochs=1,
+                         max_start_epoch=1)
     last = None
     from dd_core.distill import distill
 
@@ -132,7 +141,8 @@ def test_stopping_mid_run_keeps_a_valid_set(digits, tmp_path):
 def test_learned_labels_become_the_label_store(digits, tmp_path):
     from dd_core.labels import load_store
 
-    method = make_method("tesla", dataset="digits", ipc=1, model="convnet_d2", num_experts=2, soft_labels=True)
+    method = make_method("tesla", dataset="digits", ipc=1, model="convnet_d2", num_experts=2, expert_epochs=1,
+                         max_start_epoch=1, soft_labels=True)
     snap = run_to_end(digits, method, method_name="tesla", ipc=1, steps=2, device=torch.device("cpu"))
     back = SyntheticSet.load(snap.synthetic.save(tmp_path / "t.safetensors"))
     store = load_store(back)
@@ -241,11 +251,12 @@ def test_zca_run_records_the_transform_and_shows_the_images_unwhitened(digits, t
 
 
 def test_a_folder_from_the_experts_command_can_be_used(digits, tmp_path):
-    experts.build_experts(digits, ExpertRecipe(model="convnet_d2", epochs=2), 1, tmp_path / "buf")
+    get_experts(digits, TINY_RECIPE, 2)  # a complete expert folder (the cache's, shared with other tests)
+    folder = str(experts.expert_folder(digits, TINY_RECIPE, 2))
     method = make_method("mtt", dataset="digits", ipc=1, model="convnet_d2", expert_epochs=1, max_start_epoch=1,
-                         syn_steps=2, experts_dir=str(tmp_path / "buf"))
+                         num_experts=50, syn_steps=2, experts_dir=folder)  # num_experts: the folder decides
     snap = run_to_end(digits, method, method_name="mtt", ipc=1, steps=1, device=torch.device("cpu"))
-    assert snap.status == "done" and "1 experts x 2 epochs" in snap.synthetic.extra_meta["experts"]
-    wrong = make_method("mtt", dataset="digits", ipc=1, model="mlp", experts_dir=str(tmp_path / "buf"))
+    assert snap.status == "done" and "2 experts x 2 epochs" in snap.synthetic.extra_meta["experts"]
+    wrong = make_method("mtt", dataset="digits", ipc=1, model="mlp", experts_dir=folder)
     with pytest.raises(ValueError, match="are convnet_d2 on digits; this run needs mlp on digits"):
         run_to_end(digits, wrong, method_name="mtt", ipc=1, steps=1, device=torch.device("cpu"))
