@@ -6,7 +6,8 @@ run in a low-priority background process so the page is usable at once.
 """
 from __future__ import annotations
 
-from components import runtime
+from components import zerogpu  # noqa: F401 - first: on ZeroGPU, `spaces` must load before CUDA starts
+from components import runtime  # noqa: E402
 
 runtime.configure()  # threads and numba's cache folder, before anything computes
 

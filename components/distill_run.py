@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 from dd_core import memory
-from dd_core.distill import Snapshot, distill
+from dd_core.distill import Snapshot
 from dd_core.methods import METHODS, make_method
 from dd_core.methods.base import PRESETS
 
@@ -17,6 +17,7 @@ from . import inputs, jobs, run_control, runtime
 from .exports import save_current, write_exports
 from .runtime import LIMITS
 from .sessions import RunRecord, Session
+from .zerogpu import distill  # the engine's loop; on a ZeroGPU Space a series of GPU calls
 
 SNAPSHOT_SECONDS = 0.5  # work between two UI updates; a stop takes effect within this
 SAVE_SECONDS = 2.0  # how often the current set is written to disk for the Labels tab

@@ -10,14 +10,15 @@ from typing import Callable
 from dd_core import metrics
 from dd_core.label_stores.base import HardLabels, LabelStore
 from dd_core.labels import load_store, same_kind
-from dd_core.evaluate import PROTOCOLS, EvalConfig, EvalResult, dataset_for, evaluate, for_set, protocol_help
+from dd_core.evaluate import PROTOCOLS, EvalConfig, EvalResult, dataset_for, for_set, protocol_help
 from dd_core.evaluate import protocol as make_protocol
 from dd_core.models import MODELS
 from dd_core.synthetic import SyntheticSet, check_fits, random_subset
-from dd_core.teacher import get_teacher, whole_reference as teacher_whole_reference
 
 from . import inputs
 from .sessions import Session
+# The engine's evaluator and teacher; on a ZeroGPU Space they run in GPU calls of their own.
+from .zerogpu import evaluate, get_teacher, whole_reference as teacher_whole_reference
 
 MAX_MODELS = 5
 SAME_ARCH = "the protocol's (ConvNet for the resolution)"  # the architecture choice meaning "no override"

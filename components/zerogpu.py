@@ -10,7 +10,8 @@ the set-up method (images, optimizer, learned labels or lr, its generator) trave
 engine's snapshots as they come, so the page streams across calls. A Stop works between calls and
 within them: the session's stop event is mirrored into a file (FileStop) that the worker's loop
 checks between steps and inside long ones, exactly as it checks a stop event on one machine.
-The evaluator runs one GPU call per network.
+The evaluator runs one GPU call per network; a teacher or feature network trains in a call of its
+own, and this process loads it from the cache that call wrote.
 
 Everywhere else (a dedicated GPU, a CPU, tests) ENABLED is False and the app calls the engine
 directly; `Calls(decorate)` lets tests drive the same path through a stand-in decorator.
@@ -29,9 +30,11 @@ import torch
 
 from dd_core import device as dd_device
 from dd_core.data import Dataset, load_dataset
-from dd_core.distill import Resume, Snapshot, distill
+from dd_core import teacher
+from dd_core.distill import Resume, Snapshot, distill as distill_here
 from dd_core.evaluate import EvalConfig, EvalResult, for_dataset
 from dd_core.evaluate import evaluate as evaluate_here
+from dd_core.interrupt import Interrupted
 from dd_core.methods.base import Method
 from dd_core.run_state import capture, pack, restore_rng, unpack
 
@@ -95,6 +98,15 @@ def _mirror(stop: threading.Event | None, flag: FileStop, done: threading.Event)
             return
 
 
+def _stop_flag(stop: threading.Event | None) -> tuple[FileStop, threading.Event]:
+    """A FileStop that follows `stop` (set already if `stop` is) until the returned event is set."""
+    flag, done = FileStop(), threading.Event()
+    if stop is not None and stop.is_set():
+        flag.set()
+    threading.Thread(target=_mirror, args=(stop, flag, done), daemon=True, name="stop-mirror").start()
+    return flag, done
+
+
 # -- what runs inside a GPU call (module level: the worker finds these by name) -----------------
 
 def _worker_device() -> torch.device:
@@ -118,7 +130,7 @@ def _run_chunk(dataset_spec: str, start: Method | bytes, run: dict, until: int, 
         restore_rng(state, device)
         method, resume = state.method, state.resume
     last = None
-    for last in distill(dataset, method, **run, until=until, resume=resume, stop=stop, device=device,
+    for last in distill_here(dataset, method, **run, until=until, resume=resume, stop=stop, device=device,
                         snapshot_every=10**9, snapshot_seconds=SNAPSHOT_SECONDS):
         yield "snapshot", last
     if last is not None and not last.finished:
@@ -128,6 +140,17 @@ def _run_chunk(dataset_spec: str, start: Method | bytes, run: dict, until: int, 
 def _evaluate_one(dataset_spec: str, images: torch.Tensor, labels, config: EvalConfig, stop: FileStop) -> EvalResult:
     """One evaluation network (config.num_models == 1) on this call's GPU."""
     return evaluate_here(images, labels, load_dataset(dataset_spec), config, device=_worker_device(), stop=stop)
+
+
+def _train_teacher(dataset_spec: str, arch: str | None, epochs: int | None, seed: int, stop: FileStop) -> bool:
+    """Train the network on the whole training set (or find it cached) on this call's GPU. Its cache
+    file is what the Space's own process then loads. False if stopped (Interrupted does not cross)."""
+    try:
+        teacher.get_teacher(load_dataset(dataset_spec), arch=arch, epochs=epochs, seed=seed, device=_worker_device(),
+                            stop=stop)
+    except Interrupted:
+        return False
+    return True
 
 
 # -- the caller's side ----------------------------------------------------------------------------
@@ -143,6 +166,7 @@ class Calls:
         self.setup = decorate(duration=SETUP_SECONDS)(_setup_call)
         self.advance = decorate(duration=CALL_SECONDS)(_advance_call)
         self.evaluate_one = decorate(duration=EVAL_SECONDS)(_evaluate_one)
+        self.train_teacher = decorate(duration=SETUP_SECONDS)(_train_teacher)
 
 
 # Two names for one function, so that ZeroGPU sees (and schedules) the set-up and the steps apart.
@@ -174,8 +198,7 @@ def distill_in_calls(dataset_spec: str, method: Method, *, method_name: str, ipc
     """dd_core.distill.distill, run as a series of GPU calls; yields the same kind of snapshots
     (history and elapsed time run on across calls) and ends with the same statuses."""
     calls = calls or CALLS
-    flag, done = FileStop(), threading.Event()
-    threading.Thread(target=_mirror, args=(stop, flag, done), daemon=True, name="stop-mirror").start()
+    flag, done = _stop_flag(stop)
     run = dict(method_name=method_name, ipc=ipc, steps=steps, seed=seed, init=init)
     history: list[dict] = []
     last: Snapshot | None = None
@@ -210,8 +233,7 @@ def evaluate_in_calls(dataset_spec: str, images: torch.Tensor, labels, dataset: 
     seed as in one call (config.seed + 1000 k), so the accuracies are those of a single run."""
     calls = calls or CALLS
     config = for_dataset(config, dataset)  # the network and epochs actually used, as evaluate() records them
-    flag, done = FileStop(), threading.Event()
-    threading.Thread(target=_mirror, args=(stop, flag, done), daemon=True, name="stop-mirror").start()
+    flag, done = _stop_flag(stop)
     t0, accs, store_name = time.perf_counter(), [], "hard"
     try:
         for k in range(config.num_models):
@@ -229,3 +251,55 @@ def evaluate_in_calls(dataset_spec: str, images: torch.Tensor, labels, dataset: 
     finally:
         done.set()
         flag.clear()
+
+
+def _spec(dataset: Dataset) -> str:
+    """The name a GPU worker loads the dataset by (it never receives the tensors)."""
+    if dataset.name.startswith("folder:"):
+        raise ValueError("image folders cannot be distilled on a ZeroGPU Space (its GPU calls load datasets by "
+                         "name); choose a registered dataset")
+    return dataset.name
+
+
+# -- drop-ins for the app: the engine's own functions off ZeroGPU, GPU calls on it ------------------
+
+def distill(dataset: Dataset, method: Method, *, gate=None, snapshot_every: int = 10,
+            snapshot_seconds: float | None = None, **kw) -> Iterator[Snapshot]:
+    """dd_core.distill.distill; on a ZeroGPU Space, as a series of GPU calls (snapshots come every
+    SNAPSHOT_SECONDS there, and Pause/Step are not offered: a held run would hold a GPU)."""
+    if not ENABLED:
+        return distill_here(dataset, method, gate=gate, snapshot_every=snapshot_every,
+                            snapshot_seconds=snapshot_seconds, **kw)
+    kw.pop("device", None)
+    return distill_in_calls(_spec(dataset), method, **kw)
+
+
+def evaluate(images: torch.Tensor, labels, dataset: Dataset, config: EvalConfig, *, device=None,
+             progress: Callable[[float, str], None] | None = None, stop: threading.Event | None = None) -> EvalResult:
+    """dd_core.evaluate.evaluate; on a ZeroGPU Space, one GPU call per network."""
+    if not ENABLED or device is not None:
+        return evaluate_here(images, labels, dataset, config, device=device, progress=progress, stop=stop)
+    return evaluate_in_calls(_spec(dataset), images, labels, dataset, config, progress=progress, stop=stop)
+
+
+def get_teacher(dataset: Dataset, *, stop: threading.Event | None = None, calls: Calls | None = None, **kw):
+    """dd_core.teacher.get_teacher; on a ZeroGPU Space the training runs in a GPU call of its own and
+    this process loads the cached result onto its CPU."""
+    if ENABLED or calls is not None:
+        flag, done = _stop_flag(stop)
+        try:
+            finished = (calls or CALLS).train_teacher(_spec(dataset), kw.get("arch"), kw.get("epochs"),
+                                                      kw.get("seed", 0), flag)
+        finally:
+            done.set()
+            flag.clear()
+        if not finished:
+            raise Interrupted
+    return teacher.get_teacher(dataset, stop=stop, **kw)
+
+
+def whole_reference(dataset: Dataset, stop: threading.Event | None = None) -> tuple[float, str]:
+    """dd_core.teacher.whole_reference, its network trained in a GPU call on a ZeroGPU Space."""
+    if ENABLED:
+        get_teacher(dataset, stop=stop)
+    return teacher.whole_reference(dataset, stop=stop)

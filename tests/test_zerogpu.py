@@ -209,3 +209,23 @@ def test_on_a_gpu_the_state_crosses_calls_on_the_gpu(digits, monkeypatch):
     assert snaps[-1].status == "done", snaps[-1].message
     # cuDNN may pick other kernels from one run to the next (benchmark mode): equal to float noise
     assert torch.allclose(snaps[-1].synthetic.images, whole.synthetic.images, rtol=1e-3, atol=1e-4)
+
+
+def test_teacher_training_runs_in_a_call_of_its_own(digits):
+    recorder = Recorder()
+    calls = zerogpu.Calls(recorder)
+    net = zerogpu.get_teacher(digits, arch="mlp", epochs=1, seed=5, calls=calls)
+    assert [c["name"] for c in recorder.calls] == ["_train_teacher"]
+    assert 0.0 <= net.test_accuracy <= 1.0 and net.arch == "mlp"
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(zerogpu.Interrupted):  # a stop before (or during) the call ends it, caching nothing
+        zerogpu.get_teacher(digits, arch="mlp", epochs=2, seed=6, calls=calls, stop=stop)
+
+
+def test_off_zerogpu_the_drop_ins_are_the_engine(digits):
+    assert not zerogpu.ENABLED
+    method = tiny_method("dm", 1)
+    snaps = list(zerogpu.distill(digits, method, method_name="dm", ipc=1, steps=3, seed=0, device=CPU))
+    whole = run_to_end(digits, tiny_method("dm", 1), method_name="dm", ipc=1, steps=3, seed=0, device=CPU)
+    assert torch.equal(snaps[-1].synthetic.images, whole.synthetic.images)
