@@ -18,13 +18,14 @@ from . import distill_run, inputs, jobs, links, method_params, run_control
 from .exports import labelled_grid
 from .figures import loss_figure, matching_figure
 from .learn_tab import method_markdown
+from .selection_view import selection_image
 from .runtime import LIMITS
 from .sessions import Session, session_for
 
 PLOT_SECONDS = 2.0  # the loss curve is redrawn at most this often; the grid every snapshot
 DEFAULT_DATASET, DEFAULT_METHOD, DEFAULT_IPC = defaults.DATASET, defaults.METHOD, defaults.IPC
 OUTPUTS = ("status", "grid", "stats", "loss", "current_set", "scrub", "dl_set", "dl_png", "dl_zip", "dl_gif",
-           "distill_btn", "stop_btn", "matching")
+           "distill_btn", "stop_btn", "matching", "selection")
 DOWNLOADS = {"dl_set": "safetensors", "dl_png": "png", "dl_zip": "zip", "dl_gif": "gif"}
 
 
@@ -76,7 +77,7 @@ def ui_updates(session: Session, req: distill_run.Request, owner: str | None = N
         if tick.phase == "warming" and not cleared:  # the new run exists: from now on the page shows only it
             cleared = True
             out.update(grid=None, stats="", scrub=gr.update(visible=False), loss=loss_figure([]),
-                       matching=gr.update(value=None, visible=False),
+                       matching=gr.update(value=None, visible=False), selection=gr.update(value=None, visible=False),
                        **{k: gr.update(visible=False) for k in DOWNLOADS})
         if tick.phase == "error" and not cleared:
             out["status"] = status_line("error", tick.text + " The grid and files below are still those of "
@@ -89,6 +90,10 @@ def ui_updates(session: Session, req: distill_run.Request, owner: str | None = N
                 out["loss"], last_plot = loss_figure(snap.history), time.perf_counter()
                 if snap.history and "student_distance" in snap.history[-1]:  # trajectory matching: what it matches
                     out["matching"] = gr.update(value=matching_figure(snap.history), visible=True)
+        if tick.selection is not None and snap is not None:  # RDED: the crops it scored and the ones it kept
+            names = snap.synthetic.classes
+            out["selection"] = gr.update(value=selection_image(tick.selection, snap.synthetic.mean, snap.synthetic.std,
+                                                               names[tick.selection["class"]]), visible=True)
         if tick.phase == "paused" and session.run is not None:  # look back through the run while it is held
             out["scrub"] = scrub_update(session.run)
         if tick.saved is not None:
@@ -221,9 +226,11 @@ def build(current_set: gr.State, compute: dict) -> DistillTab:
                                        ("dl_zip", "ImageFolder (.zip)"), ("dl_gif", "Evolution (GIF)"))}
             loss = gr.Plot(loss_figure([]), label="Loss", elem_id="loss")
             matching = gr.Plot(None, label="What trajectory matching matches", elem_id="matching", visible=False)
+            selection = gr.Image(None, label="What RDED is choosing: candidate crops (green: kept) and the class's pool",
+                                 type="pil", format="png", interactive=False, visible=False, elem_id="selection")
 
     components = dict(status=status, grid=grid, stats=stats, loss=loss, current_set=current_set, scrub=scrub_slider,
-                      distill_btn=go, stop_btn=stop, matching=matching, **dl)
+                      distill_btn=go, stop_btn=stop, matching=matching, selection=selection, **dl)
     outputs = [components[k] for k in OUTPUTS]
 
     fields = [dataset, folder, method, ipc, steps, seed, preset, init]

@@ -186,3 +186,30 @@ def test_committee_labels_round_trip_and_record_every_member(digits, tmp_path):
     torch.testing.assert_close(store.targets(torch.arange(4), x, 0), torch.softmax(committee.net(x) / 20.0, 1))
     result = evaluate(syn.images, store, digits, protocol("soft", epochs=1, num_models=1), device=CPU)
     assert 0 <= result.mean <= 1
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_app_shows_rded_candidates_and_kept_crops():
+    # The Distill tab's handler (no server): an RDED run on digits streams the selection image
+    # (tests/test_app_browser.py takes such a set on to an evaluation in a real browser).
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from components import distill_run, distill_tab
+    from components.sessions import drop_session, session_for
+
+    who = SimpleNamespace(session_hash="rded")
+    session = session_for(who)
+    try:
+        overrides = {"teacher": "convnet_bn_quick", "candidates": 12, "classes_per_step": 1}
+        req = distill_run.check_request("digits", "", "rded", 1, 3, 0, "fast", overrides)
+        updates = list(distill_tab.ui_updates(session, req))
+        shown = [u[distill_tab.OUTPUTS.index("selection")] for u in updates]
+        shown = [s for s in shown if isinstance(s, dict) and s.get("visible") and s.get("value") is not None]
+        assert shown, "the selection image never appeared"
+        assert isinstance(shown[-1]["value"], Image.Image) and shown[-1]["value"].width > 100
+        syn = session.current()
+        assert syn.extra_meta["label_store"] == "teacher"  # the teacher labels the views the student sees
+    finally:
+        drop_session(who)

@@ -59,7 +59,7 @@ class INFER(Recover):
         p = probabilities(self.teacher_.net, self.images(), self.device_, self.label_temperature)
         values, _ = codec.encode(p)
         store = SoftLabels(values, None, codec=codec, temperature=self.label_temperature)
-        store.spec, store.teacher_note = f"soft:temperature={self.label_temperature:g}", self.teacher_.describe()
+        store.spec, store.teacher_note = f"soft:temperature={float(self.label_temperature)}", self.teacher_.describe()
         syn = self.syn_
         syn.images = self.images().cpu()  # the digest in attach() is taken of these
         attach(syn, store)

@@ -1,4 +1,4 @@
-"""The recover-and-relabel core of the decoupled methods (SRe2L, Yin, Zhao & Shen, NeurIPS 2023).
+"""The recover-and-relabel core of the decoupled methods (SRe2L, Yin, Xing & Shen, NeurIPS 2023).
 
 Squeeze: a teacher with batch norm is trained on the real data (teachers.py). Recover: synthetic
 pixels are optimised so that, on the teacher, (a) each batch-norm layer's *input* has the batch
@@ -215,11 +215,11 @@ def attach_teacher_labels(syn, teacher, temperature: float) -> None:
     stored alternatives)."""
     if isinstance(teacher.net, Committee):
         store = CommitteeLabels.build(syn, None, teacher, None, temperature=temperature)
-        store.spec = f"committee:temperature={temperature:g}"
+        store.spec = f"committee:temperature={float(temperature)}"
     else:
         store = OnlineTeacher(copy.deepcopy(teacher.net).cpu().eval(), arch=teacher.arch, dtype="float32",
                               temperature=temperature)
-        store.spec = f"teacher:temperature={temperature:g}"
+        store.spec = f"teacher:temperature={float(temperature)}"
     store.teacher_note = teacher.describe()
     attach(syn, store)
 

@@ -1,4 +1,4 @@
-"""SRe2L: squeeze, recover, relabel (Yin, Zhao & Shen, "Squeeze, Recover and Relabel: Dataset
+"""SRe2L: squeeze, recover, relabel (Yin, Xing & Shen, "Squeeze, Recover and Relabel: Dataset
 Condensation at ImageNet Scale From A New Perspective", NeurIPS 2023)."""
 from __future__ import annotations
 
@@ -13,4 +13,4 @@ from .recover import Recover
 class SRe2L(Recover):
     """Recover images from a batch-norm teacher's statistics and class logits; relabel with the teacher."""
 
-    paper = "Yin, Zhao & Shen, Squeeze, Recover and Relabel: Dataset Condensation at ImageNet Scale, NeurIPS 2023"
+    paper = "Yin, Xing & Shen, Squeeze, Recover and Relabel: Dataset Condensation at ImageNet Scale, NeurIPS 2023"

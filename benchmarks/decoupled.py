@@ -1,0 +1,99 @@
+"""The decoupled family on one dataset under the soft-label protocol: each method's set beside a
+random real subset given the same teacher's labels of the same kind ("a label is worth a thousand
+images"), the random subset with hard labels, and DM's set with hard labels and with the teacher's
+labels. One JSON line per (set, labels); IOR is taken against the random subset with the same kind
+of labels.
+
+    nice -n 10 python -m benchmarks.decoupled --dataset digits --ipc 1 10 --networks 1 \
+        --out benchmarks/results/decoupled_digits.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from dd_core import load_dataset
+from dd_core.distill import run_to_end
+from dd_core.evaluate import evaluate, protocol
+from dd_core.labels import load_store, same_kind
+from dd_core.methods import METHODS, make_method
+from dd_core.synthetic import random_subset
+from dd_core.teachers import teacher_of_set
+
+from .reproduce import code_version
+
+METHODS_RUN = ["sre2l", "cda", "dwa", "cvdd", "infer", "rded"]
+
+
+def line(out, **row) -> dict:
+    row["code_version"] = code_version()
+    print(json.dumps(row), flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return row
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
+    p.add_argument("--methods", nargs="*", default=METHODS_RUN)
+    p.add_argument("--preset", default="fast", choices=["fast", "paper"])
+    p.add_argument("--networks", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=None, help="default: the soft protocol's 300")
+    p.add_argument("--dm-steps", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    dataset = load_dataset(args.dataset)
+    cpu = torch.device("cpu")
+    config = protocol("soft", num_models=args.networks, **({"epochs": args.epochs} if args.epochs else {}))
+    common = dict(dataset=dataset.name, protocol=config.protocol, protocol_detail=config.describe(), preset=args.preset)
+    for ipc in args.ipc:
+        baselines: dict[str, float] = {}
+        rnd = random_subset(dataset, ipc)
+        hard = evaluate(rnd.images, rnd.labels, dataset, config, device=cpu)
+        line(args.out, set="random", labels="hard", ipc=ipc, accuracy=hard.mean, accuracies=hard.accuracies, **common)
+        teacher_seen, baselines_store = None, None
+        for name in args.methods + ["dm"]:
+            method = make_method(name, preset=args.preset, dataset=dataset.name, ipc=ipc)
+            steps = args.dm_steps if name == "dm" and args.dm_steps else METHODS.get(name).default_steps(
+                args.preset, dataset=dataset.name, ipc=ipc)
+            t0 = time.process_time()
+            snap = run_to_end(dataset, method, method_name=name, ipc=ipc, steps=steps, seed=0, device=cpu)
+            distill_cpu = time.process_time() - t0
+            syn = snap.synthetic
+            if name == "dm":  # DM makes no labels: hard ones, and the teacher's (the methods' own kind)
+                store, teacher = None, teacher_seen
+            else:
+                store, teacher = load_store(syn), teacher_of_set(syn, dataset, device=cpu)
+                teacher_seen = teacher_seen or teacher
+            kinds = [("own", store)] if store is not None else [("hard", None)]
+            if name == "dm" and baselines_store is not None:
+                kinds.append(("teacher", same_kind(baselines_store, syn, dataset, teacher, config)))
+            for kind, labels in kinds:
+                result = evaluate(syn.images, labels if labels is not None else syn.labels, dataset, config, device=cpu)
+                spec = labels.spec if labels is not None else "hard"
+                if spec not in baselines and labels is not None:  # the random subset with the same kind of labels
+                    base = evaluate(rnd.images, same_kind(labels, rnd, dataset, teacher, config), dataset, config,
+                                    device=cpu)
+                    baselines[spec] = base.mean
+                    line(args.out, set="random", labels=spec, ipc=ipc, accuracy=base.mean, accuracies=base.accuracies,
+                         teacher=labels.teacher_note, **common)
+                    if spec.startswith("teacher"):
+                        baselines_store = labels
+                reference = baselines.get(spec, hard.mean)
+                line(args.out, set=name, labels=spec, ipc=ipc, steps=snap.step, status=snap.status,
+                     distill_cpu_s=round(distill_cpu, 1), accuracy=result.mean, accuracies=result.accuracies,
+                     random_same_labels=reference, IOR=result.mean - reference,
+                     teacher=(labels.teacher_note if labels is not None else ""), **common)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
