@@ -134,6 +134,9 @@ class NCFM(Method):
         if self.calib_iters > 0 and self.pool_size == 0:
             raise ValueError("calibration classifies with a trained network of the pool: set pool_size to 1 or "
                              "more, or calib_iters to 0")
+        if self.sampler and self.num_freqs < 2 * self.sampler_repeat:
+            raise ValueError(f"the sampling network needs at least 2 distinct frequencies for its batch norm: "
+                             f"num_freqs ({self.num_freqs}) must be at least 2 x sampler_repeat ({self.sampler_repeat})")
         self.gen_ = torch.Generator().manual_seed(seed)
         self.real_ = RealSampler(real, device)
         self.dsa_ = dsa_for(real) if self.dsa else None
@@ -156,9 +159,6 @@ class NCFM(Method):
         self.calib_net_ = frozen(build_model(self.arch_, **self.shape_, seed=0, device=device))
         self.sampler_ = None
         if self.sampler:
-            if self.num_freqs < 2 * self.sampler_repeat:
-                raise ValueError(f"the sampling network needs at least 2 distinct frequencies for its batch norm: "
-                                 f"num_freqs ({self.num_freqs}) must be at least 2 x sampler_repeat ({self.sampler_repeat})")
             net_seed = int(torch.randint(2**31 - 1, (1,), generator=self.gen_))
             self.sampler_ = SampleNet(self.match_net_.feat_dim, self.num_freqs, self.sampler_repeat, seed=net_seed).to(device)
             self.sampler_opt_ = torch.optim.SGD(self.sampler_.parameters(), lr=self.sampler_lr,
