@@ -14,6 +14,7 @@ from dd_core.evaluate import PROTOCOLS, EvalConfig, EvalResult, dataset_for, for
 from dd_core.evaluate import protocol as make_protocol
 from dd_core.models import MODELS
 from dd_core.synthetic import SyntheticSet, check_fits, random_subset
+from dd_core.transfer import refuse_unlabelled
 
 from . import inputs
 from .sessions import Session
@@ -92,6 +93,7 @@ def evaluate_set(session: Session, syn: SyntheticSet, *, stop: threading.Event, 
     """Train fresh networks on `syn` alone, with its own labels (or its hard labels if `hard`);
     honours `stop`, the calling job's stop (its Stop button and its time cap)."""
     try:
+        refuse_unlabelled(syn)  # a KRR-ST set has no class labels: it is evaluated by transfer
         config = for_set(config_for(protocol, num_models, model), syn)  # learned_lr: the set's own lr
     except ValueError as e:
         raise inputs.UserError(str(e)) from None

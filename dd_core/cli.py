@@ -90,9 +90,11 @@ def cmd_evaluate(args) -> int:
     from .evaluate import dataset_for, evaluate, for_set, protocol
     from .labels import load_store, same_kind
     from .metrics import dd_ranking
+    from .transfer import refuse_unlabelled
     from .synthetic import SyntheticSet, random_subset
 
     syn = SyntheticSet.load(args.file)
+    refuse_unlabelled(syn)  # a KRR-ST set has no class labels: `transfer` evaluates it
     dataset = load_dataset(args.dataset or syn.dataset)
     check_compatible(syn, dataset)
     dataset = dataset_for(syn, dataset)  # a ZCA-whitened set trains and tests on whitened data

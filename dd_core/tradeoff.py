@@ -24,6 +24,7 @@ from .evaluate import protocol as make_protocol
 from .label_stores.base import LABEL_STORES, index_bytes
 from .labels import LabelSpec, build_spec, parse_spec
 from .methods.pca import keep_by_difficulty
+from .transfer import refuse_unlabelled
 from .registry import Registry, UnknownNameError
 from .synthetic import SyntheticFileError, SyntheticSet
 from .synthetic import random_subset as baseline_subset
@@ -197,6 +198,7 @@ def run_tradeoff(syn, dataset, config: EvalConfig, stores: list[str | LabelSpec]
     """Build and evaluate every store in `stores` on `syn` (and a random real subset of the same size)."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     fmt = IMAGE_FORMATS.get(image_format)
+    refuse_unlabelled(syn)  # label stores need class labels; a KRR-ST set is measured by transfer
     specs = [parse_spec(s) for s in stores or DEFAULT_STORES]  # once each; already parsed at the CLI or app
     stored = syn.clone()
     stored.images = fmt.roundtrip(syn.images.detach().cpu(), syn.mean, syn.std)

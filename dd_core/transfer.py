@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .augment import dsa_for
 from .data import Dataset
+from .methods.krr_st import TARGETS
 from .models import default_model, model_for
 from .teacher import features
 
@@ -71,6 +72,15 @@ class TransferResult:
         return {"accuracy_mean": self.mean, "accuracy_std": self.std, "accuracies": self.accuracies,
                 "pretraining": self.what, "protocol": "transfer", "protocol_detail": self.config.describe(),
                 "config": asdict(self.config), "seconds": round(self.seconds, 2), "stopped": self.stopped}
+
+
+def refuse_unlabelled(syn) -> None:
+    """A KRR-ST set carries target representations, not class labels: a classifier trained on it
+    would learn the classes its images started from, which the method never used. Say where such a
+    set is evaluated instead."""
+    if TARGETS in syn.extra:
+        raise ValueError(f"this {syn.method} set has no class labels: its images carry target representations "
+                         f"({TARGETS}). Evaluate it by transfer: python -m dd_core transfer FILE --baseline")
 
 
 def pretrain(net: nn.Module, images: torch.Tensor, targets: torch.Tensor, dataset: Dataset, config: TransferConfig,

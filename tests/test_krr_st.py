@@ -82,3 +82,21 @@ def test_cli_transfer_refuses_a_set_without_targets_and_runs_on_one(tmp_path, ca
     assert main(["transfer", str(path), "--epochs", "2", "--models", "1", "--probe-per-class", "5", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["protocol"] == "transfer" and 0.0 <= out["accuracy_mean"] <= 1.0 and out["target_bytes"] == 10 * 512 * 4
+
+
+def test_class_label_evaluations_refuse_a_set_of_targets_and_point_to_transfer(tmp_path, capsys):
+    import pytest
+
+    from dd_core.cli import main
+    from dd_core.evaluate import protocol
+    from dd_core.synthetic import init_synthetic
+    from dd_core.tradeoff import run_tradeoff
+
+    digits = load_dataset("digits")
+    syn = init_synthetic(digits, 1, seed=0, method="krr_st")
+    syn.extra[TARGETS] = torch.zeros(10, 4)
+    with pytest.raises(ValueError, match="no class labels.*dd_core transfer"):
+        run_tradeoff(syn, digits, protocol("fast", epochs=1, num_models=1), ["hard"], device="cpu")
+    path = syn.save(tmp_path / "targets.safetensors")
+    assert main(["evaluate", str(path), "--epochs", "1", "--models", "1"]) == 2
+    assert "Evaluate it by transfer" in capsys.readouterr().err
