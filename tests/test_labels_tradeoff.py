@@ -67,12 +67,12 @@ def test_run_tradeoff_gives_both_sets_and_the_reference(digits, teacher):
 
 
 def test_a_store_needing_a_missing_teacher_says_so_and_the_rest_runs(digits, monkeypatch):
-    import dd_core.teacher
+    import dd_core.tradeoff
 
     def no_teacher(*a, **k):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(dd_core.teacher, "get_teacher", no_teacher)
+    monkeypatch.setattr(dd_core.tradeoff, "get_teacher", no_teacher)  # the trade-off's own reference
     result = run_tradeoff(init_synthetic(digits, 1, seed=0), digits, protocol("fast", epochs=1, num_models=1),
                           ["hard", "dynamic"], random_set=False, device="cpu")
     assert [p.labels for p in result.points] == ["hard"]
