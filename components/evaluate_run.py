@@ -38,6 +38,7 @@ class Report:
     scores: dict[str, float] | None  # IOR, HLR, LRS when baseline and whole exist
     hard: EvalResult | None = None  # the set on hard labels, for HLR, when it carries other labels
     rs2: EvalResult | None = None  # RS2 at the set's per-epoch image budget, when asked for
+    label_first: EvalResult | None = None  # pca's pruned real images with the set's soft labels
 
 
 # What each protocol is, in one line, for the Evaluate tab and the API: from the protocols themselves.
@@ -117,6 +118,31 @@ def baseline(session: Session, syn: SyntheticSet, config: EvalConfig, *, stop: t
     teacher = get_teacher(dataset) if store.needs_teacher else None
     labels = same_kind(store, subset, dataset, teacher, config)
     result = evaluate(subset.images, labels, dataset, config, progress=progress, stop=stop)
+    if not result.stopped:
+        with _baseline_lock:
+            _baselines[key] = result
+    return result
+
+
+def label_first(session: Session, syn: SyntheticSet, config: EvalConfig, *, stop: threading.Event,
+                progress: Callable[[float, str], None] | None = None) -> EvalResult:
+    """The label-first baseline (Xiao et al. 2025) for a set with teacher-made labels: as many real
+    images as the set holds, kept by pca's prune rule, with the same kind of labels from the same
+    teacher; equal images and label bytes. Cached for everyone like the random baseline."""
+    from dd_core.teachers import teacher_of_set
+    from dd_core.tradeoff import pruned_subset
+
+    dataset = dataset_of(session, syn)
+    store = labels_of(syn)
+    key = ("label-first", dataset.name, dataset.split_note, len(syn.images), config, store.spec,
+           syn.extra_meta.get("teachers", ""))
+    with _baseline_lock:
+        if key in _baselines:
+            return _baselines[key]
+    teacher = teacher_of_set(syn, dataset) or get_teacher(dataset)
+    pruned = pruned_subset(syn, dataset, teacher, None)
+    result = evaluate(pruned.images, same_kind(store, pruned, dataset, teacher, config), dataset, config,
+                      progress=progress, stop=stop)
     if not result.stopped:
         with _baseline_lock:
             _baselines[key] = result

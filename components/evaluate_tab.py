@@ -37,6 +37,9 @@ def report_markdown(syn: SyntheticSet, rep: evaluate_run.Report, bytes_: int, la
             f"| **synthetic** ({syn.method}, IPC {ipc}, {labels} labels) | **{_acc(s)}** | {len(s.accuracies)} |"]
     if b is not None:
         rows.append(f"| random real images, IPC {ipc}, {labels} labels | {_acc(b)} | {len(b.accuracies)} |")
+    if rep.label_first is not None:
+        rows.append(f"| label-first baseline: the easiest real images (pca), IPC {ipc}, {labels} labels, same "
+                    f"label bytes | {_acc(rep.label_first)} | {len(rep.label_first.accuracies)} |")
     if rep.rs2 is not None:
         rows.append(f"| RS2: {len(syn.images)} fresh random real images each epoch, hard labels | {_acc(rep.rs2)} "
                     f"| {len(rep.rs2.accuracies)} |")
@@ -56,7 +59,7 @@ def report_markdown(syn: SyntheticSet, rep: evaluate_run.Report, bytes_: int, la
         lines.append(f"\n**IOR** {sc['IOR']:+.3f} (improvement over random, higher is better) · "
                      f"**HLR** {sc['HLR']:+.3f} (gap to the whole set, lower is better) · "
                      f"**LRS** {sc['LRS']:.3f} (DD-Ranking score in [0, 1], higher is better)")
-    if s.stopped or any(r is not None and r.stopped for r in (b, rep.hard, rep.rs2)):
+    if s.stopped or any(r is not None and r.stopped for r in (b, rep.hard, rep.rs2, rep.label_first)):
         lines.append(f"\n■ Stopped early (Stop pressed or the {LIMITS.max_seconds / 60:.0f}-minute limit): "
                      f"only finished networks are counted.")
     return "\n".join(lines)
@@ -104,6 +107,11 @@ def _evaluation(session, syn, protocol, num_models, arch, compare, progress, job
         try:
             rep.baseline = evaluate_run.baseline(session, syn, result.config, progress=stage(1, "random baseline"),
                                                  stop=job.stop)
+            if store.needs_teacher and not rep.baseline.stopped:
+                yield "… Evaluating: the label-first baseline (pruned real images, same labels)…", \
+                    report_markdown(syn, rep, bytes_, labels)
+                rep.label_first = evaluate_run.label_first(session, syn, result.config, stop=job.stop,
+                                                           progress=stage(1, "label-first baseline"))
             if soft and not rep.baseline.stopped:
                 yield "… Evaluating: the set on hard labels (for HLR)…", report_markdown(syn, rep, bytes_, labels)
                 rep.hard = evaluate_run.evaluate_set(session, syn, protocol=protocol, num_models=num_models,

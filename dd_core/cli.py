@@ -120,6 +120,15 @@ def cmd_evaluate(args) -> int:
             teacher = get_teacher(dataset)
         base = evaluate(rnd.images, same_kind(store, rnd, dataset, teacher, config), dataset, config, progress=progress)
         out["random_mean"], out["random_std"] = base.mean, base.std
+        if store.needs_teacher:
+            # the label-first baseline (Xiao et al. 2025): pca's pruned real images with the same labels,
+            # equal images and label bytes
+            from .tradeoff import pruned_subset
+
+            pruned = pruned_subset(syn, dataset, teacher, None)
+            first = evaluate(pruned.images, same_kind(store, pruned, dataset, teacher, config), dataset, config,
+                             progress=progress)
+            out["label_first_mean"], out["label_first_std"] = first.mean, first.std
     if args.whole is not None:
         if args.whole == "measure":
             from .teacher import whole_reference
@@ -146,6 +155,9 @@ def cmd_evaluate(args) -> int:
           f"+- {result.std:.4f} ({config.describe()})")
     if "random_mean" in out:
         print(f"random real subset, IPC {max(syn.ipc, 1)}, same labels: {out['random_mean']:.4f} +- {out['random_std']:.4f}")
+    if "label_first_mean" in out:
+        print(f"label-first baseline (easiest real images by pca's rule), same labels: "
+              f"{out['label_first_mean']:.4f} +- {out['label_first_std']:.4f}")
     if "whole_accuracy" in out:
         print(f"whole dataset: {out['whole_accuracy']:.4f} ({out['whole_detail']})")
         print(f"DD-Ranking: IOR {out['IOR']:+.4f}, HLR {out['HLR']:+.4f}, LRS {out['LRS']:.4f}")

@@ -63,3 +63,34 @@ def test_soft_labels_are_set_beside_the_label_first_baseline_at_equal_bytes():
     none = run_tradeoff(syn, digits, protocol("fast", epochs=1, num_models=1), ["hard"], random_set=False,
                         pruned_set=False, teacher=teacher, device="cpu")
     assert {p.set for p in none.points} == {"synthetic"}
+
+
+def test_the_evaluate_tab_sets_a_soft_label_set_beside_the_label_first_baseline(monkeypatch):
+    import threading
+    from types import SimpleNamespace
+
+    from components import evaluate_run, evaluate_tab
+    from components.sessions import drop_session, session_for
+    from dd_core.evaluate import protocol
+    from dd_core.labels import attach, build_spec
+    from dd_core.synthetic import init_synthetic
+    from dd_core.tradeoff import pruned_subset
+
+    digits = load_dataset("digits")
+    teacher = get_teacher(digits, arch="mlp", epochs=1)
+    monkeypatch.setattr(evaluate_run, "get_teacher", lambda dataset: teacher)
+    syn = init_synthetic(digits, 1, seed=3)
+    attach(syn, build_spec("soft", syn, digits, teacher, protocol("fast")))
+    req = SimpleNamespace(session_hash="label-first")
+    session = session_for(req)
+    try:
+        config = protocol("fast", epochs=1, num_models=1, model="mlp")
+        first = evaluate_run.label_first(session, syn, config, stop=threading.Event())
+        assert len(first.accuracies) == 1 and 0 <= first.mean <= 1
+        pruned = pruned_subset(syn, digits, teacher, "cpu")  # what it trained on: the easiest image of each class
+        assert torch.equal(pruned.labels, syn.labels)
+        rep = evaluate_run.Report(first, None, None, "", None, label_first=first)
+        report = evaluate_tab.report_markdown(syn, rep, 1000, "soft")
+        assert "| label-first baseline: the easiest real images (pca), IPC 1, soft labels, same label bytes |" in report
+    finally:
+        drop_session(req)
