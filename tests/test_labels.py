@@ -327,3 +327,21 @@ def test_an_old_record_replays_one_op_per_image(syn, digits, teacher, config):
     assert AugRecord.from_meta(old).dsa_ops == "image"
     with pytest.raises(ValueError, match="one op per image"):
         AugRecord.from_meta(old).check(config, "dynamic")
+
+
+def test_a_cached_teacher_is_validated_and_a_broken_file_rebuilt(digits, caplog):
+    import dd_core.teacher as teacher_module
+    from dd_core.cache import cache_path
+
+    first = teacher_module.get_teacher(digits, arch="mlp", epochs=1, seed=5, device="cpu")
+    key = teacher_module._key(digits, "mlp", 1, 5)
+    path = cache_path("teachers", key, ".safetensors")
+    assert path.is_file()  # one .safetensors file under the teacher's key
+    teacher_module._memory.pop(key)
+    again = teacher_module.get_teacher(digits, arch="mlp", epochs=1, seed=5, device="cpu")  # from the file
+    assert again.test_accuracy == first.test_accuracy
+    path.write_bytes(b"not a safetensors file")
+    teacher_module._memory.pop(key)
+    with caplog.at_level("WARNING", logger="distillery.cache"):
+        rebuilt = teacher_module.get_teacher(digits, arch="mlp", epochs=1, seed=5, device="cpu")
+    assert "unusable" in caplog.text and rebuilt.test_accuracy == first.test_accuracy  # same seed, same network
