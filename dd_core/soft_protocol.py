@@ -91,9 +91,19 @@ def soft_views(images: torch.Tensor, *, epochs: int, batch_size: int, seed: int,
             yield epoch, idx, views, mix
 
 
+def soften(targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Targets p at temperature T: softmax(log p / T), the teacher's softmax(z / T_p) seen at T_p x T
+    (one-hot rows stay one-hot). The papers divide teacher and student logits by the same T; a
+    store keeps probabilities at its own (calibrated) temperature, so T applies on top of it."""
+    if temperature == 1.0:
+        return targets
+    return F.softmax(targets.clamp_min(1e-12).log() / temperature, dim=1)
+
+
 def kl_to_targets(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean over the batch of KL(targets || softmax(logits / T)): what SRe2L's and RDED's students minimise."""
-    return F.kl_div(F.log_softmax(logits / temperature, dim=1), targets, reduction="batchmean")
+    """Mean over the batch of KL(soften(targets, T) || softmax(logits / T)): what SRe2L's and RDED's
+    students minimise, both sides at temperature T."""
+    return F.kl_div(F.log_softmax(logits / temperature, dim=1), soften(targets, temperature), reduction="batchmean")
 
 
 def mixed_targets(labels: LabelStore, idx: torch.Tensor, views: torch.Tensor, epoch: int, mix: Mix | None):

@@ -158,3 +158,25 @@ def test_mtt_shows_the_matching_plot_stop_then_evaluate(browser, url, tmp_path):
                            timeout=5 * WAIT)
     page.screenshot(path=str(tmp_path / "mtt-evaluated.png"), full_page=True)
     assert "Traceback" not in page.content()
+
+
+@pytest.mark.slow  # trains the digits batch-norm teacher on first use (about 30 s of CPU), then an evaluation
+def test_rded_shows_its_choice_then_evaluates_against_the_random_baseline(browser, url, tmp_path):
+    page = open_page(browser, url)
+    page.locator("#method input").fill("rded")
+    page.locator("#method input").press("Enter")
+    page.wait_for_timeout(500)  # the method change resets steps to its default; then set ours
+    set_number(page, "ipc", 1)
+    set_number(page, "steps", 20)
+    page.click("#distill-btn")
+    page.wait_for_selector("#selection img", timeout=10 * WAIT)  # candidates scored, kept ones framed
+    page.screenshot(path=str(tmp_path / "rded-selecting.png"), full_page=True)
+    status_has(page, "status", "Done")
+    page.get_by_role("tab", name="Evaluate").click()
+    page.click("#eval-btn")  # default protocol, one network, with the random baseline (same teacher's labels)
+    page.wait_for_function("() => (document.querySelector('#eval-status')?.innerText || '').includes('Done')",
+                           timeout=10 * WAIT)
+    page.screenshot(path=str(tmp_path / "rded-evaluated.png"), full_page=True)
+    results = page.inner_text("#eval-results")
+    assert "random" in results.lower() and "teacher" in results.lower(), results
+    assert "Traceback" not in page.content()

@@ -48,9 +48,10 @@ def test_soft_loss_is_kl_to_the_given_labels_and_mixes_per_image_labels_by_area(
     targets = mixed_targets(store, idx, views, 0, mix)
     expected_t = mix.lam * p[idx] + (1 - mix.lam) * p[idx][mix.perm]  # per-image labels mixed by area
     torch.testing.assert_close(targets, expected_t.to(targets.dtype))
-    for t in (1.0, 20.0):
+    for t in (1.0, 20.0):  # both sides at temperature t: the targets' logits are log p
         q = torch.log_softmax(logits / t, 1)
-        kl = (expected_t.double() * (expected_t.double().log() - q)).sum(1).mean()
+        p_t = torch.softmax(expected_t.double().log() / t, 1)
+        kl = (p_t * (p_t.log() - q)).sum(1).mean()
         torch.testing.assert_close(kl_to_targets(logits, expected_t.double(), t), kl)
     # hard labels under KL are cross-entropy at T = 1
     hard = HardLabels(syn.labels, 10)
@@ -183,7 +184,7 @@ def test_committee_labels_round_trip_and_record_every_member(digits, tmp_path):
     assert store.name == "committee" and store.labels_views()
     committee = teachers.teacher_of_set(syn, digits)
     x = syn.images[:4]
-    torch.testing.assert_close(store.targets(torch.arange(4), x, 0), torch.softmax(committee.net(x) / 20.0, 1))
+    torch.testing.assert_close(store.targets(torch.arange(4), x, 0), torch.softmax(committee.net(x) / store.temperature, 1))
     result = evaluate(syn.images, store, digits, protocol("soft", epochs=1, num_models=1), device=CPU)
     assert 0 <= result.mean <= 1
 

@@ -10,7 +10,7 @@ from ..labels import attach
 from ..label_stores.soft import RowCodec, SoftLabels
 from ..teacher import probabilities
 from .base import METHODS, hp
-from .recover import Recover, refresh_digest
+from .recover import Recover, refresh_digest, temperature_of_labels
 
 
 @METHODS.register("infer")
@@ -56,10 +56,10 @@ class INFER(Recover):
     def relabel(self) -> None:
         """Static soft labels of the current images, at the label temperature, stored as float16."""
         codec = RowCodec(self.classes_, "float16", 0)
-        p = probabilities(self.teacher_.net, self.images(), self.device_, self.label_temperature)
-        values, _ = codec.encode(p)
-        store = SoftLabels(values, None, codec=codec, temperature=self.label_temperature)
-        store.spec, store.teacher_note = f"soft:temperature={float(self.label_temperature)}", self.teacher_.describe()
+        t, option = temperature_of_labels(self.teacher_, self.real_, self.label_temperature)
+        values, _ = codec.encode(probabilities(self.teacher_.net, self.images(), self.device_, t))
+        store = SoftLabels(values, None, codec=codec, temperature=t)
+        store.spec, store.teacher_note = "soft" + option, self.teacher_.describe()
         syn = self.syn_
         syn.images = self.images().cpu()  # the digest in attach() is taken of these
         attach(syn, store)

@@ -111,7 +111,7 @@ class RDED(Method):
         self.last_ = None
         self.syn_ = syn
         teacher_registry.record(syn, [self.teacher_])
-        attach_teacher_labels(syn, self.teacher_, self.label_temperature)
+        attach_teacher_labels(syn, self.teacher_, real, self.label_temperature)
         refresh_digest(syn, self.images_)
 
     @torch.no_grad()

@@ -31,7 +31,6 @@ from ..label_stores.online import OnlineTeacher
 from ..models import fast_forward
 from .base import Method, hp
 
-SOFT_TEMPERATURE = 20.0  # the soft-label protocol's KL temperature (RDED with CutMix); the sets' labels use it too
 
 
 class StatSink:
@@ -204,22 +203,29 @@ def teacher_field(default: str = "convnet_bn"):
 
 
 def label_temperature_field():
-    return hp(SOFT_TEMPERATURE, "temperature of the teacher's soft labels the set carries (the soft protocol trains "
-                                "the student at the same temperature; RDED: 20 with CutMix, SRe2L: 30 on CIFAR)",
-              range=(0.5, 100.0))
+    return hp(0.0, "temperature of the teacher's labels the set carries; 0: the teacher's calibrated one, as every "
+                   "label store (the soft protocol then softens labels and student alike by its own 20)",
+              range=(0.0, 100.0))
 
 
-def attach_teacher_labels(syn, teacher, temperature: float) -> None:
+def temperature_of_labels(teacher, real, temperature: float) -> tuple[float, str]:
+    """The labels' temperature (0: the teacher's calibrated one) and the spec option that rebuilds it."""
+    if temperature:
+        return temperature, f":temperature={float(temperature)}"
+    return round(teacher.calibrated_temperature(real), 4), ""
+
+
+def attach_teacher_labels(syn, teacher, real, temperature: float) -> None:
     """Relabel: the set carries its teacher, which labels every view the student sees (FKD-style
     per-view soft labels, computed online instead of stored; the Labels & storage tab prices the
     stored alternatives)."""
+    t, option = temperature_of_labels(teacher, real, temperature)
     if isinstance(teacher.net, Committee):
-        store = CommitteeLabels.build(syn, None, teacher, None, temperature=temperature)
-        store.spec = f"committee:temperature={float(temperature)}"
+        store = CommitteeLabels.build(syn, None, teacher, None, temperature=t)
+        store.spec = "committee" + (option or f":temperature={float(t)}")  # a committee has no calibrated default
     else:
-        store = OnlineTeacher(copy.deepcopy(teacher.net).cpu().eval(), arch=teacher.arch, dtype="float32",
-                              temperature=temperature)
-        store.spec = f"teacher:temperature={float(temperature)}"
+        store = OnlineTeacher(copy.deepcopy(teacher.net).cpu().eval(), arch=teacher.arch, dtype="float32", temperature=t)
+        store.spec = "teacher" + option
     store.teacher_note = teacher.describe()
     attach(syn, store)
 
@@ -271,7 +277,7 @@ class Recover(Method):
 
     def setup(self, real, syn, *, seed, device):
         self.gen_ = torch.Generator().manual_seed(seed)
-        self.device_ = device
+        self.device_, self.real_ = device, real
         self.teacher_ = self.load_teacher(real, device)
         self.net_, self.sink_ = tapped(self.teacher_.net)
         self.ipc_ = len(syn.labels) // real.num_classes
@@ -294,7 +300,7 @@ class Recover(Method):
 
     def relabel(self) -> None:
         """Attach the set's labels: the teacher itself, labelling every view (INFER: static labels)."""
-        attach_teacher_labels(self.syn_, self.teacher_, self.label_temperature)
+        attach_teacher_labels(self.syn_, self.teacher_, self.real_, self.label_temperature)
         refresh_digest(self.syn_, self.images())
 
     def parameters(self) -> list[torch.Tensor]:
