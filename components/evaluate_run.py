@@ -14,6 +14,7 @@ from dd_core.evaluate import PROTOCOLS, EvalConfig, EvalResult, dataset_for, for
 from dd_core.evaluate import protocol as make_protocol
 from dd_core.models import MODELS
 from dd_core.synthetic import SyntheticSet, check_fits, random_subset
+from dd_core.teachers import teacher_of_set
 from dd_core.transfer import refuse_unlabelled
 
 from . import inputs
@@ -110,12 +111,13 @@ def baseline(session: Session, syn: SyntheticSet, config: EvalConfig, *, stop: t
     dataset = dataset_of(session, syn)
     store = labels_of(syn)
     ipc = max(1, len(syn.labels) // max(1, syn.num_classes))
-    key = (dataset.name, dataset.split_note, ipc, config, store.spec)
+    key = (dataset.name, dataset.split_note, ipc, config, store.spec, syn.extra_meta.get("teachers", ""))
     with _baseline_lock:
         if key in _baselines:
             return _baselines[key]
     subset = random_subset(dataset, ipc)
-    teacher = get_teacher(dataset) if store.needs_teacher else None
+    # the same teacher as the set's labels: the one the set records (decoupled methods), else the default
+    teacher = (teacher_of_set(syn, dataset) or get_teacher(dataset)) if store.needs_teacher else None
     labels = same_kind(store, subset, dataset, teacher, config)
     result = evaluate(subset.images, labels, dataset, config, progress=progress, stop=stop)
     if not result.stopped:

@@ -29,6 +29,7 @@ from .registry import Registry, UnknownNameError
 from .synthetic import SyntheticFileError, SyntheticSet
 from .synthetic import random_subset as baseline_subset
 from .teacher import get_teacher
+from .teachers import teacher_of_set
 
 # The protocols a trade-off runs under: replayed label stores (dynamic, distance) record DSA schedules.
 LABEL_PROTOCOLS = ("fast", "paper")
@@ -172,10 +173,13 @@ def random_subset(syn, dataset):
     return out
 
 
-def get_teacher_or_reason(dataset, device):
-    """(teacher, '') or (None, why none could be had): training one can fail on odd data."""
+def get_teacher_or_reason(dataset, device, syn=None):
+    """(teacher, '') or (None, why none could be had): training one can fail on odd data. The teacher a
+    set records (the decoupled methods' own, teachers.py) comes first, so its labels are compared
+    with the same teacher's other labels."""
     try:
-        return get_teacher(dataset, device=device), ""
+        recorded = teacher_of_set(syn, dataset, device=device) if syn is not None else None
+        return recorded or get_teacher(dataset, device=device), ""
     except Exception as err:  # noqa: BLE001  any failure becomes a message beside the stores that needed it
         return None, f"no teacher could be trained on {dataset.name} ({type(err).__name__}: {err})"
 
@@ -211,7 +215,7 @@ def run_tradeoff(syn, dataset, config: EvalConfig, stores: list[str | LabelSpec]
     if teacher is None and (pruned_set or any(LABEL_STORES.get(s.name).needs_teacher for s in specs)):
         if progress:
             progress(0.0, "getting the teacher (trained once per dataset, then cached)")
-        teacher, reason = get_teacher_or_reason(dataset, device)
+        teacher, reason = get_teacher_or_reason(dataset, device, syn)
     n, c, h, w = dataset.x_train.shape
     result = Tradeoff(dataset.name, len(syn.images), config.describe(), whole_image_bytes=n * c * h * w,
                       whole_label_bytes=n * index_bytes(dataset.num_classes))
