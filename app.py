@@ -16,7 +16,7 @@ from pathlib import Path  # noqa: E402
 import gradio as gr  # noqa: E402
 
 from components import api, distill_tab, evaluate_tab, feature_tab, jobs, labels_tab, learn_tab  # noqa: E402
-from components import compare_tab, lessons, links, run_control  # noqa: E402
+from components import compare_tab, lessons, linked_views, links, run_control, selection  # noqa: E402
 from components.sessions import drop_session, sweep_at_start  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -39,7 +39,8 @@ def build() -> gr.Blocks:
             with gr.Tab("Compare", id="compare") as compare_t:
                 compare = compare_tab.build(tab, COMPUTE)
             with gr.Tab("Feature space", id="features") as features_t:
-                live_timer = feature_tab.build(features_t, COMPUTE)
+                feature = feature_tab.build(features_t, COMPUTE)
+                live_timer = feature.timer
             with gr.Tab("Evaluate", id="evaluate") as evaluate_t:
                 evaluate_tab.build(current_set, COMPUTE)
             with gr.Tab("Learn", id="learn") as learn_t:
@@ -50,7 +51,9 @@ def build() -> gr.Blocks:
                 gr.Markdown(lessons.gallery_markdown(), elem_id="lessons")
         items = dict(distill=distill_t, compare=compare_t, features=features_t, evaluate=evaluate_t, learn=learn_t,
                      labels=labels_t, lessons=lessons_t)
-        links.wire(demo, tab, tabs, items, current_tab, compare)
+        links.wire(demo, tab, tabs, items, current_tab, compare, page_js=linked_views.ATTACH_JS)
+        linked_views.wire(tabs, tab.grid, tab.status, feature)
+        demo.unload(selection.forget)
         for other in (distill_t, compare_t, evaluate_t, learn_t, labels_t, lessons_t):  # the live map only redraws while it is seen
             other.select(lambda: gr.Timer(active=False), outputs=live_timer, queue=False, api_visibility="private")
         gr.Markdown(f"<small>{runtime.device_note()}. {runtime.LIMITS.describe()} "

@@ -11,6 +11,7 @@ from .sessions import RunRecord, Session
 
 GIF_FRAME_MS = 250  # per kept snapshot
 GIF_HOLD_MS = 1500  # the last frame stays on screen a little longer
+SLIDE_PIXELS = 1200  # the downloaded PNG grid's longer side: sharp on a projected slide
 KEEP_EXPORTS = 3  # export folders kept per session; older runs' downloads are deleted
 
 
@@ -55,7 +56,9 @@ def write_exports(session: Session, run: RunRecord) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     for old in sorted(session.folder.glob("export-*"))[:-KEEP_EXPORTS]:
         shutil.rmtree(old, ignore_errors=True)
-    files = {"safetensors": syn.save(folder / f"{stem}.safetensors"), "png": syn.save_grid(folder / f"{stem}.png")}
+    files = {"safetensors": syn.save(folder / f"{stem}.safetensors")}
+    labelled_grid(syn, target=SLIDE_PIXELS, max_margin=400).save(folder / f"{stem}.png")  # slide-sized, class names on the rows
+    files["png"] = folder / f"{stem}.png"
     (folder / f"{stem}-imagefolder.zip").write_bytes(syn.imagefolder_zip())
     files["zip"] = folder / f"{stem}-imagefolder.zip"
     gif = evolution_gif(run, folder / f"{stem}-evolution.gif")
@@ -77,7 +80,7 @@ def labelled_grid(syn, *, target: int = 480, max_margin: int = 160) -> Image.Ima
     names: list[str] = []
     margin = 8
     if row >= 9:  # too many classes for readable names: no margin
-        font = ImageFont.load_default(size=max(9, min(16, int(row * 0.6))))
+        font = ImageFont.load_default(size=max(9, min(max(16, target // 40), int(row * 0.6))))
         names = [_fit(str(name), font, max_margin - 8) for name in syn.classes]
         margin = int(max(font.getlength(name) for name in names)) + 8
     out = Image.new("RGB", (grid.size[0] + margin, grid.size[1]), "white")

@@ -5,9 +5,11 @@ read-only) replaces it when ready. While a run is going, the map follows it live
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import gradio as gr
 
-from . import feature_view, inputs, jobs
+from . import feature_view, inputs, jobs, selection, waiting
 from .figures import map_figure
 from .runtime import LIMITS
 from .sessions import session_for
@@ -17,12 +19,17 @@ LIVE_SECONDS = 2.0  # the live map is redrawn this often during a run
 TABLE_HEADERS = ["#", "class", "nearest real class", "distance"]
 
 
-def _figure(view: feature_view.MapView, paths: bool):
+def map_figure_for(view: feature_view.MapView, paths: bool, session=None):
+    """The map as the tab draws it, with the session's selected image marked."""
     title = f"{view.projection} of {view.note.split(' (')[0]} · step {view.step}"
-    return map_figure(view, title=title, revision=f"map-{view.dataset_spec}-{view.projection}", show_paths=paths)
+    fig = map_figure(view, title=title, revision=f"map-{view.dataset_spec}-{view.projection}", show_paths=paths)
+    picked = selection.selected(session) if session is not None else None
+    if picked is not None and picked < len(view.syn_labels):  # an image clicked in the Distill grid
+        selection.highlight(fig, view, picked)
+    return fig
 
 
-def _caption(view: feature_view.MapView) -> str:
+def caption_for(view: feature_view.MapView) -> str:
     return (f"{view.projection} fitted on {len(view.real_labels):,} real images (faint) — {view.note}. Large outlined "
             f"markers: the synthetic images; lines: their path over {len(view.path_steps)} snapshots. UMAP places "
             f"new points near their nearest real neighbours, so check the distances in the table.")
@@ -46,16 +53,30 @@ def _draw(session, kind: str, projection: str, paths: bool):
     try:
         yield ("… Computing features (the trained network is trained once per dataset, then cached)…",
                gr.skip(), gr.skip(), gr.skip())
-        view = feature_view.compute_view(session, kind, "PCA", paths=paths)
+        run = session.run
+        pixels = int(run.final.images[0].numel()) if run is not None and run.final is not None else 64
+        size = len(inputs.open_dataset(run.dataset).y_train) if run is not None and kind == "trained" else 0
+        estimate = waiting.features_estimate(size, pixels) if kind == "trained" else None
+        for tick in waiting.with_clock(lambda: feature_view.compute_view(session, kind, "PCA", paths=paths)):
+            if isinstance(tick, tuple):
+                view = tick[1]
+            elif tick >= 2:  # a cached network answers at once; only a real wait gets a clock
+                yield (waiting.progress_text("Preparing the feature network", tick, estimate), gr.skip(), gr.skip(),
+                       gr.skip())
         session.feature_view = view
         rows = feature_view.nearest_rows(view)
         if projection == "UMAP":
             yield ("… PCA shown; fitting UMAP on the real features (the first time takes a while)…",
-                   _figure(view, paths), _caption(view), rows)
-            view = feature_view.compute_view(session, kind, "UMAP", paths=paths)
+                   map_figure_for(view, paths, session), caption_for(view), rows)
+            for tick in waiting.with_clock(lambda: feature_view.compute_view(session, kind, "UMAP", paths=paths)):
+                if isinstance(tick, tuple):
+                    view = tick[1]
+                elif tick >= 2:
+                    yield (waiting.progress_text("PCA shown; fitting UMAP on the real features", tick,
+                                                 waiting.UMAP_FIRST_SECONDS), gr.skip(), gr.skip(), gr.skip())
             session.feature_view = view
         yield "✓ Map drawn. Hover a point for its class and step; pick a row to see its nearest real image.", \
-            _figure(view, paths), _caption(view), rows
+            map_figure_for(view, paths, session), caption_for(view), rows
     except Exception as err:  # noqa: BLE001 - a message in the page, never a traceback
         yield f"⚠ {inputs.user_message(err)}", gr.skip(), gr.skip(), gr.skip()
 
@@ -71,7 +92,7 @@ def live_tick(kind: str, paths: bool, request: gr.Request = None):
     except Exception:  # noqa: BLE001 - a live redraw that fails just waits for the next tick
         return gr.skip(), gr.skip()
     session.feature_view = view
-    return _figure(view, paths), feature_view.nearest_rows(view)
+    return map_figure_for(view, paths, session), feature_view.nearest_rows(view)
 
 
 def show_pair(evt: gr.SelectData, request: gr.Request = None):
@@ -87,8 +108,23 @@ def show_pair(evt: gr.SelectData, request: gr.Request = None):
         return gr.skip()
 
 
-def build(tab: gr.Tab, compute: dict) -> gr.Timer:
-    """The tab's widgets inside `tab`; returns the live timer so other tabs can pause it."""
+@dataclass
+class FeatureTab:
+    """The widgets other views link to (linked_views.py) and the live timer other tabs pause."""
+
+    timer: gr.Timer
+    kind: gr.Radio
+    projection: gr.Radio
+    paths: gr.Checkbox
+    status: gr.Markdown
+    plot: gr.Plot
+    caption: gr.Markdown
+    table: gr.Dataframe
+    pair: gr.Image
+
+
+def build(tab: gr.Tab, compute: dict) -> FeatureTab:
+    """The tab's widgets inside `tab`; returns them, with the live timer so other tabs can pause it."""
     with gr.Row():
         kind = gr.Radio(KINDS, value="trained", label="Feature network", elem_id="feature-kind")
         projection = gr.Radio(["UMAP", "PCA"], value="UMAP", label="Projection",
@@ -98,13 +134,13 @@ def build(tab: gr.Tab, compute: dict) -> gr.Timer:
         go = gr.Button("Draw map", variant="primary", elem_id="map-btn", scale=0)
     status = gr.Markdown("Distill a set, then open this tab or press **Draw map**.", elem_id="map-status")
     plot = gr.Plot(label="Feature space", elem_id="feature-map")
-    caption = gr.Markdown("", elem_classes=["note"])
+    caption = gr.Markdown("", elem_classes=["note"], elem_id="map-caption")
     with gr.Row(equal_height=False):
         table = gr.Dataframe(headers=TABLE_HEADERS, value=[], label="Distance of each synthetic image to its nearest "
                              "real image (in these features); pick a row", interactive=False, elem_id="nearest",
                              max_height=320)
         pair = gr.Image(label="Synthetic image and its nearest real image", type="pil", format="png",
-                        interactive=False, elem_id="nearest-pair", height=240)
+                        interactive=False, elem_id="nearest-pair", height=320, show_label=False)  # captions are in the image
     timer = gr.Timer(LIVE_SECONDS, active=False)
 
     outs = [status, plot, caption, table]
@@ -118,4 +154,4 @@ def build(tab: gr.Tab, compute: dict) -> gr.Timer:
     timer.tick(live_tick, inputs=[kind, paths], outputs=[plot, table], show_progress="hidden",
                api_visibility="private", concurrency_id="live", concurrency_limit=2)
     table.select(show_pair, outputs=pair, api_visibility="private", queue=False)
-    return timer
+    return FeatureTab(timer, kind, projection, paths, status, plot, caption, table, pair)

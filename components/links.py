@@ -154,8 +154,10 @@ def _merge(update, **more):
     return base
 
 
-def wire(demo: gr.Blocks, tab, tabs: gr.Tabs, tab_items: dict, current_tab: gr.State, compare=None) -> None:
-    """The page-load handler and Copy link. `compare`: the compare tab (methods and its run button)."""
+def wire(demo: gr.Blocks, tab, tabs: gr.Tabs, tab_items: dict, current_tab: gr.State, compare=None,
+         page_js: str = "") -> None:
+    """The page-load handler and Copy link. `compare`: the compare tab (methods and its run button);
+    `page_js`: a JavaScript function to run once when the page has loaded (after its settings)."""
     default_method = tab.method.value
     compare_methods = (compare.method_a, compare.method_b) if compare is not None else None
     outputs = [tab.dataset, tab.method, tab.ipc, tab.steps, tab.seed, tab.preset, tab.init, tab.params, tab.about,
@@ -179,8 +181,11 @@ def wire(demo: gr.Blocks, tab, tabs: gr.Tabs, tab_items: dict, current_tab: gr.S
         return [*result, gr.Tabs(selected=open_tab) if state.tab else gr.skip(), open_tab,
                 json.dumps(plan) if plan else ""]
 
+    # A js-only load event and launch(js=...) did not run here (gradio 6.31); a .then after a Python
+    # load handler does, so page-wide scripts ride on it.
+    after_load = f"async (plan) => {{ ({page_js or '() => null'})(); return ({AUTORUN_JS})(plan); }}"
     demo.load(on_load, outputs=[*outputs, tabs, current_tab, target], queue=False,
-              api_visibility="private").then(None, inputs=target, outputs=target, js=AUTORUN_JS, queue=False)
+              api_visibility="private").then(None, inputs=target, outputs=target, js=after_load, queue=False)
 
     fields = [tab.dataset, tab.method, tab.ipc, tab.steps, tab.seed, tab.preset, tab.init]
     lw = tab.link_widgets

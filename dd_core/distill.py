@@ -86,12 +86,18 @@ class Gate:
             self._cond.notify_all()
 
     def wait(self, stop: threading.Event | None = None, poll: float = 0.1) -> bool:
-        """Block while held; True when a granted step was taken (the loop then yields it)."""
+        """Block while held; True when a granted step was taken (the loop then yields it). The time
+        a granted step works is run time, not held time."""
         with self._cond:
+            if self._paused and self._paused_since is None:  # held again after a granted step
+                self._paused_since = time.perf_counter()
             while self._paused and self._grants == 0 and not (stop is not None and stop.is_set()):
                 self._cond.wait(poll)  # the poll lets a stop set elsewhere get through
             if self._paused and self._grants > 0:
                 self._grants -= 1
+                if self._paused_since is not None:
+                    self.paused_seconds += time.perf_counter() - self._paused_since
+                    self._paused_since = None
                 return True
             return False
 
