@@ -302,7 +302,7 @@ class TrajectoryMethod(Method):
             self.syn_lr_.clamp_(min=1e-6)  # a negative lr would make the student climb its loss
         self.after_step()
         self.record()
-        return {"loss": float(loss), "student_distance": float(dist),
+        return {"loss": float(loss), "student_distance": float(dist.detach()),
                 "start_distance": float((start - target).norm()), "syn_lr": self.syn_lr_.item(),
                 "start_epoch": float(start_epoch)}
 
