@@ -12,6 +12,7 @@ from dd_core import memory
 from dd_core.distill import Snapshot
 from dd_core.methods import METHODS, make_method
 from dd_core.methods.base import PRESETS
+from dd_core.synthetic import INITS
 
 from . import inputs, jobs, run_control, runtime
 from .exports import save_current, write_exports
@@ -64,8 +65,8 @@ def check_request(dataset_choice, folder, method, ipc, steps, seed, preset="fast
     seed = inputs.check_seed(seed)
     if preset not in PRESETS:
         raise inputs.UserError(f"Unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}.")
-    if init not in run_control.INITS:
-        raise inputs.UserError(f"Unknown start {init!r}; choose one of: {', '.join(run_control.INITS)}.")
+    if init not in INITS:
+        raise inputs.UserError(f"Unknown start {init!r}; choose one of: {', '.join(INITS)}.")
     return Request(name, method, ipc, steps, seed, preset, dict(overrides or {}), init, bool(paused))
 
 

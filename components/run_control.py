@@ -15,7 +15,6 @@ from dd_core.distill import Gate, Snapshot
 from .runtime import LIMITS
 from .sessions import Session, session_for
 
-INITS = ("real", "noise")  # where the synthetic images start
 INIT_CHOICES = [("random real images", "real"), ("noise", "noise")]
 _gates: dict[str, Gate] = {}  # session key -> the gate of its latest run
 _lock = threading.Lock()

@@ -21,11 +21,11 @@ from urllib.parse import urlencode
 
 from dd_core.methods import METHODS
 from dd_core.methods.base import PRESETS, field_choices, field_range, hyperparameters
+from dd_core.synthetic import INITS
 
 from . import inputs
 
 CORE = ("dataset", "method", "ipc", "steps", "seed", "preset", "from")  # the Distill tab's own controls
-INITS = ("real", "noise")  # where the synthetic images start: random real images of each class, or noise
 TABS = ("distill", "compare", "features", "evaluate", "learn", "labels", "lessons")
 # Names `hide=` accepts: the Distill tab's controls, its hyperparameter and about panels, a tab by
 # its id, or "tabs" for every tab but the open one and Distill.

@@ -15,6 +15,7 @@ import torch
 from . import defaults
 from .evaluate import PROTOCOLS, protocol_help
 from .methods.base import PRESETS
+from .synthetic import INITS
 from .tradeoff import LABEL_PROTOCOLS
 
 
@@ -279,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time budget: stop after this many minutes (setup included) and keep the last good set")
     d.add_argument("--seed", type=int, default=defaults.SEED)
     d.add_argument("--preset", default=defaults.PRESET, choices=PRESETS)
-    d.add_argument("--init", default=defaults.INIT, choices=["real", "noise"])
+    d.add_argument("--init", default=defaults.INIT, choices=INITS)
     d.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a hyperparameter")
     d.add_argument("--out", default="synthetic.safetensors")
     d.add_argument("--grid", default=None, help="also save a PNG grid here")

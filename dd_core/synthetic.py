@@ -243,6 +243,9 @@ def random_subset(dataset, ipc: int, *, seed: int = RANDOM_BASELINE_SEED) -> Syn
     return init_synthetic(dataset, ipc, init="real", seed=seed, method="random")
 
 
+INITS = ("real", "noise")  # where synthetic images start: random real images of their class, or Gaussian noise
+
+
 def init_synthetic(dataset, ipc: int, *, init: str = "real", seed: int = 0, method: str = "init") -> SyntheticSet:
     """Start a synthetic set from random real images of each class, or from Gaussian noise."""
     check_ipc(dataset, ipc)
@@ -255,6 +258,6 @@ def init_synthetic(dataset, ipc: int, *, init: str = "real", seed: int = 0, meth
     elif init == "noise":
         images = torch.randn(len(labels), *dataset.x_train.shape[1:], generator=g)
     else:
-        raise ValueError(f"unknown init {init!r}; valid inits are: noise, real")
+        raise ValueError(f"unknown init {init!r}; valid inits are: {', '.join(INITS)}")
     return SyntheticSet(images, labels, dataset.name, dataset.classes, dataset.mean, dataset.std,
                         method=method, ipc=ipc, seed=seed)
