@@ -160,14 +160,11 @@ def test_mtt_shows_the_matching_plot_stop_then_evaluate(browser, url, tmp_path):
     assert "Traceback" not in page.content()
 
 
-@pytest.mark.slow  # trains the digits batch-norm teacher on first use (about 30 s of CPU), then an evaluation
+@pytest.mark.slow  # trains a quick digits teacher on first use, then an evaluation with its baselines
 def test_rded_shows_its_choice_then_evaluates_against_the_random_baseline(browser, url, tmp_path):
-    page = open_page(browser, url)
-    page.locator("#method input").fill("rded")
-    page.locator("#method input").press("Enter")
-    page.wait_for_timeout(500)  # the method change resets steps to its default; then set ours
-    set_number(page, "ipc", 1)
-    set_number(page, "steps", 20)
+    # a link sets the method and its hyperparameters: the teacher that trains in seconds, 30 candidates
+    page = open_page(browser, url + "?dataset=digits&method=rded&ipc=1&steps=20&teacher=convnet_bn_quick&candidates=30")
+    page.wait_for_timeout(1000)  # the link's settings land in the controls
     page.click("#distill-btn")
     page.wait_for_selector("#selection img", timeout=10 * WAIT)  # candidates scored, kept ones framed
     page.screenshot(path=str(tmp_path / "rded-selecting.png"), full_page=True)

@@ -155,7 +155,7 @@ class RDED(Method):
     def selection(self) -> dict | None:
         """The last class's candidates (each image's best crop), their scores, which ones were kept,
         and the class's pool of kept crops (best first), for the app to show; None before step 1."""
-        return self.last_
+        return getattr(self, "last_", None)  # None too when a run ends before its set-up finished
 
     def restore(self, images):
         with torch.no_grad():
