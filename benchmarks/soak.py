@@ -11,7 +11,8 @@ classed as ok, a clear refusal (the app's own message: bad input, busy, limits) 
 (anything else: a generic error, a dropped stream, a timeout). It samples the server's memory
 (with its children: the UMAP worker) every second, and prints one JSON line (appended to
 --out) with requests served, p50 / p95 latency and wait-to-start, errors by kind, RSS at start,
-peak and end, and temp bytes at start and end.
+peak and end (the server, and apart from it its UMAP worker; "start" is after one warm-up request
+of each kind), and temp bytes at start and end.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from urllib.parse import urlparse
 ROOT = Path(__file__).resolve().parent.parent
 # Phrases of the app's own messages: a request answered with one of them was refused clearly.
 REFUSALS = ("whole number", "must be between", "at least 1", "Unknown method", "valid datasets", "turned off",
-            "does not exist", "one running and one waiting", "not a readable", "limit", "Choose", "no synthetic set",
+            "does not exist", "has no images", "one running and one waiting", "job running and one waiting", "not a readable", "limit", "Choose", "no synthetic set",
             "Stopped before it started", "characters)", "Number of networks", "Unknown protocol", "memory",
             "Queue is full", "choose one of")
 BAD_DISTILLS = [("digits", "dm", 2.5, 5, 0), ("digits", "dm", True, 5, 0), ("digits", "dm", "ten", 5, 0),
@@ -55,16 +56,14 @@ def loopback_only(url: str) -> str:
 
 
 def rss_bytes(pid: int) -> int:
-    """Resident memory of `pid` and its children (the UMAP worker), from /proc."""
-    total = 0
-    for p in [pid] + children(pid):
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except OSError:
-            pass
-    return total
+    """Resident memory of one process, from /proc (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def children(pid: int) -> list[int]:
@@ -149,7 +148,8 @@ def client_student(url: str, rng: random.Random, deadline: float, budget: list, 
                 result = client.predict(handle_file(set_file), "fast", 1, "mlp", api_name="/evaluate")
                 log.add(action, "ok", time.time() - t0, None, f"{result['accuracy_mean']:.3f}")
             elif action == "map":
-                view = client.predict("trained", rng.choice(["PCA", "PCA", "UMAP"]), api_name="/feature_map")
+                view = client.predict("trained", rng.choice(["PCA", "PCA", "UMAP"] if UMAP else ["PCA"]),
+                                      api_name="/feature_map")
                 log.add(action, "ok", time.time() - t0, None, view["projection"])
             else:
                 args = rng.choice(BAD_DISTILLS)
@@ -158,6 +158,7 @@ def client_student(url: str, rng: random.Random, deadline: float, budget: list, 
         except Exception as err:  # noqa: BLE001 - every answer is classified
             outcome, message = classify(err)
             log.add(action, outcome, time.time() - t0, None, message)
+            time.sleep(rng.uniform(2, 5))  # a person reads the message before trying again
 
 
 def http_student(url: str, rng: random.Random, deadline: float, budget: list, log: Log) -> None:
@@ -189,9 +190,22 @@ def http_student(url: str, rng: random.Random, deadline: float, budget: list, lo
             else:
                 outcome, message = classify(RuntimeError(last or "stream ended without a result"))
                 log.add("rest-bad" if bad else "rest-distill", outcome, time.time() - t0, None, message)
+                time.sleep(rng.uniform(2, 5))  # a script's retry delay
         except Exception as err:  # noqa: BLE001
             outcome, message = classify(err)
             log.add("rest-bad" if bad else "rest-distill", outcome, time.time() - t0, None, message)
+            time.sleep(rng.uniform(2, 5))
+
+
+def warm_up(url: str, log: Log, umap: bool) -> None:
+    """One distillation, evaluation and map (UMAP), so the server's caches and worker exist before
+    memory is first sampled; not counted among the students' requests."""
+    from gradio_client import Client, handle_file
+
+    client = Client(url, verbose=False, httpx_kwargs={"timeout": 600})
+    _, set_file = client.predict("digits", "dm", 2, 5, 0, api_name="/distill")
+    client.predict(handle_file(set_file), "fast", 1, "mlp", api_name="/evaluate")
+    client.predict("trained", "UMAP" if umap else "PCA", api_name="/feature_map")
 
 
 def take(budget: list) -> bool:
@@ -204,6 +218,7 @@ def take(budget: list) -> bool:
 
 
 BUDGET_LOCK = threading.Lock()
+UMAP = True  # a third of the map requests ask for UMAP (--no-umap: PCA only)
 
 
 def bogus_file() -> Path:
@@ -214,7 +229,7 @@ def bogus_file() -> Path:
 
 def launch(port: int, folder: Path, cap: int) -> subprocess.Popen:
     env = dict(os.environ, GRADIO_TEMP_DIR=str(folder / "gradio"), TMPDIR=str(folder / "tmp"),
-               DISTILLERY_MAX_SECONDS=str(cap), GRADIO_ANALYTICS_ENABLED="False", DISTILLERY_IDLE_MINUTES="2")
+               DISTILLERY_MAX_SECONDS=str(cap), GRADIO_ANALYTICS_ENABLED="False", DISTILLERY_IDLE_MINUTES="1")
     (folder / "tmp").mkdir(parents=True, exist_ok=True)
     code = f"import app; app.launch(server_name='127.0.0.1', server_port={port}, quiet=True)"
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -269,11 +284,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cap", type=int, default=60, help="the server's DISTILLERY_MAX_SECONDS per run")
     p.add_argument("--url", default=None, help="drive a running app on 127.0.0.1 instead of launching one")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--settle", type=float, default=150,
+    p.add_argument("--no-umap", dest="umap", action="store_false",
+                   help="feature maps with PCA only (UMAP's first numba compile takes minutes on a loaded machine)")
+    p.add_argument("--settle", type=float, default=120,
                    help="seconds to wait after the last request before measuring memory and temp bytes again "
-                        "(the launched server drops idle sessions after 2 minutes)")
+                        "(the launched server drops sessions idle for 1 minute, sweeping every 30 s)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "soak.jsonl"))
     args = p.parse_args(argv)
+    global UMAP
+    UMAP = args.umap
     if not 1 <= args.students <= 200 or not 0 < args.minutes <= 60:
         raise SystemExit("keep it bounded: 1-200 students, at most 60 minutes")
     folder = Path(tempfile.mkdtemp(prefix="soak-"))
@@ -288,6 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
         pid = server.pid
         wait_up(url)
     rss: list[int] = []
+    kids: list[int] = []
     temp_roots = [folder / "gradio", folder / "tmp"]
     temp_start = folder_bytes(*temp_roots)
     sampling = threading.Event()
@@ -295,10 +315,13 @@ def main(argv: list[str] | None = None) -> dict:
     def sample():
         while not sampling.is_set() and pid is not None:
             rss.append(rss_bytes(pid))
+            kids.append(sum(rss_bytes(k) for k in children(pid)))  # the UMAP worker
             time.sleep(1)
 
-    threading.Thread(target=sample, daemon=True).start()
     log, budget = Log(), [args.max_requests]
+    warm_up(url, Log(), args.umap)  # one of each request first: memory at start means a warm server
+    time.sleep(5)
+    threading.Thread(target=sample, daemon=True).start()
     t0 = time.time()
     deadline = t0 + 60 * args.minutes
     threads = []
@@ -317,6 +340,9 @@ def main(argv: list[str] | None = None) -> dict:
     sampling.set()
     temp_end = folder_bytes(*temp_roots)
     result = summarize(log, args, rss, (temp_start, temp_end), minutes)
+    if kids:
+        result.update(worker_rss_start_mb=round(kids[0] / 2**20, 1), worker_rss_peak_mb=round(max(kids) / 2**20, 1),
+                      worker_rss_end_mb=round(kids[-1] / 2**20, 1))
     if server is not None:
         server.terminate()
         server.wait(30)
