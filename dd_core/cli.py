@@ -116,9 +116,10 @@ def cmd_evaluate(args) -> int:
         # DD-Ranking: IOR against a random subset with the same kind of labels; HLR on hard labels.
         rnd = random_subset(dataset, max(syn.ipc, 1))
         teacher = None
-        if store.needs_teacher:
+        if store.needs_teacher:  # the teacher the set's labels came from, when it records one (teachers.py)
             from .teacher import get_teacher
-            teacher = get_teacher(dataset)
+            from .teachers import teacher_of_set
+            teacher = teacher_of_set(syn, dataset) or get_teacher(dataset)
         base = evaluate(rnd.images, same_kind(store, rnd, dataset, teacher, config), dataset, config, progress=progress)
         out["random_mean"], out["random_std"] = base.mean, base.std
         if store.needs_teacher:
