@@ -132,9 +132,18 @@ def _run_chunk(dataset_spec: str, start: Method | bytes, run: dict, until: int, 
     last = None
     for last in distill_here(dataset, method, **run, until=until, resume=resume, stop=stop, device=device,
                         snapshot_every=10**9, snapshot_seconds=SNAPSHOT_SECONDS):
-        yield "snapshot", last
+        yield "snapshot", _on_cpu(last)
     if last is not None and not last.finished:
         yield "state", pack(capture(method, Resume(last.step, last.synthetic, last.elapsed), device), dataset)
+
+
+def _on_cpu(snap: Snapshot) -> Snapshot:
+    """The snapshot with every tensor of its set on the CPU (a ZCA transform fitted on the GPU, say):
+    the Space's own process, which receives it, cannot hold CUDA tensors."""
+    syn = snap.synthetic
+    syn.images, syn.labels = syn.images.cpu(), syn.labels.cpu()
+    syn.extra = {k: v.cpu() for k, v in syn.extra.items()}
+    return snap
 
 
 def _evaluate_one(dataset_spec: str, images: torch.Tensor, labels, config: EvalConfig, stop: FileStop) -> EvalResult:
