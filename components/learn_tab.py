@@ -13,6 +13,7 @@ import gradio as gr
 from dd_core.methods import METHODS
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+BASELINES = ("rs2",)  # baselines with a page of their own in assets/, listed after the methods
 
 
 @functools.lru_cache(maxsize=None)
@@ -37,7 +38,7 @@ def method_markdown(name: str) -> str:
 
 def build(default: str) -> None:
     """The Learn tab's widgets, inside the caller's gr.Tab."""
-    names = METHODS.names()
+    names = METHODS.names() + list(BASELINES)
     gr.Markdown("Dataset distillation makes a tiny synthetic training set that trains a network almost as "
                 "well as the whole real dataset. Each method below decides *what* about the real data the "
                 "synthetic images must reproduce. Pick one to read what it matches and why.")

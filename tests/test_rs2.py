@@ -74,3 +74,10 @@ def test_the_evaluate_tab_sets_rs2_beside_the_set_with_both_wall_times():
         assert session.last_eval["RS2"] is not None and 0 <= session.last_eval["RS2"] <= 1
     finally:
         drop_session(req)
+
+
+def test_rs2_has_a_learn_page_beside_the_methods():
+    from components import learn_tab
+
+    assert "rs2" in learn_tab.BASELINES
+    assert "Okanovic" in learn_tab.method_markdown("rs2") and "without replacement" in learn_tab.method_markdown("rs2")
