@@ -4,7 +4,8 @@ arguments and sends back each result or yield pickled. Outside those calls the S
 sees a stand-in CUDA that cannot compute, so there it prefers the CPU (dd_core.device.prefer).
 
 Here a long distillation runs as a series of GPU calls: one that sets the method up (a feature
-network or teacher trains there), then calls of about CHUNK_SECONDS of steps each. Between calls
+network or teacher trains there) and takes the first step, then calls of about CHUNK_SECONDS of
+steps each, sized from the steps' pace so far. Between calls
 the set-up method (images, optimizer, learned labels or lr, its generator) travels as bytes
 (dd_core.run_state); the dataset is loaded once in the worker, never shipped. Each call yields the
 engine's snapshots as they come, so the page streams across calls. A Stop works between calls and
@@ -39,10 +40,10 @@ from dd_core.methods.base import Method
 from dd_core.run_state import capture, pack, restore_rng, unpack
 
 CALL_SECONDS = 60  # GPU time asked for per call: ZeroGPU's default duration
-SETUP_SECONDS = 120  # the set-up call may train a feature network or teacher
+SETUP_SECONDS = 120  # the set-up call may train a feature network or teacher, then takes the first step
 EVAL_SECONDS = 120  # one evaluation network (paper protocol, IPC 50: well under a minute on an H200)
 CHUNK_SECONDS = 20.0  # steps per call are sized to take about this long: a third of CALL_SECONDS
-FIRST_CHUNK_STEPS = 20  # the first call after set-up measures the speed with this many steps
+FIRST_CHUNK_STEPS = 5  # steps of a call when the pace is unknown (a first step too quick to time)
 SNAPSHOT_SECONDS = 0.5
 
 
@@ -122,6 +123,9 @@ def _run_chunk(dataset_spec: str, start: Method | bytes, run: dict, until: int, 
     """Set up (start is a fresh Method) or go on (start is a packed run) up to step `until`; yields
     ("snapshot", Snapshot) as the engine does, then ("state", bytes) if the run is not over."""
     device = _worker_device()
+    # A ZeroGPU worker is forked from the Space's process, which loaded the dataset before its first
+    # call: load_dataset's cache is inherited, so this costs nothing there (a worker started later
+    # loads it once and keeps it).
     dataset = load_dataset(dataset_spec)
     if isinstance(start, Method):
         method, resume = start, None
@@ -212,12 +216,14 @@ def distill_in_calls(dataset_spec: str, method: Method, *, method_name: str, ipc
     history: list[dict] = []
     last: Snapshot | None = None
     try:
-        start, until, call = method, 0, calls.setup
+        # The set-up call also takes the first step, so that the next call is sized from a step's time.
+        start, until, call = method, 1, calls.setup
         while True:
             if last is not None and stop is not None and stop.is_set():  # between two calls
                 yield dataclasses.replace(last, status="stopped", message=f"stopped at step {last.step} of {steps}")
                 return
-            blob, t0, before = None, time.perf_counter(), history[-1]["step"] if history else 0
+            blob, before = None, last.step if last is not None else 0
+            seconds_before = last.elapsed if last is not None else 0.0
             for kind, item in call(dataset_spec, start, run, until, flag):
                 if kind == "state":
                     blob = item
@@ -229,7 +235,8 @@ def distill_in_calls(dataset_spec: str, method: Method, *, method_name: str, ipc
                 return
             history = list(last.history)
             start, call = blob, calls.advance
-            until = last.step + chunk_steps(last.step - before, time.perf_counter() - t0, target_seconds)
+            # Snapshot.elapsed counts step time only (not set-up, not the call's start): the pace of steps
+            until = last.step + chunk_steps(last.step - before, last.elapsed - seconds_before, target_seconds)
     finally:
         done.set()
         flag.clear()
