@@ -14,7 +14,6 @@ loop over a fixed set of images.
 """
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from typing import Callable, Iterator
@@ -23,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from .data import Dataset
-from .evaluate import EvalConfig, EvalResult, augment_for
-from .models import default_model, fast_forward, model_for
+from .evaluate import EvalConfig, EvalResult, augment_for, for_dataset
+from .models import fast_forward, model_for
 from .training import test_accuracy
 
 
@@ -82,8 +81,7 @@ def evaluate_rs2(dataset: Dataset, config: EvalConfig, per_epoch: int, *, device
     """RS2 under the protocol `config`: config.num_models networks, final-epoch test accuracy, and
     the wall time of all of it (EvalResult.seconds). Its `label_store` says 'rs2'."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if config.model is None:
-        config = dataclasses.replace(config, model=default_model(dataset.image_size))
+    config = for_dataset(config, dataset)  # the network and epochs that run, as evaluate() records them
     t0 = time.perf_counter()
     accs: list[float] = []
     for k in range(config.num_models):
