@@ -25,7 +25,7 @@ def quick_teacher(monkeypatch):
     digits = load_dataset("digits")
     net = train_on_real(digits, "convnet_d2", 1, 0, "cpu")
     teacher = Teacher(net, "convnet_d2", 1, accuracy_on_test(net, digits, "cpu"), 0.0)
-    monkeypatch.setattr(tradeoff, "get_teacher_or_reason", lambda dataset, device: (teacher, ""))
+    monkeypatch.setattr(tradeoff, "get_teacher_or_reason", lambda dataset, device, syn=None: (teacher, ""))
 
 
 def run(**kw):
