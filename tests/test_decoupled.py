@@ -214,3 +214,15 @@ def test_app_shows_rded_candidates_and_kept_crops():
         assert syn.extra_meta["label_store"] == "teacher"  # the teacher labels the views the student sees
     finally:
         drop_session(who)
+
+
+def test_which_stores_label_the_view_and_which_are_mixed_by_area(digits, teacher):
+    syn = init_synthetic(digits, 1, seed=0)
+    config = protocol("soft", epochs=1)
+    per_view = {"teacher": {}, "dynamic": {}, "projector": {}, "distance": {"per_view": True}}
+    per_image = {"soft": {}, "distance": {}}
+    for name, options in per_view.items():
+        assert build(name, syn, digits, teacher, config, **options).labels_views(), name
+    for name, options in per_image.items():
+        assert not build(name, syn, digits, teacher, config, **options).labels_views(), name
+    assert not HardLabels(syn.labels, 10).labels_views()

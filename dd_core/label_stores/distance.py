@@ -90,6 +90,9 @@ class DistanceLabels(LabelStore):
     def view_seed(self, default):
         return self.record.seed if self.record is not None else default
 
+    def labels_views(self):
+        return self.record is not None  # per_view: made for the replayed views; else one pair per image
+
     def check_config(self, config, dataset):
         if self.record is not None:
             self.record.check(config, self.name)

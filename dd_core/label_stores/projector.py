@@ -113,6 +113,7 @@ class ProjectorLabels(LabelStore):
 
     name = "projector"
     needs_teacher = True
+    LABELS_VIEWS = True  # the projector labels each (cropped, mixed) view itself
     OPTIONS = {"arch": ("auto", "backbone network, regenerated from its seed ('auto': the teacher's architecture)"),
                "rank": (4, "rank of the update of every conv layer"),
                "head_rank": (0, "0: learn the whole head (C x d); r > 0: the seeded head + a rank-r update"),
