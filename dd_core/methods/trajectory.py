@@ -122,7 +122,7 @@ def unroll_adjoint(f: FlatNet, start, target, images, targets, lr, draws: Draws,
             if lg is not None:
                 acc -= lr.detach() * lg
         a = a - lr.detach() * hv
-    student_distance = (thetas[-1] - target).norm()
+    student_distance = (thetas[-1].detach() - target).norm()
     return loss.detach(), student_distance, grads[0], grad_lr, (grads[1] if len(grads) > 1 else None)
 
 
@@ -133,7 +133,6 @@ class TrajectoryMethod(Method):
     family = "trajectory matching"
     constant_memory: ClassVar[bool] = False  # True: unroll_adjoint (TESLA) instead of unroll_autograd
     expert_rho: ClassVar[float] = 0.0  # FTD: SAM-trained experts
-    paper_epochs: ClassVar[int] = 50  # how long the paper's experts train
 
     model: str = hp("auto", "student and expert network; auto = the DD ConvNet for the resolution (ConvNet-3 at 28-32 px)")
     num_experts: int = hp(100, "expert trajectories trained (cached) and drawn from; MTT uses 100", range=(1, 1000))
