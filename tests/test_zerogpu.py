@@ -4,6 +4,7 @@ worker process, hands arguments and every yield or result across pickled. The ch
 give the very images of one uninterrupted run, for every registered method."""
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 import threading
@@ -231,3 +232,77 @@ def test_off_zerogpu_the_drop_ins_are_the_engine(digits):
     snaps = list(zerogpu.distill(digits, method, method_name="dm", ipc=1, steps=3, seed=0, device=CPU))
     whole = run_to_end(digits, tiny_method("dm", 1), method_name="dm", ipc=1, steps=3, seed=0, device=CPU)
     assert torch.equal(snaps[-1].synthetic.images, whole.synthetic.images)
+
+
+class ForkedCalls:
+    """A stand-in closer still to ZeroGPU: each call runs in a forked child process (as spaces does),
+    its arguments and every yield crossing through a multiprocessing queue."""
+
+    def __call__(self, *, duration):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")
+
+        def decorate(fn):
+            def child(args, queue):
+                try:
+                    result = fn(*args)
+                    if isinstance(result, types.GeneratorType):
+                        for item in result:  # plain pickles: torch's queue sharing would outlive the child
+                            queue.put(("item", pickle.dumps(item)))
+                    else:
+                        queue.put(("item", pickle.dumps(result)))
+                    queue.put(("end", None))
+                except BaseException as err:  # noqa: BLE001 - reported to the caller
+                    queue.put(("error", repr(err)))
+                queue.close()
+                queue.join_thread()
+                os._exit(0)  # as a worker process ends: no interpreter teardown of the parent's copied threads
+
+            def call(*args):
+                queue = ctx.Queue()
+                proc = ctx.Process(target=child, args=(args, queue), daemon=True)
+                proc.start()
+                if not fn.__name__.startswith(("_setup", "_advance")):
+                    kind, value = queue.get(timeout=120)
+                    proc.join(5)
+                    assert kind == "item", value
+                    return pickle.loads(value)
+                return stream(queue, proc)
+
+            return call
+        return decorate
+
+
+def stream(queue, proc):
+    try:
+        while True:
+            kind, value = queue.get(timeout=120)
+            if kind == "end":
+                return
+            assert kind == "item", value
+            yield pickle.loads(value)
+    finally:
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+
+
+@pytest.mark.slow  # a fork per call: about 10 s each on a busy 2-core machine
+def test_in_forked_processes_state_streams_and_a_stop_cross_over(digits, monkeypatch):
+    monkeypatch.setattr(zerogpu, "FIRST_CHUNK_STEPS", 2)
+    calls = zerogpu.Calls(ForkedCalls())
+    snaps = list(zerogpu.distill_in_calls("digits", tiny_method("dm", 1), method_name="dm", ipc=1, steps=6,
+                                          calls=calls, target_seconds=0.0))
+    whole = run_to_end(digits, tiny_method("dm", 1), method_name="dm", ipc=1, steps=6, seed=0, device=CPU)
+    assert snaps[-1].status == "done" and torch.equal(snaps[-1].synthetic.images, whole.synthetic.images)
+    # a stop set in this process ends a long step running in the child
+    method = tiny_method("dc", 1, outer_loop=2)
+    method.inner_loop = 10_000_000
+    stop, t0 = threading.Event(), None
+    for last in zerogpu.distill_in_calls("digits", method, method_name="dc", ipc=1, steps=3, stop=stop, calls=calls):
+        if t0 is None:  # the child has set up and starts its first (endless) step: stop it a second later
+            t0 = time.perf_counter()
+            threading.Timer(1.0, stop.set).start()
+    assert last.status == "stopped" and "during step 1" in last.message, last.message
+    assert time.perf_counter() - t0 < 30
