@@ -2,6 +2,7 @@
 
     python -m benchmarks.gpu_check speed  [--steps 30]     # DM CIFAR-10 IPC 10, paper settings, vs the original-style loop
     python -m benchmarks.gpu_check mnist  [--steps 2000]   # DM MNIST IPC 10, then the paper's evaluation
+    python -m benchmarks.gpu_check compile                 # the evaluator without and with torch.compile
     python -m benchmarks.gpu_check app    [--steps 200]    # the app headless through gradio_client
 
 `speed` times on random tensors shaped like CIFAR-10's training set (50,000 x 3 x 32 x 32) unless
@@ -26,6 +27,7 @@ from dd_core.version import code_version
 
 from .dm_speed import REFERENCES, make, one_step
 
+SET_PATH = "/tmp/dd_gpu_check_mnist_dm10.safetensors"  # written by `mnist`, read by `compile`
 DEVICE = torch.device("cuda")  # --device cpu runs the same code as a smoke test (tiny settings)
 
 
@@ -71,11 +73,11 @@ def time_variant(dataset, steps: int, seed: int = 0) -> dict:
 
 def speed(args) -> None:
     dataset, data_note = cifar10_or_stand_in()
-    for amp in ("off", "bf16"):
-        os.environ["DD_AMP"] = amp
+    for amp, autotune in (("off", "1"), ("bf16", "1"), ("off", "0")):
+        os.environ["DD_AMP"], os.environ["DD_CUDNN_BENCHMARK"] = amp, autotune
         emit({"check": "dm_speed", "dataset": "cifar10", "ipc": 10, "preset": "paper", "model": "convnet",
               "data": data_note, "steps_timed": args.steps, **time_variant(dataset, args.steps)})
-    os.environ["DD_AMP"] = "off"
+    os.environ["DD_AMP"], os.environ["DD_CUDNN_BENCHMARK"] = "off", "1"
 
 
 def mnist(args) -> None:
@@ -91,10 +93,28 @@ def mnist(args) -> None:
     config = protocol("paper", **({"epochs": args.eval_epochs, "num_models": 1} if args.eval_epochs else {}))
     t0 = time.perf_counter()
     result = evaluate(snap.synthetic.images, snap.synthetic.labels, dataset, config, device=DEVICE)
+    snap.synthetic.save(SET_PATH)  # for the torch.compile check that follows
     emit({"check": "mnist_dm_ipc10", "steps": snap.step, "status": snap.status, "distill_seconds": round(distill_s, 1),
           "s_per_step": round(distill_s / max(1, snap.step), 5), "config": method.config(), **result.as_dict(),
           "evaluate_seconds": round(time.perf_counter() - t0, 1), "published_dm_mnist_ipc10": 0.975,
           "switches": dd_device.describe(DEVICE)})
+
+
+def compile_check(args) -> None:
+    """One evaluation network (fast protocol, 300 epochs) on the MNIST set, without and with
+    DD_COMPILE=1: seconds and accuracy of each (compile time included in the second)."""
+    from dd_core.evaluate import evaluate, protocol
+    from dd_core.synthetic import SyntheticSet
+
+    dataset, syn = load_dataset("mnist"), SyntheticSet.load(SET_PATH)
+    config = protocol("fast", num_models=1, **({"epochs": args.eval_epochs} if args.eval_epochs else {}))
+    for flag in ("0", "1"):
+        os.environ["DD_COMPILE"] = flag
+        t0 = time.perf_counter()
+        result = evaluate(syn.images, syn.labels, dataset, config, device=DEVICE)
+        emit({"check": "evaluator_compile", "compile": flag == "1", "seconds": round(time.perf_counter() - t0, 1),
+              "accuracy": result.mean, "protocol_detail": result.config.describe()})
+    os.environ["DD_COMPILE"] = "0"
 
 
 def app(args) -> None:
@@ -129,7 +149,7 @@ def app(args) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("check", choices=["speed", "mnist", "app"])
+    p.add_argument("check", choices=["speed", "mnist", "compile", "app"])
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--device", default="cuda", help="cpu: a smoke test of this script (give small --steps)")
     p.add_argument("--dataset", default="mnist", help="app: the dataset of its run (digits works offline)")
@@ -140,8 +160,8 @@ def main() -> int:
     if DEVICE.type == "cuda" and not torch.cuda.is_available():
         emit({"check": args.check, "status": "skipped", "reason": "no CUDA GPU"})
         return 0
-    args.steps = args.steps or {"speed": 30, "mnist": 2000, "app": 200}[args.check]
-    {"speed": speed, "mnist": mnist, "app": app}[args.check](args)
+    args.steps = args.steps or {"speed": 30, "mnist": 2000, "compile": 0, "app": 200}[args.check]
+    {"speed": speed, "mnist": mnist, "compile": compile_check, "app": app}[args.check](args)
     return 0
 
 
