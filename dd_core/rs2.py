@@ -25,6 +25,7 @@ from .data import Dataset
 from .evaluate import EvalConfig, EvalResult, augment_for, for_dataset
 from .models import fast_forward, model_for
 from .training import test_accuracy
+from .device import default_device
 
 
 def rs2_subsets(n: int, per_epoch: int, epochs: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
@@ -80,7 +81,7 @@ def evaluate_rs2(dataset: Dataset, config: EvalConfig, per_epoch: int, *, device
                  stop: threading.Event | None = None) -> EvalResult:
     """RS2 under the protocol `config`: config.num_models networks, final-epoch test accuracy, and
     the wall time of all of it (EvalResult.seconds). Its `label_store` says 'rs2'."""
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     config = for_dataset(config, dataset)  # the network and epochs that run, as evaluate() records them
     t0 = time.perf_counter()
     accs: list[float] = []

@@ -27,6 +27,7 @@ from .interrupt import check
 from .models import build_model, model_for
 from .registry import Registry
 from .teacher import Teacher
+from .device import default_device
 
 TEACHERS: Registry = Registry("teacher recipe")
 _memory: dict[str, Teacher] = {}
@@ -161,7 +162,7 @@ def get_bn_teacher(dataset: Dataset, recipe: str = "convnet_bn", *, seed: int = 
     """The teacher trained by `recipe` on `dataset` with `seed`: from memory, else from the cache
     folder, else trained now (and cached). A cache file that cannot be used is discarded and
     retrained, with a logged note. `on_train(message)` is told before a training starts."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device or default_device())
     spec = TEACHERS.get(recipe)(dataset)
     meta = {"dataset": dataset.name, "recipe": recipe, "arch": spec.arch, "epochs": str(spec.epochs),
             "seed": str(seed), "training": json.dumps(asdict(spec))}

@@ -30,6 +30,7 @@ from .synthetic import SyntheticFileError, SyntheticSet
 from .synthetic import random_subset as baseline_subset
 from .teacher import get_teacher
 from .teachers import teacher_of_set
+from .device import default_device
 
 # The protocols a trade-off runs under: replayed label stores (dynamic, distance) record DSA schedules.
 LABEL_PROTOCOLS = ("fast", "paper")
@@ -200,7 +201,7 @@ def run_tradeoff(syn, dataset, config: EvalConfig, stores: list[str | LabelSpec]
                  progress: Callable[[float, str], None] | None = None,
                  stop: threading.Event | None = None) -> Tradeoff:
     """Build and evaluate every store in `stores` on `syn` (and a random real subset of the same size)."""
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     fmt = IMAGE_FORMATS.get(image_format)
     refuse_unlabelled(syn)  # label stores need class labels; a KRR-ST set is measured by transfer
     specs = [parse_spec(s) for s in stores or DEFAULT_STORES]  # once each; already parsed at the CLI or app
