@@ -33,7 +33,7 @@ from .teachers import teacher_of_set
 from .device import default_device
 
 # The protocols a trade-off runs under: replayed label stores (dynamic, distance) record DSA schedules.
-LABEL_PROTOCOLS = ("fast", "paper")
+LABEL_PROTOCOLS = ("fast", "paper", "soft")  # soft: the decoupled papers' recipe, dynamic labels on its crops + CutMix
 # The stores every trade-off shows unless told otherwise: one or more of each family.
 DEFAULT_STORES = ["hard", "soft:dtype=float32", "soft", "soft:dtype=int8", "soft:topk=1", "dynamic",
                   "dynamic-pruned:keep=0.1", "dynamic-pruned:keep=0.02", "dynamic-pruned:keep=0.02,fill=label",
