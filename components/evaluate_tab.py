@@ -95,7 +95,9 @@ def _evaluation(session, syn, protocol, num_models, arch, compare, progress, job
     stages = ((3 if soft else 2) if compare else 1) + rs2
 
     def stage(i: int, name: str):
-        return lambda frac, text: progress((i + frac) / stages, f"{name}: {text}")
+        # One scale: the bar's percentage is the whole evaluation's, so the line names the part, not
+        # the part's own epoch count (which read as "epoch 223/300 - 37.2%").
+        return lambda frac, text: progress((i + frac) / stages, f"{name} (part {i + 1} of {stages})")
 
     yield "… Evaluating: training fresh networks on the synthetic images…", ""
     result = evaluate_run.evaluate_set(session, syn, protocol=protocol, num_models=num_models, model=arch,
