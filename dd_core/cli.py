@@ -47,7 +47,7 @@ def _positive_float(text: str) -> float:
     except ValueError:
         value = -1.0
     if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of minutes (got {text[:40]!r})")
+        raise argparse.ArgumentTypeError(f"must be positive: expected a number of minutes above 0 (got {text[:40]!r})")
     return value
 
 
@@ -358,7 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     from .registry import UnknownNameError
     from .synthetic import SyntheticFileError
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse has printed its usage line and the reason
+        return int(exit_.code or 0)
     _threads()
     t0 = time.perf_counter()
     try:

@@ -18,7 +18,7 @@ REQUIRED = {"labels", "image_bytes", "label_bytes", "accuracy_mean", "accuracy_s
 
 @pytest.fixture
 def quick_teacher(monkeypatch, teacher):
-    monkeypatch.setattr(tradeoff, "get_teacher_or_reason", lambda dataset, device: (teacher, ""))
+    monkeypatch.setattr(tradeoff, "get_teacher_or_reason", lambda dataset, device, syn=None: (teacher, ""))
     return teacher
 
 
