@@ -96,6 +96,9 @@ def cmd_evaluate(args) -> int:
 
     syn = SyntheticSet.load(args.file)
     refuse_unlabelled(syn)  # a KRR-ST set has no class labels: `transfer` evaluates it
+    if args.dataset is None and syn.dataset.startswith("folder:"):  # only the folder's name is recorded
+        raise ValueError(f"{args.file} was distilled from an image folder named {syn.dataset[7:]!r}; the file keeps its "
+                         f"name, not its place on disk. Pass it: --dataset folder:<path of that folder>")
     dataset = load_dataset(args.dataset or syn.dataset)
     check_compatible(syn, dataset)
     dataset = dataset_for(syn, dataset)  # a ZCA-whitened set trains and tests on whitened data

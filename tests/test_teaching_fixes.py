@@ -1,0 +1,74 @@
+"""Small classroom fixes, without a browser: readable log-axis ticks, the words a run ends with, a
+grid click mapped back to its image, the clock for long preparations, and a folder set's
+evaluation saying what to pass."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from components import linked_views, run_control, waiting
+from components.figures import log_ticks, loss_figure
+from dd_core import load_dataset
+from dd_core.distill import Snapshot
+from dd_core.synthetic import init_synthetic
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def test_log_ticks_are_labelled_values_never_bare_minor_digits():
+    assert log_ticks(0.001, 50) == [0.001, 0.01, 0.1, 1.0, 10.0]  # many decades: powers of ten only
+    assert log_ticks(0.3, 2.5) == [0.5, 1.0, 2.0]
+    assert len(log_ticks(0.9, 0.95)) >= 2  # a narrow range still gets two ticks around it
+    fig = loss_figure([{"step": s, "loss": 0.5 + 1 / s} for s in range(1, 50)])
+    assert fig.layout.yaxis.type == "log"
+    assert list(fig.layout.yaxis.ticktext) == [f"{t:g}" for t in fig.layout.yaxis.tickvals]
+
+
+def test_a_run_ends_in_words_that_fit_it(digits):
+    syn = init_synthetic(digits, 1)
+    one = Snapshot(1, 1, syn, {}, 0.02, "done")
+    assert run_control.done_text(one, learns_images=False) == "Done: selected 10 real images in 0.0 s."
+    assert run_control.done_text(one, learns_images=True).startswith("Done: 1 step in")
+    many = Snapshot(30, 30, syn, {}, 3.0, "done")
+    assert run_control.done_text(many, learns_images=True) == "Done: 30 steps in 3.0 s (10.0 steps/s)."
+
+
+def test_a_click_on_the_grid_finds_the_image_under_it(digits):
+    syn = init_synthetic(digits, 3)  # 10 classes x 3 images, 8x8
+    shown = linked_views.labelled_grid(syn)
+    plain = syn.grid_image(upscale=1)
+    scale = shown.size[1] // plain.size[1]
+    margin = shown.size[0] - plain.size[0] * scale
+    for cls, col in ((0, 0), (4, 2), (9, 1)):
+        x = margin + scale * (1 + col * 9 + 4)  # the middle of the cell (1 px padding, 8 px images)
+        y = scale * (1 + cls * 9 + 4)
+        index = linked_views.grid_index(syn, x, y)
+        assert int(syn.labels[index]) == cls and index == cls * 3 + col
+    assert linked_views.grid_index(syn, 2, 2) is None  # the class-name margin
+    assert linked_views.grid_index(syn, margin + scale * 9 + scale // 2, scale * 5) is None  # a gap
+
+
+def test_the_clock_ticks_while_the_work_runs_and_hands_back_its_result():
+    ticks = list(waiting.with_clock(lambda: time.sleep(0.35) or 42, every=0.1))
+    assert ticks[-1] == ("done", 42) and len(ticks) >= 3 and all(isinstance(t, float) for t in ticks[:-1])
+    with pytest.raises(ZeroDivisionError):
+        list(waiting.with_clock(lambda: 1 / 0))
+    assert "of about 80 s" in waiting.progress_text("x", 40, 80) and "so far" in waiting.progress_text("x", 3, None)
+    assert 70 < waiting.features_estimate(60_000, 784) < 90
+
+
+def test_evaluating_a_folder_set_says_to_pass_the_folder(digits, tmp_path, capsys):
+    from dd_core.cli import main
+
+    syn = init_synthetic(digits, 1)
+    syn.dataset = "folder:holiday-photos"
+    path = syn.save(tmp_path / "set.safetensors")
+    assert main(["evaluate", str(path)]) != 0
+    err = capsys.readouterr().err
+    assert "holiday-photos" in err and "--dataset folder:<path" in err
+    assert str(tmp_path) not in err.replace(str(path), "")  # no other path of this machine is shown
