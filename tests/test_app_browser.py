@@ -136,6 +136,9 @@ def test_two_sessions_do_not_see_each_others_runs(browser, url, tmp_path):
 
 @pytest.mark.slow  # trains the digits experts on first use (seconds to a minute on a shared CPU)
 def test_mtt_shows_the_matching_plot_stop_then_evaluate(browser, url, tmp_path):
+    from components import warmup
+
+    warmup.experts()  # what the app warms at start: the digits experts, trained here before the clock starts
     page = open_page(browser, url)
     page.locator("#method input").fill("mtt")
     page.locator("#method input").press("Enter")
@@ -153,7 +156,7 @@ def test_mtt_shows_the_matching_plot_stop_then_evaluate(browser, url, tmp_path):
     page.click("#stop-btn")
     status_has(page, "status", "Stopped at step")
     page.get_by_role("tab", name="Evaluate").click()
-    page.click("#eval-btn")
+    page.click("#eval-btn", timeout=5 * WAIT)  # a busy machine can hold the click's follow-up past 30 s
     page.wait_for_function("() => (document.querySelector('#eval-status')?.innerText || '').includes('Done')",
                            timeout=5 * WAIT)
     page.screenshot(path=str(tmp_path / "mtt-evaluated.png"), full_page=True)
