@@ -32,7 +32,8 @@ def stop_after(seconds: float) -> threading.Event:
 
 
 def test_a_non_finite_step_keeps_the_last_good_images(digits):
-    method = make_method("dm", dataset="digits", ipc=1, lr_img=1e38)  # overflows within a few steps
+    method = make_method("dm", dataset="digits", ipc=1)
+    method.lr_img = 1e38  # past the field's range on purpose (set after the check): overflows within a few steps
     snaps = list(distill(digits, method, method_name="dm", ipc=1, steps=20, snapshot_every=1, device=CPU))
     good, last = snaps[-2], snaps[-1]
     assert last.status == "failed" and "non-finite" in last.message and "lower learning rate" in last.message
@@ -43,7 +44,8 @@ def test_a_non_finite_step_keeps_the_last_good_images(digits):
 
 def test_a_stop_inside_a_long_step_keeps_the_images_of_the_step_before(digits):
     # Two matching updates with ten million inner epochs between them: one step would take hours.
-    method = make_method("dc", dataset="digits", ipc=1, outer_loop=2, inner_loop=10_000_000)
+    method = make_method("dc", dataset="digits", ipc=1, outer_loop=2)
+    method.inner_loop = 10_000_000  # past the field's range on purpose: a step that never ends by itself
     t0 = time.perf_counter()
     snaps = list(distill(digits, method, method_name="dc", ipc=1, steps=3, stop=stop_after(1.0), device=CPU))
     took = time.perf_counter() - t0
@@ -56,7 +58,8 @@ def test_a_stop_inside_a_long_step_keeps_the_images_of_the_step_before(digits):
 
 
 def test_a_stop_while_a_feature_network_trains_ends_the_setup_and_caches_nothing(digits):
-    method = make_method("herding", dataset="digits", ipc=2, feature_model="mlp", feature_epochs=1_000_000)
+    method = make_method("herding", dataset="digits", ipc=2, feature_model="mlp")
+    method.feature_epochs = 1_000_000  # past the field's range on purpose: a set-up that never ends by itself
     t0 = time.perf_counter()
     snaps = list(distill(digits, method, method_name="herding", ipc=2, steps=1, stop=stop_after(1.0), device=CPU))
     assert time.perf_counter() - t0 < 60
