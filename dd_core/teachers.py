@@ -181,7 +181,7 @@ def get_bn_teacher(dataset: Dataset, recipe: str = "convnet_bn", *, seed: int = 
 
     teacher, _ = load_or_build(path, load=lambda p: _load(p, dataset, meta, device), build=build,
                                save=lambda t, p: _save(t, p, meta))
-    teacher.net.eval()  # test_accuracy() leaves a network in training mode; a teacher's batch norm must not update
+    teacher.net.eval()  # a teacher is frozen: its batch norm must never update
     for p in teacher.net.parameters():
         p.requires_grad_(False)
     teacher.recipe_ = recipe  # type: ignore[attr-defined]  provenance for the set's metadata
@@ -203,7 +203,7 @@ def committee_teacher(dataset: Dataset, members: list[Teacher], temperature: flo
     arch = "committee(" + ", ".join(f"{t.arch} {w:.2f}" for t, w in zip(members, weights.tolist())) + ")"
     teacher = Teacher(net, arch, max(t.epochs for t in members), test_accuracy(net, dataset, device),
                       sum(t.seconds for t in members))
-    net.eval()  # test_accuracy() leaves it in training mode
+    net.eval()  # frozen, as every teacher
     teacher.member_archs_ = [t.arch for t in members]  # type: ignore[attr-defined]  rebuilds the members on load
     return teacher
 

@@ -36,7 +36,10 @@ def training_views(images: torch.Tensor, *, epochs: int, batch_size: int, augmen
 
 @torch.no_grad()
 def test_accuracy(net: torch.nn.Module, dataset: Dataset, device, chunk: int | None = None) -> float:
-    """Accuracy on the test set, in cache-sized chunks on a CPU (models.chunk_size), 1000 on a GPU."""
+    """Accuracy on the test set, in cache-sized chunks on a CPU (models.chunk_size), 1000 on a GPU.
+    The network is left in the mode it came in (a frozen teacher stays in eval mode, so its
+    batch-norm statistics are never updated by a later forward)."""
+    was_training = net.training
     net.eval()
     forward = fast_forward(net)
     chunk = chunk or (1000 if torch.device(device).type != "cpu" else chunk_size(net, dataset.x_test[:1]))
@@ -44,5 +47,5 @@ def test_accuracy(net: torch.nn.Module, dataset: Dataset, device, chunk: int | N
     for i in range(0, len(dataset.x_test), chunk):
         x = dataset.x_test[i:i + chunk].to(device)
         correct += (forward(x).argmax(1).cpu() == dataset.y_test[i:i + chunk]).sum().item()
-    net.train()
+    net.train(was_training)
     return correct / len(dataset.x_test)
