@@ -232,7 +232,8 @@ def test_projector_reproduces_the_teacher_better_than_chance(syn, digits, teache
 # -- every store round-trips through the synthetic-set file ----------------------------------------------------
 
 
-VARIANTS = [(name, QUICK.get(name, {})) for name in LABEL_STORES.names()] + [
+# 'committee' needs several teachers (CV-DD makes them): its round trip is in test_decoupled.py.
+VARIANTS = [(name, QUICK.get(name, {})) for name in LABEL_STORES.names() if name != "committee"] + [
     ("soft", {"topk": 2, "dtype": "int8"}), ("dynamic-pruned", {"fill": "hard", "keep": 0.5}),
     ("distance", {"per_view": True}), ("projector", {**QUICK["projector"], "head_rank": 2})]
 
