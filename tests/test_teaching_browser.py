@@ -122,6 +122,7 @@ def test_a_grid_click_selects_the_image_in_the_feature_map_and_a_map_click_shows
     text_has(page, "status", "Done")
     # Where synthetic image #1 (class 0, second column) is drawn: the grid's own geometry, scaled
     # to the size the page shows it at.
+    page.wait_for_function("() => document.querySelector('#grid img')?.naturalWidth > 0", timeout=WAIT)
     natural = page.evaluate("() => [document.querySelector('#grid img').naturalWidth, "
                             "document.querySelector('#grid img').naturalHeight]")
     scale = natural[1] // (10 * 9 + 1)  # ten classes of 8 px images with 1 px gaps
