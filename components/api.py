@@ -18,8 +18,6 @@ import gradio as gr
 
 from dd_core import defaults
 
-from dd_core import defaults
-
 from . import distill_run, evaluate_run, feature_view, inputs, jobs
 from .runtime import LIMITS
 from .sessions import KEEP_ALIVE_SECONDS, keep_alive, session_for
