@@ -4,6 +4,7 @@ a random real subset of the same size and the whole training set."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import time
 from typing import Iterator
@@ -37,6 +38,21 @@ INTRO = ("Distilled images are only half of what a student trains on: the other 
          "point's bytes are the images (as stored) plus everything needed to reproduce its training targets.")
 
 
+def label_positions(points) -> list[str]:
+    """Where each point's name goes: of two stores next to each other in bytes ("hard" and
+    "soft:topk=1" often cost about the same), the more accurate is named above and the other below,
+    so their names never print over each other."""
+    where = []
+    for i, p in enumerate(points):
+        others = [j for j in range(len(points)) if j != i]
+        if not others:
+            return ["top center"]
+        j = min(others, key=lambda j: abs(math.log10(points[j].total_bytes / p.total_bytes)))
+        above = (p.accuracy_mean, -i) > (points[j].accuracy_mean, -j)
+        where.append("top center" if above else "bottom center")
+    return where
+
+
 def figure(result: Tradeoff | None) -> go.Figure:
     """Total bytes (log axis) against accuracy, std bars, the Pareto frontier and the references."""
     fig = go.Figure()
@@ -50,7 +66,8 @@ def figure(result: Tradeoff | None) -> go.Figure:
                 fig.add_trace(go.Scatter(
                     x=[p.total_bytes for p in pts], y=[p.accuracy_mean for p in pts], name=name,
                     mode="markers+text" if kind == "synthetic" else "markers", text=[p.labels for p in pts],
-                    textposition="top center", textfont=dict(size=10), marker=dict(symbol=symbol, size=9),
+                    textposition=label_positions(pts), textfont=dict(size=10), marker=dict(symbol=symbol, size=9),
+                    cliponaxis=False,
                     error_y=dict(type="data", array=[p.accuracy_std for p in pts], visible=True),
                     customdata=[[human_bytes(p.total_bytes), p.labels] for p in pts],
                     hovertemplate="%{customdata[1]}: %{customdata[0]}, accuracy %{y:.4f}<extra>" + kind + "</extra>"))
@@ -72,12 +89,19 @@ def figure(result: Tradeoff | None) -> go.Figure:
                                                    f"{acc:.4f}<extra></extra>"))
     fig.update_xaxes(type="log", title="total bytes (images + labels), log scale")
     fig.update_yaxes(title="test accuracy (fraction, mean ± std)")
+    if result is not None and result.points:
+        # Plotly labels a log axis's minor ticks with bare digits ("2", "5"): 1-2-5 steps, written as bytes.
+        xs = [p.total_bytes for p in result.points] + ([result.whole_bytes] if result.whole_bytes else [])
+        lo, hi = math.floor(math.log10(max(min(xs), 1))), math.ceil(math.log10(max(max(xs), 10)))
+        ticks = [m * 10 ** k for k in range(lo, hi + 1) for m in (1, 2, 5)]
+        fig.update_xaxes(tickvals=ticks, ticktext=[human_bytes(t) for t in ticks])
+    fig.update_yaxes(automargin=True)  # the top tick label is drawn inside the figure, not cut at its edge
     if result is None or not result.points:  # an empty plot: a sensible frame and what to do, not plotly's -1..3
         fig.update_xaxes(range=[2, 7])  # 100 B to 10 MB
         fig.update_yaxes(range=[0, 1])
         fig.add_annotation(text="Press <b>Measure bytes and accuracy</b> to place each label store here",
                            x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font=dict(size=14, color="#777"))
-    fig.update_layout(height=520, uirevision="labels", template="plotly_white", margin=dict(l=60, r=10, t=30, b=110),
+    fig.update_layout(height=520, uirevision="labels", template="plotly_white", margin=dict(l=60, r=10, t=50, b=110),
                       legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0))
     return fig
 

@@ -276,12 +276,14 @@ def human_bytes(n: float) -> str:
 
 
 def markdown(result: Tradeoff) -> str:
-    """The points as a markdown table (synthetic, random subset and pruned subset side by side), then the gain shares."""
+    """The points as a markdown table (synthetic, random subset and pruned subset side by side), then the
+    gain shares. A column with nothing in any row (the shares, when no dynamic store was measured) is left out."""
     rnd = {p.labels: p for p in result.of("random")}
     pruned = {p.labels: p for p in result.of("pruned")}
     shares = {r["labels"]: r for r in result.gain_shares()}
-    lines = ["| labels | image bytes | label bytes | total | synthetic acc | random-subset acc | label-first (pca) acc "
-             "| share of dynamic's gain | label bytes / dynamic's | label-byte formula |", "|" + " --- |" * 10]
+    header = ["labels", "image bytes", "label bytes", "total", "synthetic acc", "random-subset acc",
+              "label-first (pca) acc", "share of dynamic's gain", "label bytes / dynamic's", "label-byte formula"]
+    rows = []
     for p in result.of("synthetic"):
         r, g = rnd.get(p.labels), shares.get(p.labels)
         share = "" if g is None or g["share"] != g["share"] else f"{g['share']:.0%}"
@@ -289,12 +291,15 @@ def markdown(result: Tradeoff) -> str:
         other = f"{r.accuracy_mean:.4f} ± {r.accuracy_std:.4f}" if r else "-"
         q = pruned.get(p.labels)
         first = f"{q.accuracy_mean:.4f} ± {q.accuracy_std:.4f}" if q else "-"
-        lines.append(f"| {p.labels} | {p.image_bytes:,} | {p.label_bytes:,} | {human_bytes(p.total_bytes)} "
-                     f"| {p.accuracy_mean:.4f} ± {p.accuracy_std:.4f} | {other} | {first} | {share} | {frac} | {p.label_formula} |")
+        rows.append([p.labels, f"{p.image_bytes:,}", f"{p.label_bytes:,}", human_bytes(p.total_bytes),
+                     f"{p.accuracy_mean:.4f} ± {p.accuracy_std:.4f}", other, first, share, frac, p.label_formula])
     if result.whole_accuracy is not None:
-        lines.append(f"| whole training set, hard | {result.whole_image_bytes:,} | {result.whole_label_bytes:,} "
-                     f"| {human_bytes(result.whole_bytes)} "
-                     f"| {result.whole_accuracy:.4f} (teacher) | - | - | | | {result.whole_note} |")
+        rows.append(["whole training set, hard", f"{result.whole_image_bytes:,}", f"{result.whole_label_bytes:,}",
+                     human_bytes(result.whole_bytes), f"{result.whole_accuracy:.4f} (teacher)", "-", "-", "", "",
+                     result.whole_note])
+    keep = [j for j in range(len(header)) if any(row[j] not in ("", "-") for row in rows) or j < 5]
+    lines = ["| " + " | ".join(header[j] for j in keep) + " |", "|" + " --- |" * len(keep)]
+    lines += ["| " + " | ".join(row[j] for j in keep) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -113,3 +113,19 @@ def test_the_cli_passes_epochs_image_format_and_no_random(tiny_file, quick_teach
     assert {r["set"] for r in rows} == {"synthetic", "pruned", "whole"}  # no random subset
     assert synthetic[0]["image_bytes"] == 10 * 8 * 8 * 2  # float16 images
     assert "1 epochs" in synthetic[0]["protocol"]
+
+
+def test_the_table_leaves_out_columns_no_row_fills_and_the_plot_keeps_labels_apart():
+    from components.labels_tab import figure
+
+    result = Tradeoff("digits", 10, "fast", points=[point("hard", 650, 0.70), point("soft:topk=1", 660, 0.71),
+                                                    point("soft", 1050, 0.80)])
+    table = tradeoff.markdown(result)
+    header = table.splitlines()[0]
+    assert "share of dynamic's gain" not in header and "random-subset acc" not in header  # nothing measured there
+    assert "synthetic acc" in header and len(table.splitlines()[2].split("|")) == len(header.split("|"))
+    fig = figure(result)
+    synthetic = fig.data[0]
+    by_label = dict(zip(synthetic.text, synthetic.textposition))
+    assert by_label["hard"] != by_label["soft:topk=1"]  # neighbours in bytes print on opposite sides
+    assert list(fig.layout.xaxis.ticktext)[:4] == ["100 B", "200 B", "500 B", "1 KB"]  # bytes, no bare minor digits
