@@ -13,7 +13,7 @@ from typing import Callable, TypeVar
 T = TypeVar("T")
 log = logging.getLogger("distillery.cache")
 
-_locks: dict[str, threading.Lock] = {}  # one per path: a build blocks only those who want that file
+_locks: dict[str, threading.RLock] = {}  # one per path: a build blocks only those who want that file
 _locks_guard = threading.Lock()
 
 
@@ -47,9 +47,11 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def lock_for(path: Path) -> threading.Lock:
+def lock_for(path: Path) -> threading.RLock:
+    """The lock of one cached file. Re-entrant, so a caller that keeps its own in-memory copy can hold
+    it around `load_or_build` on the same path."""
     with _locks_guard:
-        return _locks.setdefault(str(path), threading.Lock())
+        return _locks.setdefault(str(path), threading.RLock())
 
 
 def load_or_build(path: Path, *, load: Callable[[Path], T], build: Callable[[], T],

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .augment import dsa_for
-from .cache import cache_path, load_or_build
+from .cache import cache_path, load_or_build, lock_for
 from .data import Dataset
 from .device import default_device
 from .interrupt import check
@@ -25,8 +25,6 @@ from .models import model_for
 from .training import test_accuracy
 
 _memory: dict[str, "Teacher"] = {}
-_locks: dict[str, threading.Lock] = {}  # one per key: a network in training blocks only those who want it
-_locks_guard = threading.Lock()
 
 
 @dataclass
@@ -121,9 +119,8 @@ def get_teacher(dataset: Dataset, *, arch: str | None = None, epochs: int | None
     device = device or default_device()
     arch, epochs = arch or dataset.teacher_arch, epochs or dataset.teacher_epochs  # the dataset's recipe
     key = _key(dataset, arch, epochs, seed)
-    with _locks_guard:
-        lock = _locks.setdefault(key, threading.Lock())
-    with lock:  # one training per key, even with several users asking at once
+    path = cache_path("teachers", key, ".safetensors")
+    with lock_for(path):  # one training per key, even with several users asking at once
         if key in _memory:
             return _memory[key]
         t0 = time.perf_counter()
@@ -133,7 +130,7 @@ def get_teacher(dataset: Dataset, *, arch: str | None = None, epochs: int | None
             net = train_on_real(dataset, arch, epochs, seed, device, stop=stop)
             return net, test_accuracy(net, dataset, device)
 
-        (net, accuracy), _ = load_or_build(cache_path("teachers", key, ".safetensors"),
+        (net, accuracy), _ = load_or_build(path,
                                            load=lambda path: _load(path, dataset, meta, device), build=build,
                                            save=lambda value, tmp: _save(value, tmp, meta))
         for p in net.parameters():

@@ -23,6 +23,7 @@ from torch.func import functional_call
 
 from ..augment import DSAParams, dsa_for
 from ..experts import ExpertRecipe, Trajectories, get_experts, read_experts
+from ..label_stores.base import soft_cross_entropy
 from ..label_stores.learned import LearnedLabels
 from ..labels import PREFIX, attach, images_digest
 from ..models import build_model, resolve_model
@@ -59,16 +60,12 @@ class Draws:
     augment: list[DSAParams | None]
 
 
-def soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
-
-
 def inner_loss(f: FlatNet, theta, images, targets, idx, aug, augmenter) -> torch.Tensor:
     """The student's training loss on one synthetic batch, as the student sees it (augmented)."""
     x = images[idx]
     if aug is not None:
         x = augmenter.apply(x, aug, torch.arange(len(idx)))
-    return soft_ce(f(theta, x), targets[idx])
+    return soft_cross_entropy(f(theta, x), targets[idx])
 
 
 def unroll_autograd(f: FlatNet, start, target, images, targets, lr, draws: Draws, augmenter, *,
