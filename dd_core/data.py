@@ -121,8 +121,13 @@ def register_dataset(name: str, facts: DatasetFacts = DatasetFacts()):
 
 
 def dataset_facts(name: str) -> DatasetFacts:
-    """The facts of a dataset by name, without loading it; a folder dataset has the defaults."""
-    return DatasetFacts() if name.startswith("folder:") else DATASETS.get(name).facts
+    """The facts of a dataset by name, without loading it; a folder dataset's come from its
+    optional distillery.json (folder.py), else the defaults."""
+    if name.startswith("folder:"):
+        from .folder import facts_of
+
+        return facts_of(name)
+    return DATASETS.get(name).facts
 
 
 def dataset_names() -> list[str]:

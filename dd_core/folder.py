@@ -4,19 +4,29 @@ Accepted layouts:
   <root>/train/<class>/*.png|jpg  and  <root>/test/<class>/*   (the official split is kept)
   <root>/<class>/*                                             (split by `test_fraction`, stratified, seeded)
 Every image is converted to RGB or L (whichever the first image is) and resized to a common size.
+
+A folder may carry its dataset facts (data.DatasetFacts) in `<root>/distillery.json`, e.g.
+    {"flips": false, "small": true}
+for digits, which a horizontal flip would turn into other symbols. Without the file a folder gets
+the defaults (flips allowed, as for natural photos). Unknown keys or wrong types are refused with
+a message naming the valid keys.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .data import Dataset, normalize
+from .data import Dataset, DatasetFacts, normalize
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 MAX_SIDE = 64  # pixels; larger images are resized down to keep distillation interactive
+FACTS_FILE = "distillery.json"  # optional, in the folder's root: its DatasetFacts
+_loaded_facts: dict[str, DatasetFacts] = {}  # Dataset.name ("folder:<name>") -> facts of the folder loaded under it
 
 
 class FolderError(ValueError):
@@ -74,16 +84,81 @@ def _collect(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
     return paths, labels
 
 
+def _check_fact(name: str, value, kind, default):
+    """One fact's value, checked against the type of its default; a message says what is expected."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise FolderError(f"{FACTS_FILE}: {name!r} must be true or false (got {value!r})")
+    if name == "teacher_epochs":
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 1000:
+            return value
+        raise FolderError(f"{FACTS_FILE}: 'teacher_epochs' must be a whole number from 1 to 1000 (got {value!r})")
+    if name == "teacher_arch":
+        from .models import MODELS
+
+        if isinstance(value, str) and value in MODELS:
+            return value
+        raise FolderError(f"{FACTS_FILE}: 'teacher_arch' {value!r} is not a network; valid ones are: "
+                          f"{', '.join(MODELS.names())}")
+    if name == "published_whole":
+        if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
+            return None if value is None else float(value)
+        raise FolderError(f"{FACTS_FILE}: 'published_whole' must be a test accuracy as a fraction from 0 to 1, "
+                          f"or null (got {value!r})")
+    raise FolderError(f"{FACTS_FILE}: {name!r} cannot be set here")  # a new fact needs its check above
+
+
+def read_facts(root: str | Path) -> tuple[DatasetFacts, str]:
+    """The folder's DatasetFacts from `<root>/distillery.json` (the defaults when there is none),
+    and a few words for provenance naming what the file set. Raises FolderError for a bad file."""
+    path = Path(root) / FACTS_FILE
+    if not path.is_file():
+        return DatasetFacts(), ""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise FolderError(f"{FACTS_FILE} in the folder is not readable JSON ({err}); write an object such as "
+                          f'{{"flips": false, "small": true}}, or remove the file for the defaults') from None
+    fields = {f.name: f for f in dataclasses.fields(DatasetFacts)}
+    if not isinstance(data, dict):
+        raise FolderError(f"{FACTS_FILE} must hold one JSON object of facts, e.g. {{\"flips\": false}}; valid keys: "
+                          f"{', '.join(fields)}")
+    unknown = sorted(k for k in data if k not in fields)
+    if unknown:
+        raise FolderError(f"{FACTS_FILE}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys are: "
+                          f"{', '.join(fields)}")
+    defaults = DatasetFacts()
+    checked = {k: _check_fact(k, v, type(getattr(defaults, k)) if k != "published_whole" else None,
+                              getattr(defaults, k)) for k, v in data.items()}
+    said = ", ".join(f"{k}={json.dumps(v)}" for k, v in checked.items())
+    return dataclasses.replace(defaults, **checked), (f"facts from {FACTS_FILE}: {said}" if said else "")
+
+
+def facts_of(name_or_path: str) -> DatasetFacts:
+    """Facts of a folder dataset by its path (its distillery.json is read) or by the name a loaded
+    one goes by ("folder:<folder name>"); the defaults when neither is known."""
+    text = name_or_path[len("folder:"):] if name_or_path.startswith("folder:") else name_or_path
+    root = Path(text).expanduser()
+    if root.is_dir():
+        return read_facts(root)[0]
+    return _loaded_facts.get(f"folder:{root.name}", DatasetFacts())
+
+
 def load_folder(path: str, *, test_fraction: float = 0.2, seed: int = 0, size: int | None = None) -> Dataset:
-    return _load_folder_cached(str(Path(path).expanduser().resolve()), test_fraction, seed, size)
+    root = Path(path).expanduser().resolve()
+    facts_file = root / FACTS_FILE
+    stamp = facts_file.stat().st_mtime_ns if facts_file.is_file() else 0  # an edited file is read again
+    return _load_folder_cached(str(root), test_fraction, seed, size, stamp)
 
 
 @functools.lru_cache(maxsize=2)
-def _load_folder_cached(path: str, test_fraction: float, seed: int, size: int | None) -> Dataset:
+def _load_folder_cached(path: str, test_fraction: float, seed: int, size: int | None, facts_stamp: int = 0) -> Dataset:
     root = Path(path)
     if not root.is_dir():
         raise FolderError(f"folder dataset {path!r} does not exist; give a folder with one sub-folder per class "
                           f"(or train/ and test/ each holding one sub-folder per class)")
+    facts, facts_note = read_facts(root)
     split_given = (root / "train").is_dir() and (root / "test").is_dir()
     train_root = root / "train" if split_given else root
     classes = [d.name for d in _class_dirs(train_root)]
@@ -125,7 +200,9 @@ def _load_folder_cached(path: str, test_fraction: float, seed: int, size: int | 
     mean = tuple(round(v, 4) for v in x_train.mean(dim=(0, 2, 3)).tolist())
     std = tuple(round(max(v, 1e-3), 4) for v in x_train.std(dim=(0, 2, 3)).tolist())
     note = "train/ and test/ folders as given" if split_given else f"stratified split, test fraction {test_fraction}, seed {seed}"
+    _loaded_facts[f"folder:{root.name}"] = facts
     return Dataset(
+        **dataclasses.asdict(facts),
         name=f"folder:{root.name}",
         x_train=normalize(x_train, mean, std),
         y_train=torch.tensor(labels, dtype=torch.int64),
@@ -135,5 +212,6 @@ def _load_folder_cached(path: str, test_fraction: float, seed: int, size: int | 
         mean=mean,
         std=std,
         split_note=f"ImageFolder {note}; resized to {side}x{side} {mode}"
-                   + (f"; skipped {skipped} unreadable file(s)" if skipped else ""),
+                   + (f"; skipped {skipped} unreadable file(s)" if skipped else "")
+                   + (f"; {facts_note}" if facts_note else ""),
     )

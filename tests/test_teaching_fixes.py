@@ -72,3 +72,52 @@ def test_evaluating_a_folder_set_says_to_pass_the_folder(digits, tmp_path, capsy
     err = capsys.readouterr().err
     assert "holiday-photos" in err and "--dataset folder:<path" in err
     assert str(tmp_path) not in err.replace(str(path), "")  # no other path of this machine is shown
+
+
+def _digit_folder(root, classes=("zero", "one"), per_class=4):
+    from PIL import Image
+
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(((torch.rand(8, 8) > 0.5).numpy() * 255).astype("uint8"), "L").save(root / name / f"{i}.png")
+    return root
+
+
+def test_a_folder_carries_its_facts_in_distillery_json(tmp_path):
+    import json
+
+    from dd_core.augment import dsa_for
+    from dd_core.data import dataset_facts
+    from dd_core.folder import FACTS_FILE, load_folder
+
+    root = _digit_folder(tmp_path / "my-digits")
+    plain = load_folder(str(root))
+    assert plain.flips and not plain.small  # no file: the defaults, flips allowed
+    (root / FACTS_FILE).write_text(json.dumps({"flips": False, "small": True, "teacher_epochs": 7}))
+    ds = load_folder(str(root))  # the edited folder is read again, not served from the cache
+    assert (ds.flips, ds.small, ds.teacher_epochs) == (False, True, 7)
+    assert "flips=false" in ds.split_note and "teacher_epochs=7" in ds.split_note  # provenance says so
+    assert "flip" not in dsa_for(ds).ops  # the augmentation of a flip-free folder never flips
+    assert not dataset_facts(f"folder:{root}").flips  # read by path, without loading the images
+    assert not dataset_facts("folder:my-digits").flips  # and by the name the loaded folder goes by
+
+
+@pytest.mark.parametrize("content, words", [
+    ('{"flip": false}', ["unknown key(s) 'flip'", "valid keys are: flips, small"]),
+    ('{"flips": "no"}', ["'flips' must be true or false"]),
+    ('{"teacher_epochs": 0}', ["from 1 to 1000"]),
+    ('{"teacher_arch": "vgg99"}', ["not a network", "convnet"]),
+    ('{"published_whole": 97}', ["fraction from 0 to 1"]),
+    ('["flips"]', ["one JSON object"]),
+    ('{"flips": fals', ["not readable JSON"]),
+])
+def test_a_bad_facts_file_is_refused_with_what_to_write(tmp_path, content, words):
+    from dd_core.folder import FACTS_FILE, FolderError, load_folder
+
+    root = _digit_folder(tmp_path / "d")
+    (root / FACTS_FILE).write_text(content)
+    with pytest.raises(FolderError) as err:
+        load_folder(str(root))
+    for w in words:
+        assert w in str(err.value)
