@@ -17,7 +17,7 @@ from dd_core.synthetic import SyntheticSet, check_fits, random_subset
 from dd_core.teachers import teacher_of_set
 from dd_core.transfer import refuse_unlabelled
 
-from . import inputs
+from . import inputs, runtime
 from .sessions import Session
 # The engine's evaluator and teacher; on a ZeroGPU Space they run in GPU calls of their own.
 from .zerogpu import evaluate, get_teacher, whole_reference as teacher_whole_reference
@@ -67,9 +67,12 @@ def dataset_of(session: Session, syn: SyntheticSet):
     if name.startswith("folder:"):
         if run is not None and run.dataset_name == name:
             name = run.dataset
-        else:
+        elif "/" not in name and "\\" not in name:  # only the folder's name: a path (the Evaluate tab's box) is read
+            where = (" or give the folder's path in the box that appears under the upload" if runtime.FOLDERS_ALLOWED
+                     else "")
             raise inputs.UserError(f"This set was distilled from the image folder {name[7:]!r}; evaluate it in the "
-                                   f"session that made it (the folder's full path is not stored in the file).")
+                                   f"session that made it{where} (the folder's full path is not stored in the "
+                                   f"file).")
     dataset = inputs.open_dataset(name)
     check_fits(syn, dataset)
     return dataset_for(syn, dataset)  # whitened like the set, if it was distilled with ZCA

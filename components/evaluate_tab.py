@@ -3,6 +3,8 @@ with random real images at the same IPC and with the whole dataset, and pin runs
 from __future__ import annotations
 
 import csv
+import dataclasses
+from pathlib import Path
 from typing import Callable, Iterator
 
 import gradio as gr
@@ -12,7 +14,7 @@ from dd_core.interrupt import Interrupted
 from dd_core.models import MODELS
 from dd_core.synthetic import SyntheticSet
 
-from . import evaluate_run, inputs, jobs
+from . import evaluate_run, inputs, jobs, runtime
 from .runtime import LIMITS
 from .sessions import Session, session_for
 
@@ -149,6 +151,37 @@ def pick_set(session: Session, source: str, upload) -> SyntheticSet:
     return syn
 
 
+def with_folder(syn: SyntheticSet, folder: str | None) -> SyntheticSet:
+    """A set distilled from an image folder, pointed at that folder on this machine (the file keeps
+    only the folder's name). Unchanged for other sets or an empty box; refused where the server's
+    folders are turned off (a public Space) or when the folder's name is not the one the set records."""
+    text = (folder or "").strip()
+    if not syn.dataset.startswith("folder:") or not text:
+        return syn
+    if not runtime.FOLDERS_ALLOWED:
+        raise inputs.UserError("Image folders on the server's disk are turned off here (a public Space): a set "
+                               "distilled from a folder is evaluated in the session that made it, or with "
+                               "`python -m dd_core evaluate SET --dataset folder:<path>` on your own machine.")
+    path = Path(text[len("folder:"):] if text.startswith("folder:") else text).expanduser()
+    recorded = syn.dataset[len("folder:"):]
+    if path.name != recorded:
+        raise inputs.UserError(f"This set was distilled from a folder named {recorded!r}, but the folder given is "
+                               f"named {path.name!r}; give the path of the folder the set was made from.")
+    return dataclasses.replace(syn, dataset=f"folder:{path.resolve()}")
+
+
+def folder_box(source: str, upload) -> dict:
+    """The folder box: shown for an uploaded set that was distilled from an image folder, where
+    this server reads folders; hidden otherwise (a public Space never asks for a path)."""
+    show = False
+    if source == SOURCES[1] and upload and runtime.FOLDERS_ALLOWED:
+        try:
+            show = inputs.load_set(upload).dataset.startswith("folder:")
+        except Exception:  # noqa: BLE001 - a bad file is reported when Evaluate is pressed
+            show = False
+    return gr.update(visible=show)
+
+
 def pin(request: gr.Request = None):
     """Add the latest evaluation to the session's comparison table; returns the table and its CSV."""
     session = session_for(request)
@@ -180,6 +213,10 @@ def build(current_set: gr.State, compute: dict) -> None:
             source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Evaluate", elem_id="eval-source")
             upload = gr.File(label="Synthetic set (.safetensors)", file_types=[".safetensors"], visible=False,
                              elem_id="eval-upload")
+            folder = gr.Textbox(label="Image folder this set was distilled from", visible=False, elem_id="eval-folder",
+                                placeholder="the folder's path on this machine, e.g. ~/pictures/my-digits",
+                                info="the file keeps only the folder's name; its images are the real data the set "
+                                     "is compared with")
             protocol = gr.Radio(list(evaluate_run.PROTOCOLS), value=defaults.PROTOCOL, label="Protocol",
                                 info=evaluate_run.PROTOCOL_HELP)
             num_models = gr.Slider(1, evaluate_run.MAX_MODELS, value=1, step=1, label="Networks",
@@ -203,11 +240,13 @@ def build(current_set: gr.State, compute: dict) -> None:
                          interactive=False, elem_id="comparison", wrap=True)
     csv_btn = gr.DownloadButton("Download the table (CSV)", visible=False, size="sm", elem_id="comparison-csv")
 
-    def on_evaluate(source_v, upload_v, protocol_v, n_v, arch_v, compare_v, rs2_v, _current, request: gr.Request = None,
-                    progress=gr.Progress()):
+    def on_evaluate(source_v, upload_v, folder_v, protocol_v, n_v, arch_v, compare_v, rs2_v, _current,
+                    request: gr.Request = None, progress=gr.Progress()):
         session = session_for(request)
         try:
             syn = pick_set(session, source_v, upload_v)
+            if source_v == SOURCES[1]:
+                syn = with_folder(syn, folder_v)
             yield from run_evaluation(session, syn, protocol_v, n_v, None if arch_v == SAME_ARCH else arch_v,
                                       bool(compare_v), progress=lambda frac, text: progress(frac, desc=text),
                                       owner=jobs.owner_of(request), rs2=bool(rs2_v))
@@ -218,7 +257,9 @@ def build(current_set: gr.State, compute: dict) -> None:
 
     source.change(lambda s: gr.update(visible=s == SOURCES[1]), inputs=source, outputs=upload, queue=False,
                   api_visibility="private")
-    go.click(on_evaluate, inputs=[source, upload, protocol, num_models, arch, compare, rs2_box, current_set],
+    for event in (source.change, upload.change):
+        event(folder_box, inputs=[source, upload], outputs=folder, queue=False, api_visibility="private")
+    go.click(on_evaluate, inputs=[source, upload, folder, protocol, num_models, arch, compare, rs2_box, current_set],
              outputs=[status, results], show_progress_on=[bar], api_visibility="private", **compute)
     stop.click(stop_evaluation, outputs=status, queue=False, api_visibility="private")
     pin_btn.click(pin, outputs=[table, csv_btn], queue=False, api_visibility="private")

@@ -121,3 +121,44 @@ def test_a_bad_facts_file_is_refused_with_what_to_write(tmp_path, content, words
         load_folder(str(root))
     for w in words:
         assert w in str(err.value)
+
+
+def test_the_evaluate_tab_takes_the_folder_an_uploaded_folder_set_came_from(tmp_path, monkeypatch):
+    from components import evaluate_run, evaluate_tab, inputs, runtime
+    from components.sessions import Session
+
+    monkeypatch.setattr(runtime, "FOLDERS_ALLOWED", True)
+    root = _digit_folder(tmp_path / "my-digits", per_class=5)
+    syn = init_synthetic(load_dataset(f"folder:{root}"), 1)
+    assert syn.dataset == "folder:my-digits"  # the file keeps the folder's name only
+    upload = syn.save(tmp_path / "set.safetensors")
+    session = Session("t", tmp_path)  # another session: it did not make the set
+    loaded = evaluate_tab.pick_set(session, evaluate_tab.SOURCES[1], str(upload))
+    with pytest.raises(inputs.UserError, match="give the folder's path in the box"):
+        evaluate_run.dataset_of(session, loaded)
+    assert evaluate_tab.folder_box(evaluate_tab.SOURCES[1], str(upload))["visible"] is True
+    assert evaluate_tab.folder_box(evaluate_tab.SOURCES[0], str(upload))["visible"] is False
+    with pytest.raises(inputs.UserError, match="named 'elsewhere'"):
+        evaluate_tab.with_folder(loaded, str(tmp_path / "elsewhere"))
+    pointed = evaluate_tab.with_folder(loaded, str(root))
+    assert evaluate_run.dataset_of(session, pointed).classes == ("one", "zero")
+    assert loaded.dataset == "folder:my-digits"  # the uploaded set itself is left as it was
+    status, results = list(evaluate_tab.run_evaluation(session, pointed, "fast", 1, None, False))[-1]
+    assert status.startswith("✓ Done") and "synthetic" in results
+
+
+def test_a_public_space_never_asks_for_or_reads_a_folder_path(tmp_path, monkeypatch):
+    from components import evaluate_run, evaluate_tab, inputs, runtime
+    from components.sessions import Session
+
+    monkeypatch.setattr(runtime, "FOLDERS_ALLOWED", True)
+    root = _digit_folder(tmp_path / "my-digits")
+    upload = init_synthetic(load_dataset(f"folder:{root}"), 1).save(tmp_path / "set.safetensors")
+    monkeypatch.setattr(runtime, "FOLDERS_ALLOWED", False)
+    loaded = inputs.load_set(str(upload))
+    assert evaluate_tab.folder_box(evaluate_tab.SOURCES[1], str(upload))["visible"] is False
+    with pytest.raises(inputs.UserError, match="turned off here"):
+        evaluate_tab.with_folder(loaded, str(root))
+    with pytest.raises(inputs.UserError) as err:
+        evaluate_run.dataset_of(Session("t", tmp_path), loaded)
+    assert "box" not in str(err.value)  # no path box is offered there
