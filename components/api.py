@@ -72,7 +72,8 @@ def map_api(kind: str = "trained", projection: str = "PCA", request: gr.Request 
         if session.current() is None:
             raise inputs.UserError("This client has no synthetic set yet: call /distill first.")
         view = jobs.run_blocking(session, "map", jobs.owner_of(request), LIMITS.max_seconds,
-                                 lambda job: feature_view.compute_view(session, kind, projection, paths=False))
+                                 lambda job: feature_view.compute_view(session, kind, projection, paths=False,
+                                                                       stop=job.stop))
     except Exception as err:  # noqa: BLE001 - the client gets a message, never a traceback
         raise gr.Error(inputs.user_message(err), print_exception=False) from None
     return {"projection": view.projection, "features": view.note, "step": view.step,

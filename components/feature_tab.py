@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from dd_core.embed import Stopped
+
 from . import feature_view, inputs, jobs, selection, waiting
 from .figures import map_figure
 from .runtime import LIMITS
@@ -44,12 +46,22 @@ def draw(kind: str, projection: str, paths: bool, request: gr.Request = None):
                gr.skip(), gr.skip(), gr.skip())
         return
     icons = {"error": "⚠", "waiting": "⏳", "stopped": "■"}
-    yield from jobs.guarded(session, "map", jobs.owner_of(request), lambda job: _draw(session, kind, projection, paths),
+    yield from jobs.guarded(session, "map", jobs.owner_of(request), lambda job: _draw(session, job, kind, projection, paths),
                             say=lambda phase, text: (f"{icons[phase]} {text}", gr.skip(), gr.skip(), gr.skip()),
                             seconds=LIMITS.max_seconds)
 
 
-def _draw(session, kind: str, projection: str, paths: bool):
+def stopped_text(job: jobs.Job, err: Stopped | None = None) -> str:
+    """What the page says when a map job's stop (its cap, Stop, a closed page) ended UMAP."""
+    cap = LIMITS.max_seconds
+    cap_words = f"{cap / 60:.0f} min" if cap >= 120 else f"{cap:.0f} s"
+    why = f"at the time cap ({cap_words})" if job.cap_reached.is_set() else "(Stop was pressed)"
+    ended = (f"the UMAP worker process (pid {err.pid}) was ended, and a fresh one starts with the next map"
+             if err is not None and err.pid else "UMAP was not started")
+    return f"■ Stopped {why}: {ended}. The map shown is the last one drawn."
+
+
+def _draw(session, job: jobs.Job, kind: str, projection: str, paths: bool):
     try:
         yield ("… Computing features (the trained network is trained once per dataset, then cached)…",
                gr.skip(), gr.skip(), gr.skip())
@@ -57,7 +69,8 @@ def _draw(session, kind: str, projection: str, paths: bool):
         pixels = int(run.final.images[0].numel()) if run is not None and run.final is not None else 64
         size = len(inputs.open_dataset(run.dataset).y_train) if run is not None and kind == "trained" else 0
         estimate = waiting.features_estimate(size, pixels) if kind == "trained" else None
-        for tick in waiting.with_clock(lambda: feature_view.compute_view(session, kind, "PCA", paths=paths)):
+        for tick in waiting.with_clock(lambda: feature_view.compute_view(session, kind, "PCA", paths=paths,
+                                                                         stop=job.stop)):
             if isinstance(tick, tuple):
                 view = tick[1]
             elif tick >= 2:  # a cached network answers at once; only a real wait gets a clock
@@ -68,7 +81,10 @@ def _draw(session, kind: str, projection: str, paths: bool):
         if projection == "UMAP":
             yield ("… PCA shown; fitting UMAP on the real features (the first time takes a while)…",
                    map_figure_for(view, paths, session), caption_for(view), rows)
-            for tick in waiting.with_clock(lambda: feature_view.compute_view(session, kind, "UMAP", paths=paths)):
+            if job.stop.is_set():
+                raise Stopped(None)
+            for tick in waiting.with_clock(lambda: feature_view.compute_view(session, kind, "UMAP", paths=paths,
+                                                                             stop=job.stop)):
                 if isinstance(tick, tuple):
                     view = tick[1]
                 elif tick >= 2:
@@ -77,8 +93,16 @@ def _draw(session, kind: str, projection: str, paths: bool):
             session.feature_view = view
         yield "✓ Map drawn. Hover a point for its class and step; pick a row to see its nearest real image.", \
             map_figure_for(view, paths, session), caption_for(view), rows
+    except Stopped as err:  # the PCA map drawn before (session.feature_view) stays, as the last good one
+        yield stopped_text(job, err), gr.skip(), gr.skip(), gr.skip()
     except Exception as err:  # noqa: BLE001 - a message in the page, never a traceback
         yield f"⚠ {inputs.user_message(err)}", gr.skip(), gr.skip(), gr.skip()
+
+
+def stop_map(request: gr.Request = None) -> str:
+    """The map's Stop: sets the stop of this visitor's map jobs (a UMAP fit ends with its worker)."""
+    found = jobs.stop(session_for(request), "map", jobs.owner_of(request))
+    return "■ Stopping the map…" if found else gr.skip()
 
 
 def live_tick(kind: str, paths: bool, request: gr.Request = None):
@@ -132,6 +156,7 @@ def build(tab: gr.Tab, compute: dict) -> FeatureTab:
         paths = gr.Checkbox(True, label="Show each image's path across snapshots")
         follow = gr.Checkbox(True, label="Follow a running distillation live (PCA)")
         go = gr.Button("Draw map", variant="primary", elem_id="map-btn", scale=0)
+        stop = gr.Button("Stop", variant="stop", elem_id="map-stop", scale=0)
     status = gr.Markdown("Distill a set, then open this tab or press **Draw map**.", elem_id="map-status")
     plot = gr.Plot(label="Feature space", elem_id="feature-map")
     caption = gr.Markdown("", elem_classes=["note"], elem_id="map-caption")
@@ -149,6 +174,7 @@ def build(tab: gr.Tab, compute: dict) -> FeatureTab:
     tab.select(draw, inputs=[kind, projection, paths], outputs=outs, show_progress_on=[status],
                api_visibility="private", **compute).then(
         lambda f: gr.Timer(active=bool(f)), inputs=follow, outputs=timer, queue=False, api_visibility="private")
+    stop.click(stop_map, outputs=status, queue=False, api_visibility="private")
     follow.change(lambda f: gr.Timer(active=bool(f)), inputs=follow, outputs=timer, queue=False,
                   api_visibility="private")
     timer.tick(live_tick, inputs=[kind, paths], outputs=[plot, table], show_progress="hidden",

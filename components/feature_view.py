@@ -58,8 +58,10 @@ def real_map_for(session: Session, kind: str):
     return dataset, embed.real_map(dataset, kind)
 
 
-def compute_view(session: Session, kind: str, projection: str, *, paths: bool = True) -> MapView:
-    """Project the session's current set (and its path) with the real map's PCA or UMAP."""
+def compute_view(session: Session, kind: str, projection: str, *, paths: bool = True, stop=None) -> MapView:
+    """Project the session's current set (and its path) with the real map's PCA or UMAP. `stop` (the
+    job's threading.Event: its Stop, its time cap, its page closed) ends a UMAP fit or transform in
+    progress by ending the worker process, and raises embed.Stopped."""
     dataset, m = real_map_for(session, kind)
     syn = session.current()
     n = len(syn.labels)
@@ -67,8 +69,8 @@ def compute_view(session: Session, kind: str, projection: str, *, paths: bool = 
     snaps = _path_snapshots(session, limit) if paths else [(syn.steps, syn.images)]
     feats = m.embed(torch.cat([images for _, images in snaps]))  # (snapshots * n, d)
     if projection == "UMAP":
-        embed.fit_umap(m)
-        real_xy, xy = m.umap_xy, m.umap(feats)
+        embed.fit_umap(m, stop=stop)
+        real_xy, xy = m.umap_xy, m.umap(feats, stop=stop)
     else:
         real_xy, xy = m.pca_xy, m.pca(feats)
     xy = xy.reshape(len(snaps), n, 2)

@@ -237,6 +237,9 @@ def guarded(session, kind: str, owner: str | None, work: Callable[[Job], Iterato
             with job.capped(seconds):
                 yield from work(job)
     finally:
+        # However the handler ended (a closed page closes the generator at a yield), work it left
+        # running in a thread (a UMAP fit, a label run) sees its stop.
+        job.stop.set()
         release(job)
 
 

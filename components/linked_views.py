@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from dd_core.embed import Stopped
+
 from . import feature_tab, feature_view, inputs, jobs, selection, waiting
 from .exports import labelled_grid
 from .runtime import LIMITS
@@ -120,12 +122,12 @@ def grid_clicked(evt: gr.SelectData, kind: str, projection: str, paths: bool, re
     selection.select(session, index)
     icons = {"error": "⚠", "waiting": "⏳", "stopped": "■"}
     yield from jobs.guarded(session, "map", jobs.owner_of(request),
-                            lambda job: _draw_selected(session, kind, projection, paths, index),
+                            lambda job: _draw_selected(session, job, kind, projection, paths, index),
                             say=lambda phase, text: (gr.skip(), f"{icons[phase]} {text}") + (gr.skip(),) * 5,
                             seconds=LIMITS.max_seconds)
 
 
-def _draw_selected(session: Session, kind: str, projection: str, paths: bool, index: int):
+def _draw_selected(session: Session, job: jobs.Job, kind: str, projection: str, paths: bool, index: int):
     skip5 = (gr.skip(),) * 5
     try:
         current = session.current()
@@ -133,7 +135,8 @@ def _draw_selected(session: Session, kind: str, projection: str, paths: bool, in
         for proj, doing in (("PCA", "preparing the feature map"), ("UMAP", "fitting UMAP")):
             if proj == "UMAP" and projection != "UMAP":
                 break
-            for tick in waiting.with_clock(lambda p=proj: feature_view.compute_view(session, kind, p, paths=paths)):
+            for tick in waiting.with_clock(lambda p=proj: feature_view.compute_view(session, kind, p, paths=paths,
+                                                                                     stop=job.stop)):
                 if isinstance(tick, tuple):
                     view = tick[1]
                 else:
@@ -148,6 +151,8 @@ def _draw_selected(session: Session, kind: str, projection: str, paths: bool, in
                f"✓ Synthetic image #{index} selected: its path is drawn bold and the star marks it; its nearest "
                f"real images are below. Click any point of the map to see it large.",
                fig, feature_tab.caption_for(view), feature_view.nearest_rows(view), detail)
+    except Stopped as err:  # the cap ended a UMAP fit (its worker process) before the map was ready
+        yield (gr.skip(), feature_tab.stopped_text(job, err)) + skip5
     except Exception as err:  # noqa: BLE001 - a message in the page
         yield (gr.skip(), f"⚠ {inputs.user_message(err)}") + skip5
 

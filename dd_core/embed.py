@@ -20,7 +20,7 @@ import torch
 from .data import Dataset
 from .models import model_for
 from .teacher import features, get_teacher
-from .umap_worker import MissingMap, UmapWorker
+from .umap_worker import MissingMap, Stopped, UmapWorker  # noqa: F401 - Stopped: what a stopped fit raises
 
 MAX_MAP_POINTS = 4000  # real points the map is fitted on
 MAX_NEAREST_POOL = 20_000  # real images searched for each synthetic image's nearest neighbour
@@ -84,15 +84,16 @@ class RealMap:
     def pca(self, feats: np.ndarray) -> np.ndarray:
         return (feats - self.pca_mean) @ self.pca_axes  # (m, 2)
 
-    def umap(self, feats: np.ndarray) -> np.ndarray:
-        """Place new points on the fitted UMAP of the real features (fits it first if needed)."""
+    def umap(self, feats: np.ndarray, *, stop=None) -> np.ndarray:
+        """Place new points on the fitted UMAP of the real features (fits it first if needed);
+        `stop` set meanwhile ends the worker and raises Stopped."""
         if self.umap_xy is None:
-            fit_umap(self)
+            fit_umap(self, stop=stop)
         try:
-            return WORKER.transform(self.key, feats)
+            return WORKER.transform(self.key, feats, stop=stop)
         except MissingMap:  # the worker was restarted and lost its maps: fit again, once
-            WORKER.fit(self.key, self.feats, self.umap_seed)
-            return WORKER.transform(self.key, feats)
+            WORKER.fit(self.key, self.feats, self.umap_seed, stop=stop)
+            return WORKER.transform(self.key, feats, stop=stop)
 
     def nearest(self, feats: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """Distance to, and training-set index of, the closest real image of each row of `feats`."""
@@ -133,10 +134,11 @@ def real_map(dataset: Dataset, kind: str = "trained", *, device=None, seed: int 
         return _maps.setdefault(key, m)
 
 
-def fit_umap(m: RealMap, *, seed: int = 0) -> RealMap:
-    """Fit UMAP on the map's real features in the worker (once per map; later calls return at once)."""
+def fit_umap(m: RealMap, *, seed: int = 0, stop=None) -> RealMap:
+    """Fit UMAP on the map's real features in the worker (once per map; later calls return at once).
+    `stop` (a threading.Event) set during the fit ends the worker process and raises Stopped."""
     if m.umap_xy is None:
-        m.umap_xy, m.umap_seed = WORKER.fit(m.key, m.feats, seed), seed
+        m.umap_xy, m.umap_seed = WORKER.fit(m.key, m.feats, seed, stop=stop), seed
     return m
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import select
 import struct
 import subprocess
 import sys
@@ -167,38 +168,84 @@ class MissingMap(KeyError):
     """The worker has no map under that key (e.g. it was restarted); fit again."""
 
 
-class UmapWorker:
-    """Client of the worker process; started on first use, restarted if it dies."""
+class Stopped(RuntimeError):
+    """The caller's stop was set while it waited for UMAP; `pid` is the worker process that was
+    ended for it (None when the caller was still waiting for the worker and nothing was ended)."""
 
-    def __init__(self, nice: int = 10):
+    def __init__(self, pid: int | None):
+        self.pid = pid
+        ended = f"its worker process (pid {pid}) was ended" if pid else "nothing had started yet"
+        super().__init__(f"UMAP stopped: {ended}")
+
+
+STOP_POLL = 0.2  # seconds between looks at the caller's stop while UMAP works
+
+
+class UmapWorker:
+    """Client of the worker process; started on first use, restarted if it dies. A caller's stop
+    (an Event) ends the worker mid-fit by its pid: numba's code cannot be interrupted any other way,
+    and a fit can take minutes. The next call starts a fresh worker (numba's disk cache makes that
+    seconds); maps it had fitted are fitted again on demand (MissingMap)."""
+
+    def __init__(self, nice: int = 10, argv: list[str] | None = None):
         self.nice = nice
+        self.argv = argv or [sys.executable, "-m", "dd_core.umap_worker"]  # a test may run a stand-in
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
 
     def _ensure(self) -> subprocess.Popen:
         if self._proc is None or self._proc.poll() is not None:
             env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
             root = Path(__file__).resolve().parent.parent
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "dd_core.umap_worker"], cwd=root, env=env, stdin=subprocess.PIPE,
+                self.argv, cwd=root, env=env, stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 preexec_fn=(lambda: os.nice(self.nice)) if os.name == "posix" and self.nice else None)
         return self._proc
 
-    def call(self, cmd: str, key=None, payload=None, *, retry: bool = True):
-        with self._lock:
+    def _acquire(self, stop) -> None:
+        """Take the one-request-at-a-time lock, giving up (Stopped, nothing ended) if `stop` is set
+        while another caller's fit holds it."""
+        while not self._lock.acquire(timeout=STOP_POLL if stop is not None else -1):
+            if stop.is_set():
+                raise Stopped(None)
+
+    def _await_reply(self, proc: subprocess.Popen, stop) -> None:
+        """Return once the worker's reply starts arriving; if `stop` is set first, end the worker
+        by its pid and raise Stopped (call with the lock held)."""
+        if stop is None or os.name != "posix":
+            return
+        while not select.select([proc.stdout], [], [], STOP_POLL)[0]:
+            if stop.is_set():
+                proc.kill()  # SIGKILL to proc.pid: numba holds the worker's only thread
+                proc.wait()
+                self._proc = None
+                raise Stopped(proc.pid)
+
+    def call(self, cmd: str, key=None, payload=None, *, retry: bool = True, stop=None):
+        """Send one request and return its result; `stop` (a threading.Event or None) ends the wait."""
+        self._acquire(stop)
+        try:
             proc = self._ensure()
             try:
                 _send(proc.stdin, (cmd, key, payload))
+                self._await_reply(proc, stop)
                 status, result = _recv(proc.stdout)
             except (EOFError, BrokenPipeError, OSError) as err:
                 self._proc = None
                 status, result = "died", f"the UMAP worker stopped ({err})"
+        finally:
+            self._lock.release()
         if retry and (status == "died" or (status == "error" and _looks_like_cache(result))):
             # A broken numba cache fails every import of umap; clear it and try once more in a new worker.
             self.close()
             _clear_numba_cache(result)
-            return self.call(cmd, key, payload, retry=False)
+            return self.call(cmd, key, payload, retry=False, stop=stop)
         if status == "died":
             raise RuntimeError(f"{result}; try again")
         if status == "missing":
@@ -207,11 +254,12 @@ class UmapWorker:
             raise RuntimeError(f"UMAP failed: {result}")
         return result
 
-    def fit(self, key, feats: np.ndarray, seed: int = 0) -> np.ndarray:
-        return self.call("fit", key, {"feats": np.ascontiguousarray(feats, dtype=np.float32), "seed": seed})
+    def fit(self, key, feats: np.ndarray, seed: int = 0, *, stop=None) -> np.ndarray:
+        return self.call("fit", key, {"feats": np.ascontiguousarray(feats, dtype=np.float32), "seed": seed},
+                         stop=stop)
 
-    def transform(self, key, feats: np.ndarray) -> np.ndarray:
-        return self.call("transform", key, np.ascontiguousarray(feats, dtype=np.float32))
+    def transform(self, key, feats: np.ndarray, *, stop=None) -> np.ndarray:
+        return self.call("transform", key, np.ascontiguousarray(feats, dtype=np.float32), stop=stop)
 
     def close(self) -> None:
         with self._lock:

@@ -257,3 +257,94 @@ def test_an_open_page_keeps_its_session(monkeypatch):
         assert not page.closed
     finally:
         sessions.drop_session(request)
+
+
+# -- 11. the feature map's UMAP fit obeys its job's cap and stop ---------------------------------
+
+# A stand-in UMAP worker that speaks the worker's protocol but takes 30 s over anything but a ping:
+# a slow first fit (numba compiling on a loaded machine) without the minutes a real one takes.
+# (The protocol is inlined: importing dd_core would cost the stand-in seconds on a busy machine.)
+SLOW_WORKER = """
+import pickle, struct, sys, time
+inp, out = sys.stdin.buffer, sys.stdout.buffer
+while len(header := inp.read(8)) == 8:
+    cmd, key, payload = pickle.loads(inp.read(struct.unpack("<Q", header)[0]))
+    if cmd != "ping":
+        time.sleep(30)
+    reply = pickle.dumps(("ok", "pong"))
+    out.write(struct.pack("<Q", len(reply)) + reply)
+    out.flush()
+"""
+
+
+@pytest.fixture
+def slow_umap(monkeypatch):
+    from dd_core import embed
+    from dd_core.umap_worker import UmapWorker
+
+    worker = UmapWorker(nice=0, argv=[sys.executable, "-c", SLOW_WORKER])
+    monkeypatch.setattr(embed, "WORKER", worker)
+    yield worker
+    worker.close()
+
+
+def _gone(pid: int, within: float = 5.0) -> bool:
+    from dd_core.cache import pid_alive
+
+    deadline = time.monotonic() + within
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not pid_alive(pid)
+
+
+def test_a_stop_ends_a_umap_fit_by_ending_its_worker(slow_umap):
+    import numpy as np
+
+    from dd_core.umap_worker import Stopped
+
+    slow_umap.call("ping")
+    pid, stop = slow_umap.pid, threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(Stopped) as err:
+        slow_umap.fit("key", np.zeros((10, 4), np.float32), stop=stop)
+    assert time.monotonic() - t0 < 5 and err.value.pid == pid and _gone(pid)
+    assert slow_umap.call("ping") == "pong" and slow_umap.pid != pid  # the next call starts a fresh worker
+
+
+@pytest.fixture
+def map_session():
+    who = SimpleNamespace(session_hash="robustness-map")
+    s = sessions.session_for(who)
+    list(distill_run.run(s, distill_run.check_request("digits", "", "dm", 1, 2, 0)))
+    yield who, s
+    sessions.drop_session(who)
+
+
+def test_the_time_cap_ends_a_umap_fit_and_keeps_the_last_good_map(slow_umap, map_session, monkeypatch):
+    from components import feature_tab, feature_view
+
+    who, s = map_session
+    feature_view.compute_view(s, "random", "PCA", paths=False)  # the real map's features, cached: PCA is then instant
+    monkeypatch.setattr(feature_tab, "LIMITS", runtime.Limits(max_steps=10, max_seconds=3.0, max_ipc=10))
+    slow_umap.call("ping")
+    pid, t0 = slow_umap.pid, time.monotonic()
+    *_, (status, *_rest) = feature_tab.draw("random", "UMAP", False, who)
+    assert time.monotonic() - t0 < 15, "the cap did not reach the UMAP fit"
+    assert "time cap" in status and f"pid {pid}" in status and _gone(pid)
+    assert s.feature_view is not None and s.feature_view.projection == "PCA"  # the last good map stays
+    assert not s.jobs  # the slot was released
+
+
+def test_closing_the_page_during_a_umap_fit_ends_the_worker(slow_umap, map_session):
+    from components import feature_tab
+
+    who, _ = map_session
+    slow_umap.call("ping")
+    pid = slow_umap.pid
+    draw = feature_tab.draw("random", "UMAP", False, who)
+    for status, *_ in draw:
+        if "fitting UMAP" in status and " s of about" in status:  # the clock: the fit is under way in the worker
+            break
+    draw.close()  # what gradio does to the handler when the page goes away
+    assert _gone(pid), "the UMAP worker kept fitting for a page nobody has open"
