@@ -7,7 +7,6 @@ checkpoint, and says so in the result.
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from .label_stores.base import HardLabels, LabelStore, soft_cross_entropy
 from .labels import load_store
 from .models import default_model, fast_forward, model_for
 from .soft_protocol import train_soft
-from .training import test_accuracy, training_views
+from .training import Accuracies, test_accuracy, training_views
 
 
 @dataclass(frozen=True)
@@ -129,26 +128,16 @@ def for_dataset(config: EvalConfig, dataset: Dataset) -> EvalConfig:
 
 
 @dataclass
-class EvalResult:
+class EvalResult(Accuracies):
     """Final test accuracies (fractions) of each network, and how they were obtained."""
 
-    accuracies: list[float]
     config: EvalConfig
     seconds: float
     label_store: str = "hard"
     stopped: bool = False
 
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.accuracies) if self.accuracies else float("nan")
-
-    @property
-    def std(self) -> float:
-        return statistics.pstdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
-
     def as_dict(self) -> dict:
-        return {"accuracy_mean": self.mean, "accuracy_std": self.std, "accuracies": self.accuracies,
-                "protocol": self.config.protocol, "protocol_detail": self.config.describe(),
+        return {**self.summary(), "protocol": self.config.protocol, "protocol_detail": self.config.describe(),
                 "report": self.config.report, "labels": self.label_store, "seconds": round(self.seconds, 2),
                 "stopped": self.stopped}
 

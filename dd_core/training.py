@@ -3,6 +3,8 @@ training views, and test accuracy. Shared by the evaluator, the teachers and the
 replay the evaluator's views, so none of them needs to import another."""
 from __future__ import annotations
 
+import statistics
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -11,6 +13,25 @@ from .data import Dataset
 from .models import chunk_size, fast_forward
 
 DSA_OPS = ("batch", "image")
+
+
+@dataclass
+class Accuracies:
+    """Test accuracies (fractions) of several networks trained one way; the evaluator's and the
+    transfer protocol's results both extend it."""
+
+    accuracies: list[float]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.accuracies) if self.accuracies else float("nan")
+
+    @property
+    def std(self) -> float:
+        return statistics.pstdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
+
+    def summary(self) -> dict:
+        return {"accuracy_mean": self.mean, "accuracy_std": self.std, "accuracies": self.accuracies}
 
 
 def training_views(images: torch.Tensor, *, epochs: int, batch_size: int, augment, seed: int,

@@ -13,7 +13,6 @@ self-supervised encoder itself (pre-trained on all the real images).
 """
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ from .data import Dataset
 from .methods.krr_st import TARGETS
 from .models import default_model, model_for
 from .teacher import features
+from .training import Accuracies
 
 
 @dataclass(frozen=True)
@@ -53,24 +53,14 @@ class TransferConfig:
 
 
 @dataclass
-class TransferResult:
-    accuracies: list[float]
+class TransferResult(Accuracies):
     config: TransferConfig
     seconds: float
     what: str  # which pre-training: 'synthetic set', 'none', ...
     stopped: bool = False
 
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.accuracies) if self.accuracies else float("nan")
-
-    @property
-    def std(self) -> float:
-        return statistics.pstdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
-
     def as_dict(self) -> dict:
-        return {"accuracy_mean": self.mean, "accuracy_std": self.std, "accuracies": self.accuracies,
-                "pretraining": self.what, "protocol": "transfer", "protocol_detail": self.config.describe(),
+        return {**self.summary(), "pretraining": self.what, "protocol": "transfer", "protocol_detail": self.config.describe(),
                 "config": asdict(self.config), "seconds": round(self.seconds, 2), "stopped": self.stopped}
 
 
