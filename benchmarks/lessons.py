@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -37,6 +38,48 @@ STRIKING = {
 }
 
 
+# The status lines whose changes make a lesson's timeline (where its seconds go).
+STATUSES = ("status", "cmp-status", "map-status", "eval-status", "labels-status")
+WATCH_JS = """(cond) => { const out = {}; for (const id of %s) {
+  const t = document.getElementById(id)?.innerText; if (t) out[id] = t.replace(/\\s+/g, ' ').slice(0, 110); }
+  return [eval(cond)(), out]; }""" % json.dumps(STATUSES)
+
+
+def _watch(page, condition: str, t0: float, timeout_s: float) -> tuple[bool, list]:
+    """Poll the page until `condition` holds; meanwhile note each status line's changes of *kind*
+    (its text with the numbers taken out), with the second it first appeared: the lesson's phases."""
+    seen, timeline = set(), []
+    while time.perf_counter() - t0 < timeout_s:
+        try:
+            done, texts = page.evaluate(WATCH_JS, condition)
+        except Exception:  # noqa: BLE001 - a page mid-update; try again
+            done, texts = False, {}
+        now = round(time.perf_counter() - t0, 1)
+        for sid, text in texts.items():
+            kind = (sid, re.sub(r"[\d.,:]+", "#", text)[:60])
+            if kind not in seen and len(timeline) < 60:
+                seen.add(kind)
+                timeline.append([now, sid, text])
+        if done:
+            return True, timeline
+        time.sleep(0.25)
+    return False, timeline
+
+
+def yardstick(steps: int = 100) -> float:
+    """Seconds for a fixed piece of work on this process's one thread, taken beside the lessons so
+    that their seconds can be read against the machine's speed at the time: `steps` DM steps on
+    digits at IPC 10 (about 60 ms a step on an idle 2-core machine, PLATFORM.md)."""
+    from dd_core import load_dataset, make_method
+    from dd_core.distill import distill
+
+    digits = load_dataset("digits")
+    t = time.perf_counter()
+    for _ in distill(digits, make_method("dm", dataset="digits", ipc=10), method_name="dm", ipc=10, steps=steps):
+        pass
+    return time.perf_counter() - t
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -57,11 +100,7 @@ def run_lesson(browser, url: str, name: str, query: str, shots: Path, timeout_s:
             page.click("#step-btn")
             page.wait_for_function(f"() => /Paused at step {k} /.test(document.querySelector('#status')?.innerText"
                                    f" || '')", timeout=timeout_s * 1000)
-    reached = True
-    try:
-        page.wait_for_function(condition, timeout=timeout_s * 1000, polling=250)
-    except Exception:  # noqa: BLE001 - recorded as not reached
-        reached = False
+    reached, timeline = _watch(page, condition, t0, timeout_s)
     seconds = time.perf_counter() - t0
     page.wait_for_timeout(1200)  # let the last plot finish drawing
     page.locator(target).scroll_into_view_if_needed()
@@ -70,7 +109,7 @@ def run_lesson(browser, url: str, name: str, query: str, shots: Path, timeout_s:
     _shrink(shot)
     page.context.close()
     return {"lesson": name, "seconds": round(seconds, 1), "reached": reached, "load_average_1min": round(load, 2),
-            "cores": os.cpu_count(), "screenshot": str(shot.relative_to(ROOT)) if shot.is_relative_to(ROOT) else str(shot)}
+            "cores": os.cpu_count(), "timeline": timeline, "screenshot": str(shot.relative_to(ROOT)) if shot.is_relative_to(ROOT) else str(shot)}
 
 
 def _shrink(path: Path, width: int = 1000) -> None:
@@ -88,8 +127,19 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lessons.jsonl"))
     parser.add_argument("--shots", default=str(ROOT / "assets" / "screenshots"))
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for a lesson's moment")
+    parser.add_argument("--fresh-cache", action="store_true",
+                        help="an empty cache folder, as on a newly built Space (teachers, numba's code: all made anew)")
+    parser.add_argument("--warmup", action="store_true",
+                        help="run the app's start-up warm-ups as `python app.py` does, and open the first lesson "
+                             "once they have finished (their time is reported)")
+    parser.add_argument("--no-shots", action="store_true", help="do not write screenshots")
     args = parser.parse_args()
 
+    if args.fresh_cache:
+        import tempfile
+
+        os.environ["DD_CACHE_DIR"] = tempfile.mkdtemp(prefix="distillery-cache-")
+    t_start = time.perf_counter()
     import torch
     from playwright.sync_api import sync_playwright
 
@@ -97,10 +147,16 @@ def main() -> None:
     from components import lessons
 
     torch.set_num_threads(1)
-    shots = Path(args.shots)
+    shots = Path(args.shots) if not args.no_shots else Path(tempfile_dir())
     shots.mkdir(parents=True, exist_ok=True)
     port = free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    run = {"run": "start", "app_start_s": round(time.perf_counter() - t_start, 1), "fresh_cache": args.fresh_cache,
+           "load_average_1min": round(os.getloadavg()[0], 2), "cores": os.cpu_count()}
+    if args.warmup:
+        run["warmup_s"] = round(_warm_up(), 1)
+    run["yardstick_100_dm_steps_s"] = round(yardstick(), 2)
+    _record(run, args.out)
     url = f"http://127.0.0.1:{port}/"
     chosen = [lesson for lesson in lessons.ordered() if args.lessons is None or lesson.name in args.lessons]
     try:
@@ -108,12 +164,40 @@ def main() -> None:
             browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=ARGS)
             for lesson in chosen:
                 row = run_lesson(browser, url, lesson.name, lesson.query(), shots, args.timeout)
-                print(json.dumps(row), flush=True)
-                with open(args.out, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                row.update(fresh_cache=args.fresh_cache, warmed=args.warmup)
+                _record(row, args.out)
             browser.close()
+        _record({"run": "end", "yardstick_100_dm_steps_s": round(yardstick(), 2),
+                 "load_average_1min": round(os.getloadavg()[0], 2)}, args.out)
     finally:
         app.demo.close()
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="lesson-shots-")
+
+
+def _record(row: dict, out: str) -> None:
+    print(json.dumps(row), flush=True)
+    with open(out, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _warm_up() -> float:
+    """The app's start-up warm-ups (components/warmup.py), run to the end; their seconds."""
+    import threading
+
+    from components import warmup
+
+    t = time.perf_counter()
+    threads = [threading.Thread(target=f) for f in (warmup.preload, warmup._umap, warmup.experts)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return time.perf_counter() - t
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Compare tab: two methods on the same dataset, IPC, steps, seed and start, one after the other.
 
 It shows their grids side by side, their loss curves on one plot and, once both are evaluated, their
-test accuracies beside random real images at the same IPC. Each side uses its method's preset
-hyperparameters (the Distill tab's hyperparameter boxes belong to one method). The two runs form
+test accuracies beside random real images at the same IPC. A side running the Distill tab's method
+uses the hyperparameters set there (a lesson link's, for instance); the other side its preset's. The two runs form
 one job in the compute pool: a second visitor waits for both, never for half.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dd_core.evaluate import EvalResult, evaluate
 from dd_core.methods import METHODS, make_method
 from dd_core.synthetic import SyntheticSet
 
-from . import distill_run, evaluate_run, inputs, jobs
+from . import distill_run, evaluate_run, inputs, jobs, method_params
 from .exports import labelled_grid
 from .figures import loss_figure
 from .runtime import CUDA, LIMITS
@@ -112,18 +112,20 @@ def _table(sides: list[Side], base: EvalResult | None, ipc: int) -> str:
 
 
 def compare(session: Session, req_a: distill_run.Request, method_b: str, evaluate_after: bool,
-            owner: str | None = None) -> Iterator[tuple]:
-    """Run both configurations (same everything but the method), then evaluate them if asked."""
+            owner: str | None = None, tuned: tuple[str, dict] | None = None) -> Iterator[tuple]:
+    """Run both configurations (same everything but the method), then evaluate them if asked.
+    `tuned`: (method, hyperparameters) that a side running that method uses over its preset."""
     yield from jobs.guarded(session, "distill", owner, lambda job: _compare(session, req_a, method_b, evaluate_after,
-                                                                              job),
+                                                                              job, tuned),
                             say=lambda phase, text: pack(status=f"{'⏳' if phase == 'waiting' else '⚠'} {text}"))
 
 
-def _compare(session, req_a, method_b, evaluate_after, job) -> Iterator[tuple]:
+def _compare(session, req_a, method_b, evaluate_after, job, tuned=None) -> Iterator[tuple]:
     try:
         dataset = inputs.open_dataset(req_a.dataset)
         inputs.check_ipc_value(req_a.ipc, dataset)
-        methods = [make_method(m, preset=req_a.preset, dataset=dataset.name, ipc=req_a.ipc)
+        methods = [make_method(m, preset=req_a.preset, dataset=dataset.name, ipc=req_a.ipc,
+                               **(tuned[1] if tuned and tuned[0] == m else {}))
                    for m in (req_a.method, method_b)]
     except Exception as err:  # noqa: BLE001 - a message in the page
         yield pack(status=f"⚠ {inputs.user_message(err)}")
@@ -203,7 +205,8 @@ def build(distill_tab, compute: dict) -> CompareTab:
     the Distill tab's controls."""
     names = METHODS.names()
     gr.Markdown("Two methods on the **same** dataset, IPC, steps, seed and starting images (set them on the "
-                "Distill tab); each uses its preset hyperparameters. The runs go one after the other, then a fresh "
+                "Distill tab); a side running the Distill tab's method uses its hyperparameters there, the other its "
+                "preset's. The runs go one after the other, then a fresh "
                 "network is trained on each set and on random real images at the same IPC.", elem_classes=["note"])
     with gr.Row():
         method_a = gr.Dropdown(names, value="random" if "random" in names else names[0], label="A", elem_id="cmp-a")
@@ -223,17 +226,26 @@ def build(distill_tab, compute: dict) -> CompareTab:
     t = distill_tab
     fields = [t.dataset, t.folder, method_a, t.ipc, t.steps, t.seed, t.preset, t.init]
 
+    widgets = t.widgets or []
+
     def on_compare(values: dict, request: gr.Request):
         try:
             *head, init_v = (values[c] for c in fields)
             req = distill_run.check_request(*head, {}, init_v)
             method_b_v = inputs.check_method(values[method_b])
+            tuned_method = values.get(t.method)
+            tuned = None
+            if tuned_method in METHODS and tuned_method in (req.method, method_b_v):
+                tuned = (tuned_method, method_params.overrides(tuned_method, widgets,
+                                                               [values[w.component] for w in widgets]))
         except inputs.UserError as err:
             yield pack(status=f"⚠ {err}")
             return
-        yield from compare(session_for(request), req, method_b_v, bool(values[then_eval]), jobs.owner_of(request))
+        yield from compare(session_for(request), req, method_b_v, bool(values[then_eval]), jobs.owner_of(request),
+                           tuned)
 
-    go_btn.click(on_compare, inputs=set(fields + [method_b, then_eval]), outputs=outputs,
+    go_btn.click(on_compare, inputs=set(fields + [method_b, then_eval, t.method] + [w.component for w in widgets]),
+                 outputs=outputs,
                  show_progress_on=[status], api_visibility="private", **compute)
     eval_btn.click(evaluate_both, outputs=outputs, show_progress_on=[status], api_visibility="private", **compute)
     return CompareTab(method_a, method_b, go_btn)

@@ -180,6 +180,9 @@ def run_labels(source, upload, current_path, ticked, extra, protocol, epochs, ne
         yield f"⚠ {inputs.user_message(err)}", gr.skip(), gr.skip()
         return
     icons = {"error": "⚠", "waiting": "⏳", "stopped": "■"}
+    # A set that is itself random real images gets no second random subset: it would be the same
+    # kind of point twice, at a third of the run's time.
+    random_set = bool(random_set) and syn.method != "random"
     yield from jobs.guarded(session, "labels", jobs.owner_of(request),
                             lambda job: _measure(syn, dataset, config, specs, image_format, random_set, job),
                             say=lambda phase, text: (f"{icons[phase]} {text}", gr.skip(), gr.skip()),
@@ -214,8 +217,10 @@ def _measure(syn, dataset, config, specs, image_format, random_set, job) -> Iter
         return
     result = state["result"]
     done = "■ Stopped" if result.stopped else "✓ Done"
+    same = ("  \nThe set is itself a random real subset, so no second one was drawn." if syn.method == "random"
+            else "")
     yield (f"{done} in {time.perf_counter() - t0:.0f} s: {len(result.points)} points on {dataset.name}, "
-           f"{len(syn.images)} images.", figure(result), report(result))
+           f"{len(syn.images)} images.{same}", figure(result), report(result))
 
 
 def stop_labels(request: gr.Request = None) -> str:

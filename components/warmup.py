@@ -1,7 +1,9 @@
 """Start-up warm-ups, kept off the critical path: the page is served while they run.
 
 - In this process (a thread, about a second of work): the digits data and one DM step, so the
-  first press of Distill does not pay for sklearn's and torch.optim's first imports.
+  first press of Distill does not pay for sklearn's and torch.optim's first imports; then the
+  random-real baselines the lessons compare with (digits, IPC 1 and 10, the fast protocol with one
+  network, a few seconds each), into the same cache every visitor's evaluation reads.
 - In this process (another thread, about 15 s of CPU): the digits experts of MTT's fast preset.
 - In the low-priority UMAP worker process (dd_core/umap_worker.py): numba's compilation and the
   digits feature map, tens of seconds that would otherwise hold this server's GIL.
@@ -25,6 +27,31 @@ def preload() -> None:
     for _ in distill(digits, make_method("dm", dataset="digits", ipc=1, batch_real=8), method_name="dm",
                      ipc=1, steps=1):
         pass
+    baselines(digits)
+
+
+def baselines(digits=None, ipcs=(1, 10)) -> None:
+    """The random baselines of the digits lessons (random-vs-dm and ten-against-all compare with
+    IPC 1 under the fast protocol, one network): computed once, as a visitor's evaluation would,
+    and kept in evaluate_run's shared cache."""
+    import tempfile
+    import threading
+    from pathlib import Path
+
+    from dd_core import load_dataset
+    from dd_core.synthetic import random_subset
+
+    from . import evaluate_run
+    from .sessions import Session
+
+    digits = digits or load_dataset("digits")
+    config = evaluate_run.config_for("fast", 1, None)
+    session = Session("warm-up", Path(tempfile.gettempdir()))  # nothing is written: only the dataset's name is read
+    for ipc in ipcs:
+        try:
+            evaluate_run.baseline(session, random_subset(digits, ipc), config, stop=threading.Event())
+        except Exception as err:  # noqa: BLE001 - a failed warm-up only means the first evaluation computes it
+            log.warning("baseline warm-up failed: %s", err)
 
 
 def experts() -> None:

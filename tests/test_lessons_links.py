@@ -107,3 +107,23 @@ def test_the_gallery_links_every_lesson():
     text = lessons.gallery_markdown()
     for lesson in lessons.ordered():
         assert f"(?{lesson.query()})" in text and lesson.title in text
+
+
+def test_compare_runs_the_distill_tabs_hyperparameters_on_the_side_with_that_method(tmp_path, monkeypatch):
+    """A lesson link's hyperparameters (here DM's batch_real and lr_img) reach Compare's DM side;
+    the other side keeps its preset."""
+    import threading
+    from contextlib import nullcontext
+
+    from components import compare_tab, distill_run
+    from components.sessions import Session
+
+    made = []
+    real_make = compare_tab.make_method
+    monkeypatch.setattr(compare_tab, "make_method", lambda name, **kw: made.append((name, kw)) or real_make(name, **kw))
+    job = type("J", (), {"stop": threading.Event(), "capped": lambda self, s: nullcontext()})()
+    req = distill_run.Request("digits", "random", 1, 1, 0)
+    out = list(compare_tab._compare(Session("t", tmp_path), req, "dm", False, job, ("dm", {"batch_real": 8, "lr_img": 3.0})))
+    assert out[-1][0].startswith("✓ Both runs done")
+    (_, kw_a), (_, kw_b) = made
+    assert "batch_real" not in kw_a and (kw_b["batch_real"], kw_b["lr_img"]) == (8, 3.0)
