@@ -16,8 +16,11 @@ place in line, and the other nineteen are refused at once with a message that sa
 """
 from __future__ import annotations
 
+import heapq
+import statistics
 import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, TypeVar
@@ -28,6 +31,7 @@ from .inputs import UserError
 T = TypeVar("T")
 WAITING_PER_OWNER = 1  # jobs an owner may have waiting behind its running one
 POLL_SECONDS = 1.0  # how often a waiting job reports its place in line
+RECENT = 20  # finished jobs per kind whose durations give the typical expected wait
 KINDS = ("distill", "evaluate", "labels", "map")
 BESIDE = ("map",)  # kinds that may run beside their owner's other running job (short, and about that job)
 
@@ -49,6 +53,8 @@ class Job:
     cancelled: bool = False  # stopped (or its page closed) before it got a slot
     record: object = None  # what the job made, for its own outputs (a distillation's RunRecord)
     queued_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None  # monotonic seconds when it got its slot
+    deadline: float | None = None  # monotonic seconds when its current cap runs out
 
     @contextmanager
     def capped(self, seconds: float):
@@ -57,6 +63,7 @@ class Job:
             self.cap_reached.set()
             self.stop.set()
 
+        self.deadline = time.monotonic() + seconds
         timer = threading.Timer(seconds, reach)
         timer.daemon = True
         timer.start()
@@ -74,6 +81,7 @@ class ComputePool:
         self._cond = threading.Condition()
         self._running: list[Job] = []
         self._waiting: list[Job] = []
+        self._took: dict[str, deque] = {kind: deque(maxlen=RECENT) for kind in KINDS}  # seconds each recent job held its slot
 
     def admit(self, session, kind: str, owner: str) -> Job:
         if kind not in KINDS:
@@ -97,6 +105,7 @@ class ComputePool:
             self._waiting.remove(job)
             self._running.append(job)
             job.state = "running"
+            job.started_at = time.monotonic()
         return job.state == "running"
 
     def _owner_free(self, job: Job) -> bool:
@@ -137,6 +146,8 @@ class ComputePool:
             self._end(job)
 
     def _end(self, job: Job) -> None:
+        if job in self._running and job.started_at is not None:
+            self._took[job.kind].append(time.monotonic() - job.started_at)
         for queue in (self._running, self._waiting):
             if job in queue:
                 queue.remove(job)
@@ -145,9 +156,56 @@ class ComputePool:
             job.session.jobs.remove(job)
         self._cond.notify_all()
 
+    def expected_wait(self, job: Job, cap: float) -> "Wait":
+        """When `job` should get a slot: the jobs ahead of it (those running, then those waiting
+        before it) are laid onto the slots in order, each taking the median time of recent jobs of
+        its kind (`typical`, None until some have finished), and at most its cap (`bound`: a job
+        running now has its cap's time left; one not yet started, `cap` seconds)."""
+        with self._cond:
+            now = time.monotonic()
+            ahead = self._waiting[:self._waiting.index(job)] if job in self._waiting else []
+            typical_of = {k: statistics.median(v) for k, v in self._took.items() if v}
+            left = [max(0.0, r.deadline - now) if r.deadline is not None else cap for r in self._running]
+            seen = [now - r.started_at if r.started_at is not None else 0.0 for r in self._running]
+            bound = _first_free(self.slots, left, [cap] * len(ahead))
+            typical = None
+            if all(j.kind in typical_of for j in self._running + ahead):
+                left_typical = [min(b, max(0.0, typical_of[r.kind] - t)) for r, b, t in zip(self._running, left, seen)]
+                typical = _first_free(self.slots, left_typical, [min(cap, typical_of[j.kind]) for j in ahead])
+            measured = sum(len(self._took[j.kind]) for j in {j.kind: j for j in self._running + ahead}.values())
+            return Wait(len(self._running) + len(ahead), typical, bound, cap, measured)
+
     def snapshot(self) -> dict[str, int]:
         with self._cond:
             return {"running": len(self._running), "waiting": len(self._waiting)}
+
+
+def _first_free(slots: int, left: list[float], durations: list[float]) -> float:
+    """Seconds until a slot is free for the next job after `durations` (in line, in order), given
+    the seconds `left` of the jobs now running on `slots` slots."""
+    free = sorted(left)[-slots:] if len(left) >= slots else sorted(left) + [0.0] * (slots - len(left))
+    heapq.heapify(free)
+    for seconds in durations:
+        heapq.heappush(free, heapq.heappop(free) + seconds)
+    return free[0]
+
+
+@dataclass(frozen=True)
+class Wait:
+    """A waiting job's expected wait, in seconds: `typical` from recent jobs' measured durations
+    (None before any has finished), `bound` from the caps (no job runs past its cap)."""
+
+    ahead: int
+    typical: float | None
+    bound: float
+    cap: float  # seconds one job may run
+    measured: int  # recent finished jobs behind `typical`
+
+
+def duration_text(seconds: float) -> str:
+    if seconds < 60:
+        return f"{max(5, 5 * round(seconds / 5)):.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds >= 150 else f"{seconds / 60:.1f} min".replace(".0 min", " min")
 
 
 POOL = ComputePool(runtime.POOL)
@@ -209,9 +267,17 @@ def stop(session, kind: str, owner: str | None = None) -> int:
     return len(found)
 
 
-def waiting_text(ahead: int) -> str:
-    return (f"Waiting for a compute slot: {ahead} job{'s' if ahead != 1 else ''} ahead of yours "
+def waiting_text(ahead: int, wait: Wait | None = None) -> str:
+    """The queue banner: the place in line, and the expected wait with what it rests on."""
+    line = (f"Waiting for a compute slot: {ahead} job{'s' if ahead != 1 else ''} ahead of yours "
             f"({runtime.POOL} run at a time, one per visitor).")
+    if wait is None:
+        return line
+    cap = f"each is capped at {duration_text(wait.cap)}"
+    if wait.typical is None:
+        return f"{line} Expected wait: at most {duration_text(wait.bound)} ({cap}; no job has finished yet to time)."
+    return (f"{line} Expected wait: about {duration_text(wait.typical)} (from how long the last {wait.measured} "
+            f"such jobs took), at most {duration_text(wait.bound)} ({cap}).")
 
 
 def guarded(session, kind: str, owner: str | None, work: Callable[[Job], Iterator[T]], *,
@@ -227,7 +293,7 @@ def guarded(session, kind: str, owner: str | None, work: Callable[[Job], Iterato
         return
     try:
         for ahead in wait_turn(job):
-            yield say("waiting", waiting_text(ahead))
+            yield say("waiting", waiting_text(ahead, POOL.expected_wait(job, runtime.LIMITS.max_seconds)))
         if job.cancelled:
             yield say("stopped", "Stopped before it started: nothing was computed.")
             return

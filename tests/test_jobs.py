@@ -129,3 +129,57 @@ def test_a_waiting_handler_reports_its_place_and_starts_when_the_slot_frees(tmp_
     pool.release(holder)
     thread.join(5)
     assert not thread.is_alive() and seen and seen[0] == 1 and job.state == "running"
+
+
+def test_the_expected_wait_rests_on_the_caps_until_jobs_have_been_timed(tmp_path, monkeypatch):
+    pool = jobs.ComputePool(1)
+    running = pool.admit(session("x", tmp_path), "distill", "session:x")
+    list(pool.wait_turn(running))
+    with running.capped(90):
+        pool.admit(session("y", tmp_path), "distill", "session:y")
+        mine = pool.admit(session("z", tmp_path), "distill", "session:z")
+        wait = pool.expected_wait(mine, cap=90)
+        # Behind a running job (about 90 s of its cap left) and one waiting (up to 90 s): 180 s at most.
+        assert wait.ahead == 2 and wait.typical is None and 175 <= wait.bound <= 180
+        text = jobs.waiting_text(wait.ahead, wait)
+        assert "2 jobs ahead of yours" in text and "at most 3 min" in text and "capped at 1.5 min" in text
+
+
+def test_the_expected_wait_uses_the_measured_durations_of_recent_jobs(tmp_path, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(jobs.time, "monotonic", lambda: clock[0])
+    pool = jobs.ComputePool(2)
+    for name in ("p", "q", "r"):  # three distillations of 30 s each finish
+        done = pool.admit(session(name, tmp_path), "distill", f"session:{name}")
+        list(pool.wait_turn(done))
+        clock[0] += 30
+        pool.release(done)
+    a, b = (pool.admit(session(k, tmp_path), "distill", f"session:{k}") for k in ("a", "b"))
+    list(pool.wait_turn(a)), list(pool.wait_turn(b))
+    clock[0] += 10  # both running for 10 s: about 20 s left each
+    c = pool.admit(session("c", tmp_path), "distill", "session:c")
+    mine = pool.admit(session("d", tmp_path), "distill", "session:d")
+    wait = pool.expected_wait(mine, cap=300)
+    # Two slots: c starts in about 20 s, mine when the other running one ends, also about 20 s.
+    assert wait.ahead == 3 and wait.typical == pytest.approx(20) and wait.bound == pytest.approx(300)
+    pool.release(a)
+    list(pool.wait_turn(c))  # c takes a's slot; mine waits for b (about 20 s left)
+    assert pool.expected_wait(mine, cap=300).typical == pytest.approx(20)
+    text = jobs.waiting_text(2, pool.expected_wait(mine, cap=300))
+    assert "about 20 s" in text and "last 4 such jobs" in text and "at most 5 min" in text and "ahead of yours" in text
+
+
+def test_a_waiting_handler_shows_the_expected_wait(tmp_path):
+    pool = jobs.ComputePool(1)
+    blocker = pool.admit(session("x", tmp_path), "distill", "session:x")
+    list(pool.wait_turn(blocker))
+    original = jobs.POOL
+    jobs.POOL = pool
+    try:
+        steps = jobs.guarded(session("w", tmp_path), "distill", "session:w", lambda job: iter(["ran"]),
+                             say=lambda phase, text: (phase, text))
+        phase, text = next(steps)
+        assert phase == "waiting" and "1 job ahead of yours" in text and "Expected wait: at most" in text
+        steps.close()
+    finally:
+        jobs.POOL = original
