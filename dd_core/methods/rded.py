@@ -57,6 +57,33 @@ def stitch(patches: torch.Tensor, factor: int, size: tuple[int, int]) -> torch.T
     return out
 
 
+def start_sources(start: torch.Tensor, real, by_class: list[torch.Tensor]) -> torch.Tensor:
+    """(classes, ipc, c, h, w) starting images -> (classes, ipc): the index of the training image each
+    one is (init "real"), or -1 - slot where it is none (noise): all distinct either way."""
+    classes, ipc = start.shape[:2]
+    out = -1 - torch.arange(ipc).repeat(classes, 1)
+    for c, idx in enumerate(by_class):
+        same = (start[c].flatten(1).cpu()[:, None] == real.x_train[idx].flatten(1)[None]).all(-1)  # (ipc, n_c)
+        found = same.any(1)
+        out[c, found] = idx[same[found].float().argmax(1)]
+    return out
+
+
+def distinct_first(order: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+    """`order` (best first) with each source image's best entry ahead of every second crop of an image
+    already in it: RDED keeps one crop per real image (its selector takes each image's best crop, then
+    the best images), and a class with fewer images than the rounds draw would otherwise fill the
+    pool with several crops of its most confident images. Repeats come last, best first, for a class
+    with fewer images than the pool holds."""
+    ranked = sources[order]
+    _, which = torch.unique(ranked, return_inverse=True)
+    first = torch.full((int(which.max()) + 1,), len(order), dtype=torch.long, device=order.device)
+    first.scatter_reduce_(0, which, torch.arange(len(order), device=order.device), reduce="amin")
+    is_first = torch.zeros(len(order), dtype=torch.bool, device=order.device)
+    is_first[first] = True
+    return torch.cat([order[is_first], order[~is_first]])
+
+
 @METHODS.register("rded")
 @dataclass
 class RDED(Method):
@@ -105,6 +132,8 @@ class RDED(Method):
         small = F.interpolate(start.flatten(0, 1), size=self.patch_, mode="bilinear", align_corners=False)
         small = small.view(real.num_classes, self.ipc_, *small.shape[1:]).repeat(1, self.factor ** 2, 1, 1, 1)
         self.pool_ = small[:, :keep].clone()  # (classes, keep, c, ph, pw)
+        # The training image each kept crop came from (a starting image found among them), else -1 - slot.
+        self.sources_ = start_sources(start, real, self.by_class_).repeat(1, self.factor ** 2)[:, :keep]  # (classes, keep)
         self.scores_ = torch.stack([self.score(self.pool_[c], c) for c in range(real.num_classes)])  # (classes, keep)
         self.images_ = torch.cat([stitch(self.pool_[c], self.factor, self.size_) for c in range(real.num_classes)])
         self.next_class_ = 0
@@ -131,14 +160,16 @@ class RDED(Method):
         cand = crops[best, torch.arange(len(pick))]  # (n, c, ph, pw): each image's most confident crop
         cand_ce = ce[best, torch.arange(len(pick))]
         merged, merged_ce = torch.cat([self.pool_[c], cand]), torch.cat([self.scores_[c], cand_ce])
-        order = merged_ce.argsort()[: self.pool_.shape[1]]
-        self.pool_[c], self.scores_[c] = merged[order], merged_ce[order]
+        merged_src = torch.cat([self.sources_[c], pick.to(self.sources_.device)])
+        order = distinct_first(merged_ce.argsort(), merged_src)[: self.pool_.shape[1]]
+        self.pool_[c], self.scores_[c], self.sources_[c] = merged[order], merged_ce[order], merged_src[order]
         images = stitch(self.pool_[c], self.factor, self.size_)
         self.images_[c * self.ipc_:(c + 1) * self.ipc_] = images
         kept_new = order[order >= self.pool_.shape[1]] - self.pool_.shape[1]
-        self.last_ = {"class": c, "candidates": cand.cpu(), "scores": cand_ce.cpu(),
+        self.last_ = {"class": c, "candidates": cand.cpu(), "scores": cand_ce.cpu(), "sources": pick.cpu(),
                       "chosen": torch.zeros(len(pick), dtype=torch.bool).index_fill_(0, kept_new.cpu(), True),
-                      "pool": self.pool_[c].cpu().clone(), "pool_scores": self.scores_[c].cpu().clone()}
+                      "pool": self.pool_[c].cpu().clone(), "pool_scores": self.scores_[c].cpu().clone(),
+                      "pool_sources": self.sources_[c].cpu().clone()}
         return self.last_
 
     def step(self):
