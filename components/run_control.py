@@ -13,7 +13,7 @@ import gradio as gr
 from dd_core.distill import Gate, Snapshot
 
 from .runtime import LIMITS
-from .sessions import Session, session_for
+from .sessions import Session, forget_with_session, session_for
 
 INIT_CHOICES = [("random real images", "real"), ("noise", "noise")]
 _gates: dict[str, Gate] = {}  # session key -> the gate of its latest run
@@ -37,8 +37,15 @@ def gate_of(session: Session) -> Gate | None:
 
 def forget(request: gr.Request) -> None:
     """On page close: drop the session's gate (its run is being stopped by the session's clean-up)."""
+    forget_key(getattr(request, "session_hash", None) or "local")
+
+
+@forget_with_session
+def forget_key(key: str) -> None:
+    """Also when an idle session is dropped: an API caller's session has a gate but never a page to close."""
     with _lock:
-        gate = _gates.pop(getattr(request, "session_hash", None) or "local", None)
+        gate = _gates.pop(key, None)
+        _start_paused.discard(key)
     if gate is not None:
         gate.resume()
 

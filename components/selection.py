@@ -8,6 +8,7 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from .figures import class_colour
+from .sessions import forget_with_session
 
 _selected: dict[str, int] = {}  # session key -> index of the synthetic image picked last
 _lock = threading.Lock()
@@ -25,8 +26,14 @@ def selected(session) -> int | None:
 
 def forget(request: gr.Request) -> None:
     """On page close."""
+    forget_key(getattr(request, "session_hash", None) or "local")
+
+
+@forget_with_session
+def forget_key(key: str) -> None:
+    """Also when an idle session is dropped."""
     with _lock:
-        _selected.pop(getattr(request, "session_hash", None) or "local", None)
+        _selected.pop(key, None)
 
 
 def highlight(fig: go.Figure, view, index: int) -> go.Figure:

@@ -108,6 +108,14 @@ class Session:
 _sessions: dict[str, Session] = {}
 _lock = threading.Lock()
 _sweeper: threading.Thread | None = None
+_forgetters: list = []  # fn(key) of other modules' tables keyed by session (run_control's gates, selection)
+
+
+def forget_with_session(fn):
+    """Register `fn(session_key)`, called whenever a session is dropped (page closed, or idle: API
+    callers never close a page), so that no table keyed by session outlives its session."""
+    _forgetters.append(fn)
+    return fn
 
 
 def session_for(request: gr.Request | None) -> Session:
@@ -213,7 +221,9 @@ def _discard(s: Session) -> None:
     s.closed = True
     for job in list(s.jobs):
         job.stop.set()
-    s.run = None
+    s.run = s.feature_view = s.last_eval = None
+    for forget in _forgetters:
+        forget(s.key)
     shutil.rmtree(s.folder, ignore_errors=True)
 
 

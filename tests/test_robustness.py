@@ -245,6 +245,24 @@ def test_idle_sessions_are_dropped_but_not_while_a_job_runs(monkeypatch):
         sessions.drop_session(SimpleNamespace(session_hash="busy-one"))
 
 
+def test_an_idle_sessions_tables_elsewhere_go_with_it(monkeypatch):
+    """An API caller never closes a page (no demo.unload): the idle sweep must also drop what other
+    modules keep per session (a run's Pause gate, the selected image), or each call leaves some behind."""
+    from components import run_control, selection
+
+    monkeypatch.setattr(sessions, "IDLE_SECONDS", 0.2)
+    s = sessions.session_for(SimpleNamespace(session_hash="api-caller"))
+    list(distill_run.run(s, distill_run.check_request("digits", "", "dm", 1, 2, 0)))
+    selection.select(s, 3)
+    run_control.start_paused_next(s.key, True)
+    assert run_control.gate_of(s) is not None and selection.selected(s) == 3
+    time.sleep(0.3)
+    sessions.sweep_idle()
+    assert s.closed and s.run is None
+    assert s.key not in run_control._gates and s.key not in run_control._start_paused
+    assert s.key not in selection._selected
+
+
 def test_an_open_page_keeps_its_session(monkeypatch):
     monkeypatch.setattr(sessions, "IDLE_SECONDS", 0.3)
     request = SimpleNamespace(session_hash="reading")
