@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -115,37 +116,70 @@ def reference_iteration(ref: ReparamNet, start, target, images, labels, syn_lr, 
     return loss.detach()
 
 
+def _untrained_experts(method, dataset) -> None:
+    """Give `method` stand-in experts: random walks from a fresh network (the seconds of an iteration do
+    not depend on the parameter values; this spares training experts to time MNIST or CIFAR-10)."""
+    from dd_core.experts import Trajectories
+    from dd_core.models import build_model, resolve_model
+
+    recipe = method.recipe(dataset).resolved(dataset)
+    net = build_model(resolve_model(method.model, dataset), channels=dataset.channels,
+                      num_classes=dataset.num_classes, image_size=dataset.image_size, seed=0)
+    theta = torch.nn.utils.parameters_to_vector(net.parameters()).detach()
+    g = torch.Generator().manual_seed(0)
+    walk = torch.cumsum(1e-3 * torch.randn(recipe.epochs + 1, len(theta), generator=g), 0) + theta  # (epochs + 1, P)
+    fake = Trajectories(dataset=dataset.name, recipe=recipe, params=[walk], test_accuracy=[[0.0] * (recipe.epochs + 1)],
+                        seeds=[0], names=[n for n, _ in net.named_parameters()],
+                        shapes=[list(p.shape) for p in net.parameters()])
+    method.load_experts = lambda real, device: fake
+
+
 def cmd_speed(args) -> None:
+    """Time one outer iteration of ours (method.match) and of the official-style loop, alternated, from
+    the same expert, start, batches and DSA draws; CPU seconds of this process (one thread) and wall."""
     dataset = load_dataset(args.dataset)
     method = make_method(args.method, preset=args.preset, dataset=dataset.name, ipc=args.ipc,
                          **_overrides(args.set, args.method))
+    if args.untrained_experts:
+        _untrained_experts(method, dataset)
     method.setup(dataset, init_synthetic(dataset, args.ipc, seed=0), seed=0, device=torch.device("cpu"))
     import copy
 
     ref = ReparamNet(copy.deepcopy(method.flat_.net))
-    times: dict[str, list[float]] = {"ours": [], "reference": []}
-    losses: dict[str, list[float]] = {"ours": [], "reference": []}
-    for _ in range(args.repeats + 1):  # the first round warms up and is not counted
+    kinds = ("ours", "reference") + (("tesla",) if args.with_tesla else ())
+    times = {k: [] for k in kinds}
+    cpu = {k: [] for k in kinds}
+    losses = {k: [] for k in kinds}
+    for r in range(args.repeats + 1):  # the first round warms up and is not counted
         expert, epoch = method.draw_start()
         start, target = method.start_and_target(expert, epoch)
         draws = method.draws()
-        for kind in ("ours", "reference"):
+        for kind in (kinds if r % 2 == 0 else kinds[::-1]):  # alternate which goes first
             method.images_.grad, method.syn_lr_.grad = None, None
-            t0 = time.perf_counter()
-            if kind == "ours":
+            t0, c0 = time.perf_counter(), time.process_time()
+            if kind in ("ours", "tesla"):  # tesla: the same method's gradient by the constant-memory adjoint
+                method.constant_memory = kind == "tesla"
                 loss, _ = method.match(start, target, draws)
+                del method.constant_memory  # back to the class's own choice
             else:
                 loss = reference_iteration(ref, start, target, method.images_, method.labels_, method.syn_lr_, draws,
                                            method.augmenter_)
-            times[kind].append(time.perf_counter() - t0)
-            losses[kind].append(float(loss))
-    times = {k: v[1:] for k, v in times.items()}
+            if r:
+                times[kind].append(time.perf_counter() - t0)
+                cpu[kind].append(time.process_time() - c0)
+                losses[kind].append(float(loss))
     med = {k: statistics.median(v) for k, v in times.items()}
+    cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
     _emit({"bench": "speed", "dataset": dataset.name, "method": args.method, "ipc": args.ipc, "preset": args.preset,
-           "hyperparameters": method.config(), "seconds_median": med, "seconds": times,
+           "hyperparameters": method.config(), "model": method.flat_.net.__class__.__name__,
+           "untrained_experts": args.untrained_experts, "seconds_median": med, "seconds": times,
+           "cpu_seconds_median": cpu_med, "cpu_seconds": cpu,
            "reference_over_ours": round(med["reference"] / med["ours"], 3),
-           "max_loss_difference": max(abs(a - b) for a, b in zip(losses["ours"], losses["reference"])), **_machine()},
-          args.out)
+           "reference_over_ours_cpu": round(cpu_med["reference"] / cpu_med["ours"], 3),
+           "max_loss_difference": max(abs(a - b) for a, b in zip(losses["ours"], losses["reference"])),
+           **({"tesla_over_ours_cpu": round(cpu_med["tesla"] / cpu_med["ours"], 3),
+               "tesla_over_ours": round(med["tesla"] / med["ours"], 3)} if args.with_tesla else {}),
+           "load_average": os.getloadavg()[0], **_machine()}, args.out)
 
 
 # -- memory: one iteration's peak resident memory, in a fresh process per setting --------------------
@@ -219,6 +253,9 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--preset", default="fast", choices=["fast", "paper"])
     s.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     s.add_argument("--repeats", type=int, default=5)
+    s.add_argument("--untrained-experts", action="store_true",
+                   help="time with stand-in experts (random walks) instead of training them first")
+    s.add_argument("--with-tesla", action="store_true", help="also time the same iteration by TESLA's adjoint")
     m = sub.add_parser("memory")
     m.add_argument("--dataset", default="digits")
     m.add_argument("--ipc", type=int, default=10)

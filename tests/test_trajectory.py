@@ -13,7 +13,7 @@ from dd_core.experts import ExpertFileError, ExpertRecipe, get_experts, read_exp
 from dd_core.methods import make_method
 from dd_core.methods.trajectory import Draws, FlatNet, unroll_adjoint, unroll_autograd
 from dd_core.augment import dsa_for
-from dd_core.models import build_model
+from dd_core.models import build_model, fast_forward
 from dd_core.synthetic import SyntheticSet
 
 TINY_RECIPE = ExpertRecipe(model="convnet_d2", epochs=2)  # what MTT with max_start_epoch 1, expert_epochs 1 needs
@@ -88,6 +88,20 @@ def test_tesla_gradient_equals_mtt_autograd():
     torch.testing.assert_close(a_img, g_img, rtol=1e-7, atol=1e-10)
     torch.testing.assert_close(a_lr, g_lr, rtol=1e-7, atol=1e-10)
     torch.testing.assert_close(a_y, g_y, rtol=1e-7, atol=1e-10)
+
+
+def test_the_students_fast_forward_gives_the_plain_networks_unrolled_gradient():
+    # The student runs ConvNet's folded CPU forward (first block as one product per image, strided
+    # pools); unrolled and differentiated twice it must give what the plain forward, the official
+    # code's network, gives: the loss and the gradients of the images, the lr and the labels, in float64.
+    f, start, target, images, logits, lr, draws, dsa = _small_case()
+    assert fast_forward(f.net) == f.net.forward_fast  # the folded path is the one under test (8x8, one channel)
+    plain = FlatNet(f.net, fast=False)
+    got, want = ([*torch.autograd.grad(unroll_autograd(g, start, target, images, torch.softmax(logits, 1), lr, draws,
+                                                     dsa)[0], [images, lr, logits])] for g in (f, plain))
+    assert want[0].abs().max() > 0 and want[1].abs() > 0
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
 def test_unroll_leaves_the_start_unchanged():

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import METHODS, hp
-from .trajectory import TrajectoryMethod, matching_loss, unroll_autograd
+from .trajectory import TrajectoryMethod, backward_to, matching_loss, unroll_autograd
 
 
 @METHODS.register("set")
@@ -74,5 +74,5 @@ class SeT(TrajectoryMethod):
                                                self.current_targets(), self.syn_lr_, draws, self.augmenter_,
                                                checkpoints={k: mid_target})
             loss = loss + self.mid_weight * matching_loss(seen[k], start, mid_target)
-        loss.backward()
+        backward_to(loss, self.learned())
         return loss.detach(), dist

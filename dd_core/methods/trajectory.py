@@ -26,18 +26,26 @@ from ..experts import ExpertRecipe, Trajectories, get_experts, read_experts
 from ..label_stores.base import soft_cross_entropy
 from ..label_stores.learned import LearnedLabels
 from ..labels import PREFIX, attach, images_digest
-from ..models import build_model, resolve_model
+from ..models import build_model, fast_forward, resolve_model
 from ..zca import EPS as ZCA_EPS, fitted, record, whitened
 from ..data import dataset_facts
 from .base import Method, hp
 
 
 class FlatNet:
-    """A network as a function of one flat parameter vector: f(theta, x) via functional_call."""
+    """A network as a function of one flat parameter vector: f(theta, x) via functional_call.
 
-    def __init__(self, net: torch.nn.Module):
+    On a CPU the student runs the network's faster forward where it has one (ConvNet.forward_fast:
+    the first conv, instance norm, ReLU and pool folded into one matrix product per image, pools as
+    strided sums). It is the same function to float rounding, and its second derivatives too (a
+    float64 test checks the unrolled gradient against the plain forward); it cuts the passes over
+    the widest activation, which the unroll otherwise makes in the forward, the gradient and the
+    backward through that gradient (BENCHMARKS.md, "Trajectory matching", speed)."""
+
+    def __init__(self, net: torch.nn.Module, *, fast: bool = True):
         self.net = net
-        self.names = [n for n, _ in net.named_parameters()]
+        self.student = _Forward(net, fast=fast)
+        self.names = ["net." + n for n, _ in net.named_parameters()]  # as functional_call sees them through `student`
         self.shapes = [p.shape for p in net.parameters()]
         self.numels = [p.numel() for p in net.parameters()]
 
@@ -49,7 +57,25 @@ class FlatNet:
 
     def __call__(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         views = [t.view(s) for t, s in zip(theta.split(self.numels), self.shapes)]
-        return functional_call(self.net, dict(zip(self.names, views)), (x,))
+        return functional_call(self.student, dict(zip(self.names, views)), (x,))
+
+
+class _Forward(torch.nn.Module):
+    """The network's fast CPU forward (models.fast_forward) as a module's forward, for functional_call."""
+
+    def __init__(self, net: torch.nn.Module, *, fast: bool):
+        super().__init__()
+        self.net, self.fast = net, fast
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fast_forward(self.net)(x) if self.fast else self.net(x)
+
+
+def backward_to(loss: torch.Tensor, leaves: list[torch.Tensor]) -> None:
+    """loss.backward(), restricted to the leaves that learn: the expert's start needs no gradient, and
+    leaving it out spares the backward through the first student step's Hessian."""
+    for leaf, grad in zip(leaves, torch.autograd.grad(loss, leaves)):
+        leaf.grad = grad
 
 
 @dataclass
@@ -280,8 +306,12 @@ class TrajectoryMethod(Method):
             return loss, dist
         loss, dist = unroll_autograd(self.flat_, start, target, self.images_, targets, self.syn_lr_, draws,
                                      self.augmenter_)
-        loss.backward()
+        backward_to(loss, self.learned())
         return loss.detach(), dist
+
+    def learned(self) -> list[torch.Tensor]:
+        """The leaves an outer step updates: the pixels, the student lr, and learned label logits if any."""
+        return [self.images_, self.syn_lr_] + ([self.label_logits_] if hasattr(self, "label_logits_") else [])
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.opt_, self.opt_lr_] + ([self.opt_y_] if hasattr(self, "opt_y_") else [])
