@@ -17,7 +17,7 @@ import gradio as gr  # noqa: E402
 
 from components import api, distill_tab, evaluate_tab, feature_tab, jobs, labels_tab, learn_tab  # noqa: E402
 from components import compare_tab, lessons, linked_views, links, run_control, selection  # noqa: E402
-from components.sessions import drop_session, sweep_at_start  # noqa: E402
+from components.sessions import drop_session, forget_with_session, sweep_at_start  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 # All compute-heavy events share one pool sized for the machine, one job per visitor at a time
@@ -66,6 +66,18 @@ def build() -> gr.Blocks:
 
 
 demo = build()
+# gradio keeps a SessionState per session (a copy of every component's config: about 0.8 MB for
+# this page) until 10,000 sessions exist, and each plain-HTTP call without a session is a new one.
+# Ours decide when a session ends (page closed, or idle), so gradio's goes with it; the capacity
+# bounds what sessions that never computed (page views) leave.
+STATE_SESSIONS = 1000
+
+
+@forget_with_session
+def forget_gradio_state(key: str) -> None:
+    holder = getattr(getattr(demo, "server_app", None), "state_holder", None)
+    if holder is not None:
+        holder.session_data.pop(key, None)
 
 
 def launch(**kw):
@@ -73,6 +85,7 @@ def launch(**kw):
     crashed run left behind; uploads above the app's limit are refused by gradio itself."""
     sweep_at_start()
     kw.setdefault("max_file_size", runtime.MAX_UPLOAD_BYTES)
+    kw.setdefault("state_session_capacity", STATE_SESSIONS)
     return demo.launch(css_paths=[ASSETS / "app.css"], theme=gr.themes.Soft(), **kw)
 
 

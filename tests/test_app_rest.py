@@ -81,3 +81,20 @@ def test_echoed_input_is_cut_short(api):
     out = events(api, "distill", call(api, "distill", ["x" * 100_000, "dm", 1, 5, 0]))
     message = json.dumps(out[-1][1])
     assert out[-1][0] == "error" and len(message) < 2000 and "characters" in message
+
+
+def test_gradio_keeps_no_state_for_sessions_dropped_as_idle(api, monkeypatch):
+    """Each plain-HTTP call without a session makes a gradio SessionState (about 0.8 MB here) that
+    gradio keeps until 10,000 exist; it must go when the app drops the session."""
+    import app
+    from components import sessions
+
+    holder = app.demo.server_app.state_holder
+    before = set(holder.session_data)
+    for seed in range(3):
+        assert events(api, "distill", call(api, "distill", ["digits", "dm", 1, 2, seed]))[-1][0] == "complete"
+    made = set(holder.session_data) - before
+    assert len(made) >= 3  # one per call
+    monkeypatch.setattr(sessions, "IDLE_SECONDS", 0.0)
+    sessions.sweep_idle()
+    assert not set(holder.session_data) & made
