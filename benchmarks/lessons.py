@@ -66,6 +66,26 @@ def _watch(page, condition: str, t0: float, timeout_s: float) -> tuple[bool, lis
     return False, timeline
 
 
+def server_cpu_seconds() -> float:
+    """CPU seconds used so far by the app's side: this process (the server and its jobs; the
+    browser is another process) and the UMAP worker process. On an idle machine, serial work on
+    one thread takes about this much wall time, so a lesson's share is load-independent."""
+    import resource
+
+    from dd_core import embed
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    total = own.ru_utime + own.ru_stime
+    pid = embed.WORKER.pid
+    if pid:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
 def yardstick(steps: int = 100) -> float:
     """Seconds for a fixed piece of work on this process's one thread, taken beside the lessons so
     that their seconds can be read against the machine's speed at the time: `steps` DM steps on
@@ -86,10 +106,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_lesson(browser, url: str, name: str, query: str, shots: Path, timeout_s: float) -> dict:
+def run_lesson(browser, url: str, name: str, query: str, shots: Path, timeout_s: float, look: Path | None = None) -> dict:
     condition, target = STRIKING[name]
     page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
     load = os.getloadavg()[0]
+    cpu0 = server_cpu_seconds()
     t0 = time.perf_counter()
     page.goto(f"{url}?{query}")
     page.wait_for_selector("#distill-btn", timeout=60_000)
@@ -102,14 +123,19 @@ def run_lesson(browser, url: str, name: str, query: str, shots: Path, timeout_s:
                                    f" || '')", timeout=timeout_s * 1000)
     reached, timeline = _watch(page, condition, t0, timeout_s)
     seconds = time.perf_counter() - t0
+    cpu = server_cpu_seconds() - cpu0
     page.wait_for_timeout(1200)  # let the last plot finish drawing
     page.locator(target).scroll_into_view_if_needed()
     shot = shots / f"{name}.png"
     page.screenshot(path=str(shot))
     _shrink(shot)
+    if look is not None:  # the striking element alone, full size, and the Labels tab's table, to look at
+        page.locator(target).screenshot(path=str(look / f"{name}-element.png"))
+        if name == "labels-cost-bytes":
+            page.locator("#labels-table").screenshot(path=str(look / f"{name}-table.png"))
     page.context.close()
     return {"lesson": name, "seconds": round(seconds, 1), "reached": reached, "load_average_1min": round(load, 2),
-            "cores": os.cpu_count(), "timeline": timeline, "screenshot": str(shot.relative_to(ROOT)) if shot.is_relative_to(ROOT) else str(shot)}
+            "cores": os.cpu_count(), "server_cpu_s": round(cpu, 1), "timeline": timeline, "screenshot": str(shot.relative_to(ROOT)) if shot.is_relative_to(ROOT) else str(shot)}
 
 
 def _shrink(path: Path, width: int = 1000) -> None:
@@ -133,6 +159,8 @@ def main() -> None:
                         help="run the app's start-up warm-ups as `python app.py` does, and open the first lesson "
                              "once they have finished (their time is reported)")
     parser.add_argument("--no-shots", action="store_true", help="do not write screenshots")
+    parser.add_argument("--look", default=None, help="a folder for full-size screenshots of each striking element "
+                                                     "(and the Labels tab's table), to look at")
     args = parser.parse_args()
 
     if args.fresh_cache:
@@ -154,7 +182,9 @@ def main() -> None:
     run = {"run": "start", "app_start_s": round(time.perf_counter() - t_start, 1), "fresh_cache": args.fresh_cache,
            "load_average_1min": round(os.getloadavg()[0], 2), "cores": os.cpu_count()}
     if args.warmup:
+        cpu0 = server_cpu_seconds()
         run["warmup_s"] = round(_warm_up(), 1)
+        run["warmup_server_cpu_s"] = round(server_cpu_seconds() - cpu0, 1)
     run["yardstick_100_dm_steps_s"] = round(yardstick(), 2)
     _record(run, args.out)
     url = f"http://127.0.0.1:{port}/"
@@ -163,7 +193,8 @@ def main() -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=ARGS)
             for lesson in chosen:
-                row = run_lesson(browser, url, lesson.name, lesson.query(), shots, args.timeout)
+                row = run_lesson(browser, url, lesson.name, lesson.query(), shots, args.timeout,
+                                 Path(args.look) if args.look else None)
                 row.update(fresh_cache=args.fresh_cache, warmed=args.warmup)
                 _record(row, args.out)
             browser.close()

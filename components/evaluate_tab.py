@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -182,6 +183,20 @@ def folder_box(source: str, upload) -> dict:
     return gr.update(visible=show)
 
 
+def throttled(progress, every: float = 0.5) -> Callable[[float, str], None]:
+    """The bar's update at most every `every` seconds: the evaluator reports every epoch, and each
+    gr.Progress call is a message to the page (300 of them made a 5 s evaluation take over a
+    minute on a loaded 2-core machine)."""
+    last = [float("-inf")]
+
+    def call(frac: float, text: str) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every or frac >= 1:
+            last[0] = now
+            progress(frac, desc=text)
+    return call
+
+
 def pin(request: gr.Request = None):
     """Add the latest evaluation to the session's comparison table; returns the table and its CSV."""
     session = session_for(request)
@@ -248,7 +263,7 @@ def build(current_set: gr.State, compute: dict) -> None:
             if source_v == SOURCES[1]:
                 syn = with_folder(syn, folder_v)
             yield from run_evaluation(session, syn, protocol_v, n_v, None if arch_v == SAME_ARCH else arch_v,
-                                      bool(compare_v), progress=lambda frac, text: progress(frac, desc=text),
+                                      bool(compare_v), progress=throttled(progress),
                                       owner=jobs.owner_of(request), rs2=bool(rs2_v))
         except Exception as err:  # noqa: BLE001 - shown in the page, never as a traceback
             message = inputs.user_message(err)

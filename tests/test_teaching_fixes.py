@@ -162,3 +162,14 @@ def test_a_public_space_never_asks_for_or_reads_a_folder_path(tmp_path, monkeypa
     with pytest.raises(inputs.UserError) as err:
         evaluate_run.dataset_of(Session("t", tmp_path), loaded)
     assert "box" not in str(err.value)  # no path box is offered there
+
+
+def test_the_evaluate_bar_is_updated_at_most_twice_a_second_and_at_the_end():
+    from components import evaluate_tab
+
+    calls = []
+    bar = evaluate_tab.throttled(lambda frac, desc: calls.append((frac, desc)), every=0.5)
+    for e in range(300):  # an evaluation reports every epoch, within a fraction of a second here
+        bar(e / 300, f"epoch {e}")
+    bar(1.0, "done")
+    assert calls[0] == (0.0, "epoch 0") and calls[-1] == (1.0, "done") and len(calls) <= 4
