@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 REFUSALS = ("whole number", "must be between", "at least 1", "Unknown method", "valid datasets", "turned off",
             "does not exist", "has no images", "one running and one waiting", "job running and one waiting", "not a readable", "limit", "Choose", "no synthetic set",
             "Stopped before it started", "characters)", "Number of networks", "Unknown protocol", "memory",
-            "Queue is full", "choose one of")
+            "Queue is full", "choose one of", "time cap")
 BAD_DISTILLS = [("digits", "dm", 2.5, 5, 0), ("digits", "dm", True, 5, 0), ("digits", "dm", "ten", 5, 0),
                 ("digits", "dm", 1, 10**7, 0), ("digits", "nonsense", 1, 5, 0), ("x" * 20_000, "dm", 1, 5, 0),
                 ("folder:/etc", "dm", 1, 5, 0), ("digits", "dm", 0, 5, 0), ("digits", "dm", 1, -3, 0)]

@@ -366,3 +366,18 @@ def test_closing_the_page_during_a_umap_fit_ends_the_worker(slow_umap, map_sessi
             break
     draw.close()  # what gradio does to the handler when the page goes away
     assert _gone(pid), "the UMAP worker kept fitting for a page nobody has open"
+
+
+def test_the_map_api_under_its_cap_ends_the_fit_with_a_plain_message(slow_umap, map_session, monkeypatch):
+    import gradio as gr
+
+    from components import api, feature_view
+
+    who, s = map_session
+    feature_view.compute_view(s, "random", "PCA", paths=False)  # features cached: the cap is spent on UMAP
+    monkeypatch.setattr(api, "LIMITS", runtime.Limits(max_steps=10, max_seconds=2.0, max_ipc=10))
+    slow_umap.call("ping")
+    pid, t0 = slow_umap.pid, time.monotonic()
+    with pytest.raises(gr.Error, match="time cap of 2 s") as err:
+        api.map_api("random", "UMAP", who)
+    assert time.monotonic() - t0 < 15 and f"pid {pid}" in str(err.value) and _gone(pid)
