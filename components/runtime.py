@@ -64,8 +64,33 @@ def cache_root() -> Path:
     return Path(root).expanduser() if root else Path.home() / ".cache" / "distillery"
 
 
+# glibc malloc arenas: by default up to 8 per core, one per thread that allocates, and memory
+# freed in one arena is kept there. A server's many handler threads then leave resident memory
+# well above its start after the sessions that needed it are gone (benchmarks/rss_lifecycle.py, 3
+# rounds of 6 visitors: +9% and climbing with glibc's default, back within 0.3% with 2 arenas;
+# BENCHMARKS "Soak").
+# 0 leaves glibc's default.
+MALLOC_ARENAS = int(os.environ.get("DISTILLERY_MALLOC_ARENAS", "2") or 0)
+M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """mallopt(M_ARENA_MAX, arenas) unless MALLOC_ARENA_MAX is set; True if applied (glibc only).
+    Call before the server's threads start allocating: arenas made earlier stay."""
+    if arenas <= 0 or "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 def configure() -> None:
-    """Set threads and numba's cache folder; call before anything computes or imports umap."""
+    """Set threads, malloc's arenas and numba's cache folder; call before anything computes or
+    imports umap."""
+    limit_malloc_arenas()
     torch.set_num_threads(THREADS)
     numba_dir = cache_root() / "numba"
     try:
