@@ -104,6 +104,30 @@ def test_the_students_fast_forward_gives_the_plain_networks_unrolled_gradient():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+def test_set_balanced_inner_loss_weights_late_starts_more_and_equals_a_scaled_student_loss():
+    import math
+
+    from dd_core.label_stores.base import soft_cross_entropy
+
+    method = make_method("set", dataset="digits", ipc=1, max_start_epoch=20)
+    weights = [method.inner_weight(t) for t in range(20)]
+    assert weights[10] == pytest.approx(math.log(8, 5)) and weights[9] == pytest.approx(1 / math.log(9, 5))
+    assert all(a < b for a, b in zip(weights, weights[1:]))  # rises with the start epoch
+    assert make_method("set", dataset="digits", ipc=1, balanced_inner=False).inner_weight(0) == 1.0
+    # SeT steps at lr x w; that is the student training on its loss scaled by w, stepped at lr.
+    f, start, target, images, logits, lr, draws, dsa = _small_case()
+    targets, w = torch.softmax(logits, 1), weights[3]
+    theta = start.clone().requires_grad_(True)
+    for idx, aug in zip(draws.batches, draws.augment):
+        x = dsa.apply(images[idx], aug, torch.arange(len(idx)))
+        theta = theta - lr * torch.autograd.grad(w * soft_cross_entropy(f(theta, x), targets[idx]), theta,
+                                                 create_graph=True)[0]
+    want = torch.autograd.grad(((theta - target) ** 2).sum() / ((start - target) ** 2).sum(), [images, lr])
+    got = torch.autograd.grad(unroll_autograd(f, start, target, images, targets, lr * w, draws, dsa)[0], [images, lr])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
 def test_unroll_leaves_the_start_unchanged():
     f, start, target, images, logits, lr, draws, dsa = _small_case()
     before = start.clone()

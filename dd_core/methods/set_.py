@@ -4,6 +4,7 @@ Trajectories", arXiv 2310.10541, 2023)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,7 @@ from .trajectory import TrajectoryMethod, backward_to, matching_loss, unroll_aut
 @dataclass
 class SeT(TrajectoryMethod):
     """MTT over smoothed experts (clipped updates and a gradient penalty), from representative
-    initial images, with an intermediate matching loss and a perturbed starting point."""
+    initial images, with a balanced inner loss, an intermediate matching loss and a perturbed start."""
 
     paper = ("Shen, Yang & Lam, Efficient Dataset Distillation through Alignment with Smooth and "
              "High-Quality Expert Trajectories, arXiv 2310.10541, 2023")
@@ -30,6 +31,8 @@ class SeT(TrajectoryMethod):
                            range=(0.0, 10.0))
     perturb: float = hp(0.01, "weight perturbation: Gaussian noise on the student's start, as a fraction of "
                               "each parameter tensor's RMS", range=(0.0, 1.0))
+    balanced_inner: bool = hp(True, "balanced inner-loop loss: the student's loss is scaled by a weight that grows "
+                                    "with the start epoch (inner_weight), so late, flat starts are not under-trained")
 
     def recipe(self, dataset):
         return dataclasses.replace(super().recipe(dataset), clip=self.expert_clip, grad_penalty=self.grad_penalty)
@@ -61,17 +64,33 @@ class SeT(TrajectoryMethod):
         self.expert_ = (expert, start)
         return begin, target
 
+    def inner_weight(self, start_epoch: int) -> float:
+        """The balanced inner loss's weight for a student starting at `start_epoch` of [0, T+): with h =
+        T+ // 2, log_5(start - h + 8) from the middle of the window on, 1 / log_5(h - start + 8) before
+        it, so it rises with the start epoch (0.73 just before the middle, 1.29 at it). An expert's
+        loss, and so the student's gradients, shrink along its trajectory; the weight evens out how
+        far a student moves from early and from late starts. The form is the one in the authors'
+        public code (commented out there); the paper's text available to us names the loss only."""
+        if not self.balanced_inner:
+            return 1.0
+        h = self.max_start_epoch // 2
+        if start_epoch >= h:
+            return math.log(start_epoch - h + 8, 5)
+        return 1.0 / math.log(h - start_epoch + 8, 5)
+
     def match(self, start, target, draws):
         half = self.expert_epochs // 2
+        expert, epoch = self.expert_
+        # Scaling the student's loss by w scales each of its gradients by w: the same as stepping at lr x w.
+        lr = self.syn_lr_ * self.inner_weight(epoch)
         if not self.mid_weight or half < 1:
             loss, dist = unroll_autograd(self.flat_, self.perturbed_, target, self.images_, self.current_targets(),
-                                         self.syn_lr_, draws, self.augmenter_)
+                                         lr, draws, self.augmenter_)
         else:
-            expert, epoch = self.expert_
             mid_target = self.experts_.checkpoint(expert, epoch + half).to(self.device_)
             k = max(1, round(self.syn_steps * half / self.expert_epochs))
             loss, dist, seen = unroll_autograd(self.flat_, self.perturbed_, target, self.images_,
-                                               self.current_targets(), self.syn_lr_, draws, self.augmenter_,
+                                               self.current_targets(), lr, draws, self.augmenter_,
                                                checkpoints={k: mid_target})
             loss = loss + self.mid_weight * matching_loss(seen[k], start, mid_target)
         backward_to(loss, self.learned())
