@@ -381,3 +381,32 @@ def test_the_map_api_under_its_cap_ends_the_fit_with_a_plain_message(slow_umap, 
     with pytest.raises(gr.Error, match="time cap of 2 s") as err:
         api.map_api("random", "UMAP", who)
     assert time.monotonic() - t0 < 15 and f"pid {pid}" in str(err.value) and _gone(pid)
+
+
+def test_the_server_keeps_to_two_malloc_arenas():
+    """glibc gives each allocating thread an arena (up to 8 per core) and keeps what is freed in it,
+    so RSS stayed ~9% up after sessions dropped (benchmarks/rss_lifecycle.py); configure() caps them."""
+    code = """
+import ctypes, os, tempfile, threading
+from components import runtime
+runtime.configure()
+together = threading.Barrier(8)
+def churn():
+    held = [bytearray(100_000) for _ in range(20)]
+    together.wait()  # all eight allocate at once, as a server's handler threads do
+    held += [bytearray(100_000) for _ in range(20)]
+threads = [threading.Thread(target=churn) for _ in range(8)]
+[t.start() for t in threads]; [t.join() for t in threads]
+libc = ctypes.CDLL("libc.so.6")
+libc.fopen.restype = ctypes.c_void_p
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+with tempfile.NamedTemporaryFile() as f:
+    fp = libc.fopen(f.name.encode(), b"w"); libc.malloc_info(0, fp); libc.fclose(fp)
+    print(open(f.name).read().count("<heap nr="))
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "DISTILLERY_MALLOC_ARENAS")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    if out.returncode and "libc.so.6" in out.stderr:
+        pytest.skip("not glibc")
+    assert int(out.stdout.split()[-1]) <= 2, out.stderr[-500:]
