@@ -38,37 +38,38 @@ INTRO = ("Distilled images are only half of what a student trains on: the other 
          "point's bytes are the images (as stored) plus everything needed to reproduce its training targets.")
 
 
-def label_positions(points) -> list[str]:
-    """Where each point's name goes: of two stores next to each other in bytes ("hard" and
-    "soft:topk=1" often cost about the same), the more accurate is named above and the other below,
-    so their names never print over each other."""
-    where = []
-    for i, p in enumerate(points):
-        others = [j for j in range(len(points)) if j != i]
-        if not others:
-            return ["top center"]
-        j = min(others, key=lambda j: abs(math.log10(points[j].total_bytes / p.total_bytes)))
-        above = (p.accuracy_mean, -i) > (points[j].accuracy_mean, -j)
-        where.append("top center" if above else "bottom center")
-    return where
+# One colour per label store (plotly's qualitative palette), the same on each of its points.
+STORE_COLOURS = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880",
+                 "#ff97ff", "#fecb52")
+KINDS = (("synthetic", "synthetic set", "circle"),
+         ("random", "random real subset (same size), same labels", "circle-open"),
+         ("pruned", "label-first baseline: easiest real images (pca), same labels", "diamond-open"))
 
 
 def figure(result: Tradeoff | None) -> go.Figure:
-    """Total bytes (log axis) against accuracy, std bars, the Pareto frontier and the references."""
+    """Total bytes (log axis) against accuracy, std bars, the Pareto frontier and the references.
+    Each label store has its colour and its legend entry (the cheap stores sit within a few
+    hundred bytes of each other, so names printed beside the points would overlap); the marker's
+    shape says which set it was measured on."""
     fig = go.Figure()
     if result is not None:
-        for kind, name, symbol in (("synthetic", "synthetic set", "circle"),
-                                   ("random", "random real subset (same size), same labels", "circle-open"),
-                                   ("pruned", "label-first baseline: easiest real images (pca), same labels",
-                                    "diamond-open")):
-            pts = result.of(kind)
-            if pts:
+        names = list(dict.fromkeys(p.labels for p in result.points))
+        colour = {n: STORE_COLOURS[i % len(STORE_COLOURS)] for i, n in enumerate(names)}
+        present = [(kind, name, symbol) for kind, name, symbol in KINDS if result.of(kind)]
+        for kind, name, symbol in present:  # the shapes' key, in grey
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name, legendgroup="kinds",
+                                     marker=dict(symbol=symbol, size=9, color="#666"), hoverinfo="skip"))
+        for store in names:
+            for kind, _, symbol in present:
+                pts = [p for p in result.of(kind) if p.labels == store]
+                if not pts:
+                    continue
                 fig.add_trace(go.Scatter(
-                    x=[p.total_bytes for p in pts], y=[p.accuracy_mean for p in pts], name=name,
-                    mode="markers+text" if kind == "synthetic" else "markers", text=[p.labels for p in pts],
-                    textposition=label_positions(pts), textfont=dict(size=10), marker=dict(symbol=symbol, size=9),
-                    cliponaxis=False,
-                    error_y=dict(type="data", array=[p.accuracy_std for p in pts], visible=True),
+                    x=[p.total_bytes for p in pts], y=[p.accuracy_mean for p in pts], mode="markers",
+                    name=store, legendgroup=store, showlegend=kind == "synthetic",
+                    marker=dict(symbol=symbol, size=10 if kind == "synthetic" else 9, color=colour[store],
+                                line=dict(width=1.5, color=colour[store])), cliponaxis=False,
+                    error_y=dict(type="data", array=[p.accuracy_std for p in pts], visible=True, color=colour[store]),
                     customdata=[[human_bytes(p.total_bytes), p.labels] for p in pts],
                     hovertemplate="%{customdata[1]}: %{customdata[0]}, accuracy %{y:.4f}<extra>" + kind + "</extra>"))
         front = result.frontier("synthetic")
@@ -82,7 +83,8 @@ def figure(result: Tradeoff | None) -> go.Figure:
             w, acc = result.whole_bytes, result.whole_accuracy
             fig.add_trace(go.Scatter(x=[low, w, w], y=[acc, acc, bottom], mode="lines", hoverinfo="skip",
                                      line=dict(dash="dash", color="#999"), name="whole training set (reference)"))
-            fig.add_trace(go.Scatter(x=[w], y=[acc], mode="markers+text", marker=dict(symbol="star", size=13),
+            fig.add_trace(go.Scatter(x=[w], y=[acc], mode="markers+text", marker=dict(symbol="star", size=13,
+                                                                                     color="#444"),
                                      text=[f"whole set: {human_bytes(w)}, {acc:.3f} (teacher)"],
                                      textposition="bottom left", showlegend=False,
                                      hovertemplate=f"whole training set: {human_bytes(w)}, teacher accuracy "
@@ -101,17 +103,22 @@ def figure(result: Tradeoff | None) -> go.Figure:
         fig.update_yaxes(range=[0, 1])
         fig.add_annotation(text="Press <b>Measure bytes and accuracy</b> to place each label store here",
                            x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font=dict(size=14, color="#777"))
-    fig.update_layout(height=520, uirevision="labels", template="plotly_white", margin=dict(l=60, r=10, t=50, b=110),
-                      legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0))
+    fig.update_layout(height=560, uirevision="labels", template="plotly_white", margin=dict(l=60, r=10, t=50, b=60),
+                      legend=dict(orientation="h", yanchor="top", y=-0.16, xanchor="left", x=0, font=dict(size=11)))
     return fig
 
 
 def report(result: Tradeoff) -> str:
     """The table with the formula behind each byte count, then what it means and where numbers come from."""
     first = next(iter(result.points), None)
-    lines = [markdown(result), ""]
+    table, formulas = split_formulas(markdown(result), resolved(result))
+    lines = [table, ""]
+    if formulas:
+        lines.append("**Label bytes**, how each is counted:\n\n" + "\n".join(f"- **{k}**: {v}" for k, v in formulas))
     if first is not None:
         lines.append(f"**Image bytes** ({first.image_format}): {first.image_formula}.")
+    if result.whole_accuracy is not None and result.whole_note:
+        lines.append(f"**Whole training set**: {result.whole_note}.")
     notes = sorted({p.uncounted for p in result.points if p.uncounted})
     lines += [f"**Not counted:** {n}." for n in notes]
     teachers = sorted({p.teacher for p in result.points if p.teacher})
@@ -125,6 +132,35 @@ def report(result: Tradeoff) -> str:
         lines.append(f"■ Stopped early (Stop pressed or the {LIMITS.max_seconds / 60:.0f}-minute limit): only "
                      f"finished stores are shown.")
     return "\n\n".join(lines)
+
+
+def resolved(result: Tradeoff) -> bool:
+    """Whether dynamic labels' gain over hard labels on the synthetic set is larger than the
+    networks' spread; below it, each store's share of that gain is noise."""
+    rows = result.gain_shares("synthetic")
+    return bool(rows) and rows[0]["gain"] > rows[0]["noise"]
+
+
+def split_formulas(table: str, shares_resolved: bool) -> tuple[str, list[tuple[str, str]]]:
+    """The engine's markdown table without its long formula column (it wrapped every row to
+    several lines), and the formulas as (store, formula) pairs to list under it. Gain shares that
+    are not resolved (percentages of noise) are left out too; the summary below says why."""
+    lines = table.splitlines()
+    if len(lines) < 2:
+        return table, []
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
+    header = cells[0]
+    formula = header.index("label-byte formula") if "label-byte formula" in header else None
+    share = header.index("share of dynamic's gain") if "share of dynamic's gain" in header else None
+    formulas, out = [], []
+    for i, row in enumerate(cells):
+        if len(row) != len(header):  # not a table row as written: leave the table as it is
+            return table, []
+        if i >= 2 and formula is not None and not row[0].startswith("whole"):
+            formulas.append((row[0], row[formula]))
+        drop = {formula, share if not shares_resolved else None}
+        out.append([c for j, c in enumerate(row) if j not in drop])
+    return "\n".join("| " + " | ".join(r) + " |" for r in out), formulas
 
 
 def chosen_stores(ticked: list[str] | None, extra: str | None) -> list[LabelSpec]:

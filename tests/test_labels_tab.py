@@ -43,6 +43,13 @@ def test_the_tab_measures_and_draws(tiny_file, quick_teacher):
     assert any("label-first" in (t.name or "") for t in fig.data)
     assert fig.layout.xaxis.type == "log" and any("frontier" in (t.name or "") for t in fig.data)
     assert "| soft:topk=1 |" in report and "**Protocol** of every accuracy: fast" in report
+    for store in ("hard", "soft", "soft:topk=1"):  # the store's points on every set share its colour and entry
+        own = [t for t in fig.data if t.legendgroup == store]
+        assert len(own) == 3 and len({t.marker.color for t in own}) == 1
+        assert {t.marker.symbol for t in own} == {"circle", "circle-open", "diamond-open"}
+    table = [line for line in report.splitlines() if line.startswith("|")]
+    assert "formula" not in table[0] and "- **soft:topk=1**: " in report  # formulas listed under the table
+    assert all(line.count("|") == table[0].count("|") for line in table)
     assert "1 epochs" in report  # the recipe behind the numbers is named
     assert not fig.layout.annotations and fig.layout.yaxis.range is None  # measured: autorange, no hint
 

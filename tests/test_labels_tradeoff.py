@@ -125,7 +125,9 @@ def test_the_table_leaves_out_columns_no_row_fills_and_the_plot_keeps_labels_apa
     assert "share of dynamic's gain" not in header and "random-subset acc" not in header  # nothing measured there
     assert "synthetic acc" in header and len(table.splitlines()[2].split("|")) == len(header.split("|"))
     fig = figure(result)
-    synthetic = fig.data[0]
-    by_label = dict(zip(synthetic.text, synthetic.textposition))
-    assert by_label["hard"] != by_label["soft:topk=1"]  # neighbours in bytes print on opposite sides
+    points = [t for t in fig.data if t.mode == "markers" and t.legendgroup not in (None, "kinds")]
+    named = {t.name: t for t in points if t.showlegend is not False}
+    assert set(named) == {"hard", "soft:topk=1", "soft"}  # each store named in the legend, none over the points
+    assert all(not t.text for t in points)
+    assert len({t.marker.color for t in named.values()}) == 3  # a colour per store
     assert list(fig.layout.xaxis.ticktext)[:4] == ["100 B", "200 B", "500 B", "1 KB"]  # bytes, no bare minor digits
