@@ -173,3 +173,22 @@ def test_the_evaluate_bar_is_updated_at_most_twice_a_second_and_at_the_end():
         bar(e / 300, f"epoch {e}")
     bar(1.0, "done")
     assert calls[0] == (0.0, "epoch 0") and calls[-1] == (1.0, "done") and len(calls) <= 4
+
+
+def test_the_warm_up_caches_the_baseline_the_lessons_ask_for(digits, tmp_path, monkeypatch):
+    """random-vs-dm (Compare) and ten-against-all (Evaluate) compare a DM set of IPC 1 with random
+    real images under the fast protocol and one network: the warm-up fills exactly that entry."""
+    import threading
+
+    from components import compare_tab, evaluate_run, warmup
+    from components.sessions import Session
+
+    monkeypatch.setattr(evaluate_run, "_baselines", {})
+    warmup.baselines(digits, ipcs=(1,))
+    assert len(evaluate_run._baselines) == 1
+    made = init_synthetic(digits, 1, method="dm")
+    config = evaluate_run.config_for("fast", compare_tab.EVAL_NETWORKS, None)
+    calls = []
+    monkeypatch.setattr(evaluate_run, "evaluate", lambda *a, **k: calls.append(1))  # a cache miss would train
+    cached = evaluate_run.baseline(Session("t", tmp_path), made, config, stop=threading.Event())
+    assert not calls and cached is next(iter(evaluate_run._baselines.values()))
