@@ -55,28 +55,35 @@ def _running(session: Session) -> bool:
     return run is not None and run.status == "running" and gate_of(session) is not None
 
 
-def pause(request: gr.Request = None) -> str:
+# On success the buttons leave the status line to the run: their answer travels by plain HTTP and
+# the run's by the queue, so a late "One more step…" could overwrite the "Paused at step 2" the
+# step already produced, and stay there while the run is held. They say what they did in a toast.
+
+
+def pause(request: gr.Request = None):
     session = session_for(request)
     if not _running(session):
         return "Nothing is running to pause: press **Distill** first."
     gate_of(session).pause()
-    return "Pausing after the current step…"
+    gr.Info("Pausing after the current step…")
+    return gr.skip()
 
 
-def step(request: gr.Request = None) -> str:
+def step(request: gr.Request = None):
     session = session_for(request)
     if not _running(session):
         return "Nothing is running to step: press **Distill** first."
     gate_of(session).step()
-    return "One more step…"
+    return gr.skip()  # the grid redraws and the run's line says the new step
 
 
-def resume(request: gr.Request = None) -> str:
+def resume(request: gr.Request = None):
     session = session_for(request)
     if not _running(session):
         return "Nothing is paused: press **Distill** first."
     gate_of(session).resume()
-    return "Resumed."
+    gr.Info("Resumed.")
+    return gr.skip()
 
 
 def paused_text(snap: Snapshot) -> str:

@@ -192,3 +192,21 @@ def test_the_warm_up_caches_the_baseline_the_lessons_ask_for(digits, tmp_path, m
     monkeypatch.setattr(evaluate_run, "evaluate", lambda *a, **k: calls.append(1))  # a cache miss would train
     cached = evaluate_run.baseline(Session("t", tmp_path), made, config, stop=threading.Event())
     assert not calls and cached is next(iter(evaluate_run._baselines.values()))
+
+
+def test_step_pause_and_resume_leave_the_status_line_to_the_run():
+    """Their answers come by plain HTTP, the run's by the queue: a late "One more step…" overwrote
+    the "Paused at step 2" the step had already produced (seen in the browser test under load)."""
+    from components.sessions import RunRecord, session_for
+
+    session = session_for(None)
+    assert run_control.step().startswith("Nothing is running")  # said where the status is, when it is news
+    session.run = RunRecord("digits", "dm", 1, 10, 0)
+    gate = run_control.new_gate(session, paused=True)
+    try:
+        for press in (run_control.step, run_control.pause, run_control.resume):
+            assert not isinstance(press(), str)  # a skip: the status line is untouched
+        assert not gate.paused  # and each did its work: resumed at the end
+    finally:
+        run_control.forget_key(session.key)
+        session.run = None
