@@ -46,6 +46,7 @@ def main(argv=None) -> int:
     p.add_argument("--networks", type=int, default=1)
     p.add_argument("--epochs", type=int, default=None, help="default: the soft protocol's 300")
     p.add_argument("--dm-steps", type=int, default=None)
+    p.add_argument("--no-dm", action="store_true", help="leave DM out (the methods against the random subset only)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
         hard = evaluate(rnd.images, rnd.labels, dataset, config, device=cpu)
         line(args.out, set="random", labels="hard", ipc=ipc, accuracy=hard.mean, accuracies=hard.accuracies, **common)
         teacher_seen, baselines_store = None, None
-        for name in args.methods + ["dm"]:
+        for name in args.methods + ([] if args.no_dm else ["dm"]):
             method = make_method(name, preset=args.preset, dataset=dataset.name, ipc=ipc)
             steps = args.dm_steps if name == "dm" and args.dm_steps else METHODS.get(name).default_steps(
                 args.preset, dataset=dataset.name, ipc=ipc)
