@@ -5,6 +5,8 @@
         --steps 200 --out benchmarks/results/trajectory_digits.jsonl
     # seconds per MTT iteration: ours against a loop built like the official code, same draws
     python -m benchmarks.trajectory speed --dataset digits --ipc 10 --repeats 5
+    # seconds per expert epoch (a few batches, scaled), e.g. on CIFAR-10 with the paper preset's recipe
+    python -m benchmarks.trajectory expert-speed --dataset cifar10 --batches 4
     # peak memory of one iteration, MTT (autograd through the unroll) against TESLA (adjoint)
     python -m benchmarks.trajectory memory --dataset digits --ipc 10 --syn-steps 10 20 40
 
@@ -182,6 +184,30 @@ def cmd_speed(args) -> None:
            "load_average": os.getloadavg()[0], **_machine()}, args.out)
 
 
+def cmd_expert_speed(args) -> None:
+    """Seconds of expert training, extrapolated to a full epoch: train one expert with the method's
+    recipe on the first `batches` x batch_size training images (test set cut to one batch), and scale."""
+    import dataclasses
+
+    from dd_core.experts import train_expert
+
+    dataset = load_dataset(args.dataset)
+    method = make_method(args.method, preset=args.preset, dataset=dataset.name, ipc=1, **_overrides(args.set, args.method))
+    recipe = dataclasses.replace(method.recipe(dataset), epochs=1)
+    k = args.batches * recipe.batch_size
+    part = dataclasses.replace(dataset, x_train=dataset.x_train[:k], y_train=dataset.y_train[:k],
+                               x_test=dataset.x_test[:recipe.batch_size], y_test=dataset.y_test[:recipe.batch_size])
+    t0, c0 = time.perf_counter(), time.process_time()
+    train_expert(part, recipe, seed=0)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    per_epoch = len(dataset.x_train) / k
+    _emit({"bench": "expert_speed", "dataset": dataset.name, "recipe": dataclasses.asdict(recipe.resolved(dataset)),
+           "batches_timed": args.batches, "seconds": wall, "cpu_seconds": cpu,
+           "cpu_seconds_per_epoch": round(cpu * per_epoch, 1), "seconds_per_epoch": round(wall * per_epoch, 1),
+           "note": "training batches only; the per-epoch test evaluation (a forward pass over the test set) is extra",
+           "load_average": os.getloadavg()[0], **_machine()}, args.out)
+
+
 # -- memory: one iteration's peak resident memory, in a fresh process per setting --------------------
 
 
@@ -256,17 +282,23 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--untrained-experts", action="store_true",
                    help="time with stand-in experts (random walks) instead of training them first")
     s.add_argument("--with-tesla", action="store_true", help="also time the same iteration by TESLA's adjoint")
+    e = sub.add_parser("expert-speed")
+    e.add_argument("--dataset", default="cifar10")
+    e.add_argument("--method", default="mtt")
+    e.add_argument("--preset", default="paper", choices=["fast", "paper"])
+    e.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    e.add_argument("--batches", type=int, default=4)
     m = sub.add_parser("memory")
     m.add_argument("--dataset", default="digits")
     m.add_argument("--ipc", type=int, default=10)
     m.add_argument("--model", default="convnet_d2")
     m.add_argument("--syn-steps", nargs="*", type=int, default=[10, 20, 40])
-    for q in (c, s, m):
+    for q in (c, s, e, m):
         q.add_argument("--threads", type=int, default=1)
         q.add_argument("--out", default=None, help="append JSON lines here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    {"compare": cmd_compare, "speed": cmd_speed, "memory": cmd_memory}[args.command](args)
+    {"compare": cmd_compare, "speed": cmd_speed, "expert-speed": cmd_expert_speed, "memory": cmd_memory}[args.command](args)
 
 
 if __name__ == "__main__":
