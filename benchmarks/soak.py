@@ -172,7 +172,10 @@ def http_student(url: str, rng: random.Random, deadline: float, budget: list, lo
                                                             rng.randrange(100)]
         t0 = time.time()
         try:
-            event = httpx.post(f"{api}/call/distill", json={"data": data}, timeout=60).json()["event_id"]
+            answer = httpx.post(f"{api}/call/distill", json={"data": data}, timeout=60).json()
+            if "event_id" not in answer:  # gradio refused the call itself (e.g. 503 "Queue is full"): its words
+                raise RuntimeError(str(answer.get("detail", answer)))
+            event = answer["event_id"]
             kind, last, started = None, None, None
             with httpx.stream("GET", f"{api}/call/distill/{event}", timeout=max(60, deadline - time.time() + 180)) as r:
                 for line in r.iter_lines():
