@@ -17,7 +17,7 @@ import gradio as gr  # noqa: E402
 
 from components import api, distill_tab, evaluate_tab, feature_tab, jobs, labels_tab, learn_tab  # noqa: E402
 from components import compare_tab, lessons, linked_views, links, run_control, selection  # noqa: E402
-from components.sessions import drop_session, forget_with_session, sweep_at_start  # noqa: E402
+from components.sessions import drop_session, forget_with_session, on_sweep, sweep_at_start  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 # All compute-heavy events share one pool sized for the machine, one job per visitor at a time
@@ -73,11 +73,29 @@ demo = build()
 STATE_SESSIONS = 1000
 
 
+_orphans_seen: set[str] = set()
+
+
 @forget_with_session
 def forget_gradio_state(key: str) -> None:
     holder = getattr(getattr(demo, "server_app", None), "state_holder", None)
     if holder is not None:
         holder.session_data.pop(key, None)
+
+
+@on_sweep
+def forget_orphan_gradio_states(live: set[str]) -> None:
+    """A plain-HTTP call without a session that is refused before it reaches a session of ours (bad
+    input) still leaves gradio's state under its made-up key (an event id, never a page's or a
+    client's key): such keys that no session of ours holds, seen at two sweeps running, are dropped."""
+    holder = getattr(getattr(demo, "server_app", None), "state_holder", None)
+    if holder is None:
+        return
+    orphans = {k for k in list(holder.session_data) if jobs.made_up(k) and k not in live}
+    for key in orphans & _orphans_seen:
+        holder.session_data.pop(key, None)
+    _orphans_seen.clear()
+    _orphans_seen.update(k for k in orphans if k in holder.session_data)  # seen once: dropped next time
 
 
 def launch(**kw):

@@ -219,7 +219,7 @@ def owner_of(request) -> str:
     """Whom the fairness rule counts: the session, except for plain-HTTP calls that named none
     (gradio then makes up a fresh one per call), which are counted by the caller's address."""
     key = getattr(request, "session_hash", None) or "local"
-    if _plain_http(request) and _made_up(key):
+    if _plain_http(request) and made_up(key):
         return f"address:{client_address(request)}"
     return f"session:{key}"
 
@@ -229,7 +229,7 @@ def _plain_http(request) -> bool:
     return url is not None and "/call/" in str(getattr(url, "path", url))
 
 
-def _made_up(key: str) -> bool:
+def made_up(key: str) -> bool:
     return len(key) == 32 and all(c in "0123456789abcdef" for c in key)  # gradio's uuid4().hex event id
 
 

@@ -111,6 +111,15 @@ _sweeper: threading.Thread | None = None
 _forgetters: list = []  # fn(key) of other modules' tables keyed by session (run_control's gates, selection)
 
 
+_on_sweep: list = []  # fn(live session keys), run at every idle sweep
+
+
+def on_sweep(fn):
+    """Register `fn(live_keys)`, run after every idle sweep with the keys of the sessions that remain."""
+    _on_sweep.append(fn)
+    return fn
+
+
 def forget_with_session(fn):
     """Register `fn(session_key)`, called whenever a session is dropped (page closed, or idle: API
     callers never close a page), so that no table keyed by session outlives its session."""
@@ -153,6 +162,9 @@ def _drop_idle(now: float, keep: str | None = None) -> int:
 def sweep_idle() -> int:
     with _lock:
         dropped = _drop_idle(time.monotonic())
+        live = set(_sessions)
+    for fn in _on_sweep:
+        fn(live)
     if dropped:
         release_memory()
     return dropped

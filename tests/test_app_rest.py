@@ -98,3 +98,18 @@ def test_gradio_keeps_no_state_for_sessions_dropped_as_idle(api, monkeypatch):
     monkeypatch.setattr(sessions, "IDLE_SECONDS", 0.0)
     sessions.sweep_idle()
     assert not set(holder.session_data) & made
+
+
+def test_gradio_state_of_a_refused_sessionless_call_is_dropped_at_the_second_sweep(api):
+    """Bad input is refused before the app makes a session, yet gradio made a state for the call."""
+    import app
+    from components import sessions
+
+    holder = app.demo.server_app.state_holder
+    before = set(holder.session_data)
+    assert events(api, "distill", call(api, "distill", ["digits", "dm", 2.5, 5, 0]))[-1][0] == "error"
+    made = set(holder.session_data) - before
+    assert made
+    sessions.sweep_idle()  # first seen
+    sessions.sweep_idle()  # still there: dropped
+    assert not set(holder.session_data) & made
