@@ -226,24 +226,30 @@ def run_labels(source, upload, current_path, ticked, extra, protocol, epochs, ne
 
 
 def _measure(syn, dataset, config, specs, image_format, random_set, job) -> Iterator[tuple]:
-    state: dict = {"frac": 0.0, "text": "starting", "result": None, "error": None}
+    state: dict = {"frac": 0.0, "text": "starting", "result": None, "error": None, "partial": None}
 
     def work():
         try:
             state["result"] = run_tradeoff(syn, dataset, config, specs, image_format=image_format,
                                            random_set=bool(random_set), stop=job.stop,
-                                           progress=lambda f, t: state.update(frac=f, text=t))
+                                           progress=lambda f, t: state.update(frac=f, text=t),
+                                           on_point=lambda partial: state.update(partial=partial))
         except Exception as err:  # noqa: BLE001
             state["error"] = err
 
     thread = threading.Thread(target=work, daemon=True)
     t0 = time.perf_counter()
     thread.start()
+    drawn = 0  # points on the plot so far: it fills in as each store is measured
     try:
         while thread.is_alive():
             thread.join(POLL_SECONDS)
+            partial = state["partial"]
+            fresh = partial is not None and len(partial.points) > drawn
+            if fresh:
+                drawn = len(partial.points)
             yield (f"… {state['frac']:.0%} · {time.perf_counter() - t0:.0f} s · {state['text']}  \n"
-                   f"<small>{config.describe()}</small>", gr.skip(), gr.skip())
+                   f"<small>{config.describe()}</small>", figure(partial) if fresh else gr.skip(), gr.skip())
     finally:  # the page closed or Stop: end the worker at its next batch, and hold the slot until it has
         if thread.is_alive():
             job.stop.set()

@@ -13,7 +13,7 @@ import json
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -199,8 +199,11 @@ def pruned_subset(syn, dataset, teacher, device):
 def run_tradeoff(syn, dataset, config: EvalConfig, stores: list[str | LabelSpec] | None = None, *, image_format: str = "uint8",
                  random_set: bool = True, pruned_set: bool = True, teacher=None, device=None,
                  progress: Callable[[float, str], None] | None = None,
+                 on_point: Callable[[Tradeoff], None] | None = None,
                  stop: threading.Event | None = None) -> Tradeoff:
-    """Build and evaluate every store in `stores` on `syn` (and a random real subset of the same size)."""
+    """Build and evaluate every store in `stores` on `syn` (and a random real subset of the same size).
+    `on_point` gets a copy of the result so far each time a point is measured, so a page can draw
+    the plot as it fills in."""
     device = device or default_device()
     fmt = IMAGE_FORMATS.get(image_format)
     refuse_unlabelled(syn)  # label stores need class labels; a KRR-ST set is measured by transfer
@@ -257,6 +260,8 @@ def run_tradeoff(syn, dataset, config: EvalConfig, stores: list[str | LabelSpec]
         result.points.append(Point(str(spec), kind, fmt.name, fmt.nbytes(s.images), store.nbytes(), res.mean, res.std,
                                    res.accuracies, fmt.formula(s.images), store.formula(), store.uncounted(),
                                    store.teacher_note, res.config.describe(), round(time.perf_counter() - t0, 2)))
+        if on_point:
+            on_point(replace(result, points=list(result.points), errors=list(result.errors)))
     if skipped:
         result.errors.append(skipped)
     if progress:

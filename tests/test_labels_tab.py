@@ -99,3 +99,28 @@ def test_stop_and_closing_the_page_end_a_labels_run(tiny_file, quick_teacher, ho
     status = list(outs)[-1][0]
     assert status.startswith("■ Stopped")
     drop_session(request)
+
+
+def test_the_plot_fills_in_as_each_store_is_measured(tiny_file, quick_teacher, monkeypatch):
+    """A long measurement draws its points as they come, not all at the end."""
+    import time
+
+    import plotly.graph_objects as go
+
+    sizes, real = [], labels_tab.run_tradeoff
+
+    def slow(*args, on_point=None, **kw):
+        def each(partial):
+            sizes.append(len(partial.points))
+            on_point(partial)
+            time.sleep(0.3)  # long enough for the page's poll to see each point
+        return real(*args, on_point=each, **kw)
+
+    monkeypatch.setattr(labels_tab, "run_tradeoff", slow)
+    monkeypatch.setattr(labels_tab, "POLL_SECONDS", 0.05)
+    outs = run(current_path=tiny_file, ticked=["hard", "soft"], random_set=True)
+    drawn = [sum(t.legendgroup in ("hard", "soft") for t in fig.data)
+             for _, fig, _ in outs[:-1] if isinstance(fig, go.Figure)]
+    assert sizes == list(range(1, 7))  # 2 stores x synthetic, random, label-first: a copy after each
+    assert drawn and drawn == sorted(drawn) and drawn[0] < 6  # the plot grew while the run went on
+    assert sum(t.legendgroup in ("hard", "soft") for t in outs[-1][1].data) == 6
