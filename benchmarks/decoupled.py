@@ -17,7 +17,7 @@ import torch
 
 from dd_core import load_dataset
 from dd_core.distill import run_to_end
-from dd_core.evaluate import evaluate, protocol
+from dd_core.evaluate import evaluate, for_set, protocol
 from dd_core.labels import load_store, same_kind
 from dd_core.methods import METHODS, make_method
 from dd_core.synthetic import random_subset
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     config = protocol("soft", num_models=args.networks, **({"epochs": args.epochs} if args.epochs else {}))
     common = dict(dataset=dataset.name, protocol=config.protocol, protocol_detail=config.describe(), preset=args.preset)
     for ipc in args.ipc:
-        baselines: dict[str, float] = {}
+        baselines: dict[tuple[str, float], float] = {}  # by label kind and the crop floor they were measured at
         rnd = random_subset(dataset, ipc)
         hard = evaluate(rnd.images, rnd.labels, dataset, config, device=cpu)
         line(args.out, set="random", labels="hard", ipc=ipc, accuracy=hard.mean, accuracies=hard.accuracies, **common)
@@ -69,6 +69,8 @@ def main(argv=None) -> int:
             snap = run_to_end(dataset, method, method_name=name, ipc=ipc, steps=steps, seed=0, device=cpu)
             distill_cpu = time.process_time() - t0
             syn = snap.synthetic
+            cfg = for_set(config, syn)  # RDED's sets crop no smaller than a patch; the baseline follows
+            common_here = {**common, "protocol_detail": cfg.describe()}
             if name == "dm":  # DM makes no labels: hard ones, and the teacher's (the methods' own kind)
                 store, teacher = None, teacher_seen
             else:
@@ -76,23 +78,24 @@ def main(argv=None) -> int:
                 teacher_seen = teacher_seen or teacher
             kinds = [("own", store)] if store is not None else [("hard", None)]
             if name == "dm" and baselines_store is not None:
-                kinds.append(("teacher", same_kind(baselines_store, syn, dataset, teacher, config)))
+                kinds.append(("teacher", same_kind(baselines_store, syn, dataset, teacher, cfg)))
             for kind, labels in kinds:
-                result = evaluate(syn.images, labels if labels is not None else syn.labels, dataset, config, device=cpu)
+                result = evaluate(syn.images, labels if labels is not None else syn.labels, dataset, cfg, device=cpu)
                 spec = labels.spec if labels is not None else "hard"
-                if spec not in baselines and labels is not None:  # the random subset with the same kind of labels
-                    base = evaluate(rnd.images, same_kind(labels, rnd, dataset, teacher, config), dataset, config,
+                key = (spec, cfg.crop_min)
+                if key not in baselines and labels is not None:  # the random subset with the same kind of labels
+                    base = evaluate(rnd.images, same_kind(labels, rnd, dataset, teacher, cfg), dataset, cfg,
                                     device=cpu)
-                    baselines[spec] = base.mean
+                    baselines[key] = base.mean
                     line(args.out, set="random", labels=spec, ipc=ipc, accuracy=base.mean, accuracies=base.accuracies,
-                         teacher=labels.teacher_note, **common)
+                         teacher=labels.teacher_note, **common_here)
                     if spec.startswith("teacher"):
                         baselines_store = labels
-                reference = baselines.get(spec, hard.mean)
+                reference = baselines.get(key, hard.mean)
                 line(args.out, set=name, labels=spec, ipc=ipc, steps=snap.step, status=snap.status,
                      distill_cpu_s=round(distill_cpu, 1), accuracy=result.mean, accuracies=result.accuracies,
                      random_same_labels=reference, IOR=result.mean - reference,
-                     teacher=(labels.teacher_note if labels is not None else ""), **common)
+                     teacher=(labels.teacher_note if labels is not None else ""), **common_here)
     return 0
 
 

@@ -20,7 +20,7 @@ from .device import autocast, configure as configure_device, default_device, may
 from .label_stores.base import HardLabels, LabelStore, soft_cross_entropy
 from .labels import load_store
 from .models import default_model, fast_forward, model_for
-from .soft_protocol import train_soft
+from .soft_protocol import SOFT_CROP_MIN, train_soft
 from .training import Accuracies, test_accuracy, training_views
 
 
@@ -209,7 +209,10 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor | LabelStore, dataset: D
 
 
 def for_set(config: EvalConfig, syn) -> EvalConfig:
-    """The protocol as it applies to one set: 'learned_lr' takes the lr the set learned."""
+    """The protocol as it applies to one set: 'learned_lr' takes the lr the set learned; the soft
+    recipe crops no smaller than the set's method does in its own evaluation, when the set says so."""
+    if config.recipe == "soft" and SOFT_CROP_MIN in syn.extra_meta:
+        return dataclasses.replace(config, crop_min=float(syn.extra_meta[SOFT_CROP_MIN]))
     if config.protocol != "learned_lr":
         return config
     if "learned_lr" not in syn.extra_meta:

@@ -31,6 +31,9 @@ class Mix:
     lam: float
 
 
+SOFT_CROP_MIN = "soft.crop_min"  # a set's metadata key: its own smallest crop area under this recipe (RDED: 1/factor)
+
+
 def batch_size_for(n: int, batch_size: int) -> int:
     """0 means RDED's choice by set size: 10 images at IPC 1, 50 at IPC 10 and 100 at IPC 50 on 10
     classes, that is half the set, between 10 and 100 (never more than the set)."""

@@ -12,7 +12,7 @@ from torch import nn
 
 from dd_core import load_dataset
 from dd_core.distill import distill
-from dd_core.evaluate import evaluate, evaluate_synthetic, protocol
+from dd_core.evaluate import evaluate, evaluate_synthetic, for_set, protocol
 from dd_core.labels import build, load_store
 from dd_core.label_stores.base import HardLabels
 from dd_core.label_stores.soft import RowCodec, SoftLabels
@@ -154,6 +154,12 @@ def test_rded_keeps_the_most_confident_crops_and_shows_its_choice(digits):
     assert torch.equal(shown["pool_scores"], shown["pool_scores"].sort().values)
     losses = [s["loss"] for s in run[-1].history]
     assert losses == sorted(losses, reverse=True), "keeping the best of old and new never raises the pool's loss"
+    # RDED's own student views crop no smaller than one stitched patch (1/factor of the area), not 0.08
+    syn = run[-1].synthetic
+    soft = for_set(protocol("soft"), syn)
+    assert soft.crop_min == 0.5 and "area >= 0.5" in soft.describe()
+    assert for_set(protocol("fast"), syn) == protocol("fast")
+    assert for_set(protocol("soft"), init_synthetic(digits, 1, seed=0)).crop_min == 0.08
 
 
 def test_rded_keeps_one_crop_per_real_image(digits):

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import teachers as teacher_registry
+from ..soft_protocol import SOFT_CROP_MIN
 from .base import METHODS, Method, hp, is_small
 from .recover import attach_teacher_labels, label_temperature_field, refresh_digest, teacher_field
 
@@ -140,6 +141,8 @@ class RDED(Method):
         self.last_ = None
         self.syn_ = syn
         teacher_registry.record(syn, [self.teacher_])
+        # RDED's own student views crop no less than one stitched patch (area 1/factor), not SRe2L's 0.08
+        syn.extra_meta[SOFT_CROP_MIN] = repr(1.0 / self.factor)
         attach_teacher_labels(syn, self.teacher_, real, self.label_temperature)
         refresh_digest(syn, self.images_)
 
