@@ -10,7 +10,6 @@ one thread.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 
 from dd_core.models import build_model, fast_forward
 
-from .reproduce import code_version
+from .decoupled import line
 
 
 def cpu_seconds(fn, batches: int) -> float:
@@ -76,13 +75,8 @@ def main(argv=None) -> int:
     }
     for name, (fn, per_epoch, what) in rows.items():
         per_batch = cpu_seconds(fn, args.batches)
-        row = {"what": name, "detail": what, "cpu_s_per_batch": round(per_batch, 3),
-               "batches": round(per_epoch, 1), "cpu_s": round(per_batch * per_epoch, 1), "threads": args.threads,
-               "code_version": code_version()}
-        print(json.dumps(row), flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        line(args.out, what=name, detail=what, cpu_s_per_batch=round(per_batch, 3), batches=round(per_epoch, 1),
+             cpu_s=round(per_batch * per_epoch, 1), threads=args.threads)
     return 0
 
 

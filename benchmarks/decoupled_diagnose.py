@@ -24,7 +24,7 @@ from dd_core.methods.recover import recover_loss, slot_order, tapped
 from dd_core.synthetic import random_subset
 from dd_core.teachers import get_bn_teacher
 
-from .reproduce import code_version
+from .decoupled import line
 
 # (row name, method or "random", overrides, steps, labels: "own" | "teacher" | "soft", protocol crop areas)
 ROWS = [
@@ -39,14 +39,6 @@ ROWS = [
     ("infer fast preset (lr 0.1)", "infer", {}, 300, "teacher", (0.08,)),
     ("infer lr 0.01", "infer", {"lr": 0.01}, 300, "own", (0.08, 1.0)),
 ]
-
-
-def line(out, **row) -> None:
-    row["code_version"] = code_version()
-    print(json.dumps(row), flush=True)
-    if out:
-        with open(out, "a") as f:
-            f.write(json.dumps(row) + "\n")
 
 
 def bn_terms(teacher, images: torch.Tensor, labels: torch.Tensor, ipc: int) -> dict:
