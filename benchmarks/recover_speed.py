@@ -15,7 +15,6 @@ each step's loss is recorded so the two can be checked to agree.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -26,7 +25,7 @@ from torch import nn
 from dd_core.methods.recover import random_resized_crop, recover_loss, tapped
 from dd_core.models import build_model
 
-from .reproduce import code_version
+from .decoupled import line
 
 # (name, model, channels, image side, batch): digits IPC 10 on its BN ConvNet; CIFAR-10 IPC 10
 # shapes on the BN ConvNet-3 (RDED's Conv3) and on ResNet-18 (width 16 on a CPU; full width too).
@@ -142,11 +141,8 @@ def main(argv=None) -> int:
                "speedup_cpu": med["cpu"]["reference"] / med["cpu"]["ours"],
                "ours_wall_s_per_step": med["wall"]["ours"], "reference_wall_s_per_step": med["wall"]["reference"],
                "speedup_wall": med["wall"]["reference"] / med["wall"]["ours"],
-               "max_relative_loss_gap": gap, "code_version": code_version()}
-        print(json.dumps(row), flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
+               "max_relative_loss_gap": gap}
+        line(args.out, **row)
     return 0
 
 
