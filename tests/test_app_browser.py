@@ -7,8 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
-
-WAIT = 60_000  # ms; generous, the machine may be shared
+from pages import WAIT, choose_instant_feature_view, open_page, set_number, status_has
 
 
 @pytest.fixture(scope="module")
@@ -16,32 +15,9 @@ def url(app_url):
     return app_url
 
 
-def open_page(browser, url):
-    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-    page.goto(url)
-    page.wait_for_selector("#distill-btn", timeout=WAIT)
-    return page
-
-
-def set_number(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id} input")
-    box.fill(str(value))
-    box.blur()
-
-
-def status_has(page, elem_id: str, text: str) -> None:
-    page.wait_for_function("([id, t]) => (document.querySelector('#' + id)?.innerText || '').includes(t)",
-                           arg=[elem_id, text], timeout=WAIT)
-
-
 def test_distill_watch_stop_then_feature_map(browser, url, tmp_path):
     page = open_page(browser, url)
-    # Choose the instant feature view first (random network, PCA): no training needed in a test.
-    page.get_by_role("tab", name="Feature space").click()
-    status_has(page, "map-status", "No synthetic set")
-    page.get_by_label("random, as DM sees it").check()
-    page.get_by_label("PCA", exact=True).check()
-    page.get_by_role("tab", name="Distill").click()
+    choose_instant_feature_view(page)  # no training needed in a test
 
     set_number(page, "ipc", 2)
     set_number(page, "steps", 3000)

@@ -3,6 +3,7 @@ two label stores quickly, see the chart and the table. Slow (it trains the digit
 from __future__ import annotations
 
 import pytest
+from pages import open_page
 
 pytestmark = pytest.mark.slow
 WAIT = 180_000  # ms: the first run trains the digits teacher on a shared CPU
@@ -14,8 +15,7 @@ def test_upload_measure_and_see_the_trade_off(app_url, browser, tmp_path):
 
     path = tmp_path / "tiny.safetensors"
     init_synthetic(load_dataset("digits"), 1, seed=0).save(path)
-    page = browser.new_context(viewport={"width": 1400, "height": 1200}).new_page()
-    page.goto(app_url)
+    page = open_page(browser, app_url, height=1200)
     page.get_by_role("tab", name="Labels & storage").click()
     page.get_by_label("an uploaded file").check()
     page.locator("#labels-upload input[type=file]").set_input_files(str(path))

@@ -11,29 +11,12 @@ import re
 from urllib.parse import parse_qsl, urlparse
 
 import pytest
-
-WAIT = 120_000  # ms; the machine may be shared
+from pages import WAIT, choose_instant_feature_view, open_page, text_has
 
 
 @pytest.fixture(scope="module")
 def url(app_url):
     return app_url
-
-
-def open_page(browser, url, query: str = ""):
-    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-    page.goto(url + query)
-    page.wait_for_selector("#distill-btn", timeout=WAIT)
-    return page
-
-
-def text_has(page, elem_id: str, pattern: str) -> None:
-    try:
-        page.wait_for_function("([id, p]) => new RegExp(p).test(document.querySelector('#' + id)?.innerText || '')",
-                               arg=[elem_id, pattern], timeout=WAIT)
-    except Exception:
-        seen = page.evaluate("() => ['status', 'map-status', 'cmp-status'].map(i => document.querySelector('#' + i)?.innerText)")
-        raise AssertionError(f"#{elem_id} never matched {pattern!r}; the page says {seen}") from None
 
 
 def test_a_lesson_link_hides_what_it_names_notes_bad_values_and_starts_the_run(browser, url, tmp_path):
@@ -109,12 +92,7 @@ def test_pause_step_and_resume_with_the_scrubber_working_while_paused(browser, u
 
 def test_a_grid_click_selects_the_image_in_the_feature_map_and_a_map_click_shows_it(browser, url):
     page = open_page(browser, url)
-    # The instant feature view (random network, PCA), chosen before there is a set: nothing trains.
-    page.get_by_role("tab", name="Feature space").click()
-    text_has(page, "map-status", "No synthetic set")
-    page.get_by_label("random, as DM sees it").check()
-    page.get_by_label("PCA", exact=True).check()
-    page.get_by_role("tab", name="Distill").click()
+    choose_instant_feature_view(page)  # chosen before there is a set: nothing trains
     page.locator("#ipc input").fill("2")
     page.locator("#steps input").fill("3")
     page.locator("#steps input").blur()
