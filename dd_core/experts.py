@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from .augment import dsa_for
 from .cache import atomic_write, cache_path, load_or_build
 from .data import Dataset
+from .distributed import launched, share
 from .training import test_accuracy
 from .convert import fields_from_text
 from .version import code_version
@@ -282,7 +284,7 @@ def build_experts(dataset: Dataset, recipe: ExpertRecipe, num_experts: int, fold
     folder.mkdir(parents=True, exist_ok=True)
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    mine = list(range(rank, num_experts, world))
+    mine = share(num_experts, rank, world)
     t0 = time.perf_counter()
     for done, i in enumerate(mine):
         def on_epoch(e, done=done, i=i):
@@ -360,42 +362,22 @@ def parse_recipe(model: str | None, epochs: int, settings: list[str]) -> ExpertR
 def experts_command(args) -> int:
     """Train experts into args.out. Under torchrun (WORLD_SIZE > 1) each rank trains its share:
     gloo on CPUs, nccl on GPUs (one per local rank); rank 0 writes the index and prints the summary."""
-    import os
-    import sys
-
-    import torch.distributed as dist
-
     from .data import load_dataset
 
     recipe = parse_recipe(args.model, args.epochs, args.set)
     dataset = load_dataset(args.dataset)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = torch.device("cpu")
-    if world > 1:
-        cuda = torch.cuda.is_available()
-        if cuda:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if cuda else "gloo")
-    elif torch.cuda.is_available():
-        device = torch.device("cuda")
-    rank = dist.get_rank() if world > 1 else 0
-
-    def progress(frac, text):
-        if not args.quiet:
-            print(f"[rank {rank}] {100 * frac:5.1f}% {text}", file=sys.stderr, flush=True)
-
     t0 = time.perf_counter()
-    try:
+    with launched() as place:
+        def progress(frac, text):
+            if not args.quiet:
+                print(f"[rank {place.rank}] {100 * frac:5.1f}% {text}", file=sys.stderr, flush=True)
+
         build_experts(dataset, recipe, args.experts, args.out, seed=args.seed,
-                      dtype="float16" if args.fp16 else "float32", device=device, progress=progress)
-    finally:
-        if world > 1:
-            dist.destroy_process_group()
-    if rank == 0:
+                      dtype="float16" if args.fp16 else "float32", device=place.device, progress=progress)
+    if place.is_main:
         traj = read_experts(args.out)
         print(json.dumps({"out": str(args.out), "experts": traj.num_experts, "epochs": traj.epochs,
-                          "bytes": traj.nbytes, "seconds": round(time.perf_counter() - t0, 2), "processes": world,
+                          "bytes": traj.nbytes, "seconds": round(time.perf_counter() - t0, 2), "processes": place.world,
                           "recipe": traj.recipe.describe(),
                           "final_test_accuracy": [round(a[-1], 4) for a in traj.test_accuracy]}))
     return 0
