@@ -4,9 +4,9 @@ script, at identical settings and with the same random draws, timed in turns.
 The reference registers a forward hook on every BatchNorm2d that takes the batch mean of its input
 and the variance of a channel-major copy (permute + contiguous + view), runs the network's plain
 forward on one batch, sums CE + 0.01 x (10 x first + the rest) and takes one Adam step (betas
-0.5, 0.9) on the pixels, then clips them. Ours: the same loss and step through recover.py (one
-var_mean per BN layer on a view of its input, the ConvNet's faster CPU kernels where it has
-them). Both get the same crop/flip from the same generator state and start from the same pixels;
+0.5, 0.9) on the pixels, then clips them. Ours: the same loss and step through recover.py (conv +
+BN folded, with the ReLU and pool of a ConvNet block, statistics from pixel sums, hand-written
+backwards; see its docstring). Both get the same crop/flip from the same generator state and start from the same pixels;
 each step's loss is recorded so the two can be checked to agree.
 
     nice -n 10 python -m benchmarks.recover_speed --steps 20 --repeats 3 --threads 1 \

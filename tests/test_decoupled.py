@@ -139,6 +139,52 @@ def test_tapped_loss_equals_the_per_bn_hook_reference(teacher):
     torch.testing.assert_close(both, halves[0] + halves[1])
 
 
+def _hook_reference_loss(net, x, y):
+    """SRe2L's recover loss: a forward hook per BN layer, the variance of a channel-major copy of its input."""
+    terms = []
+
+    def hook(module, inputs, _):
+        a = inputs[0]
+        var = a.permute(1, 0, 2, 3).contiguous().view(a.shape[1], -1).var(1, unbiased=False)
+        terms.append(torch.norm(module.running_var - var, 2) + torch.norm(module.running_mean - a.mean([0, 2, 3]), 2))
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    loss = F.cross_entropy(net(x), y) + 0.01 * (10 * terms[0] + sum(terms[1:]))
+    for h in handles:
+        h.remove()
+    return loss
+
+
+@pytest.mark.parametrize("model,channels,side", [
+    ("convnet_bn_d2", 1, 8),  # one input channel (im2col conv), narrow rows (the pooling kernel's backward)
+    ("convnet_bn_w32", 3, 32),  # wide rows (the broadcast backward)
+    ("convnet_bn_w32", 3, 30),  # an odd size after the first pool: plain ReLU and pooling
+])
+def test_convnet_blocks_fused_with_their_relu_and_pool_keep_the_hook_references_loss(model, channels, side):
+    net = build_model(model, channels=channels, num_classes=10, image_size=(side, side), seed=0).eval()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(8, channels, side, side, requires_grad=True)
+    y = torch.arange(8) % 10
+    ref = _hook_reference_loss(net, x, y)
+    ref_grad, = torch.autograd.grad(ref, x)
+    for fold in (False, True):
+        tnet, sink = tapped(net, fold=fold)
+        ours, _ = recover_loss(tnet, sink, x, y, groups=1, bn_weight=0.01, first_bn_multiplier=10.0)
+        our_grad, = torch.autograd.grad(ours, x)
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(our_grad, ref_grad, rtol=1e-4, atol=1e-6)
+    assert all(m.pool for m in tnet.modules() if isinstance(m, FoldedConvBN)), "every block's ReLU and pool joined its fold"
+    assert not any(isinstance(m, (nn.ReLU, nn.AvgPool2d)) for m in tnet.modules())
+    halves = [recover_loss(tnet, sink, x[i:i + 4], y[i:i + 4], groups=1, bn_weight=0.01, first_bn_multiplier=10.0)[0]
+              for i in (0, 4)]
+    both, _ = recover_loss(tnet, sink, x, y, groups=2, bn_weight=0.01, first_bn_multiplier=10.0)
+    torch.testing.assert_close(both, halves[0] + halves[1])
+    half_grads = [torch.autograd.grad(h, x)[0] for h in halves]
+    torch.testing.assert_close(torch.autograd.grad(both, x)[0], half_grads[0] + half_grads[1], rtol=1e-4, atol=1e-6)
+
+
 def test_rded_keeps_the_most_confident_crops_and_shows_its_choice(digits):
     method = make_method("rded", dataset="digits", ipc=2, teacher="convnet_bn_quick", candidates=20, factor=2)
     stats_before = [b.clone() for b in teachers.get_bn_teacher(digits, "convnet_bn_quick", device=CPU).net.buffers()]

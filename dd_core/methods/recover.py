@@ -6,11 +6,16 @@ mean and variance the layer saw in training (its running statistics) and (b) the
 each image its class. Relabel: the set carries the teacher, which labels every view a student is
 trained on (the soft-label protocol in evaluate.py replays them).
 
-The statistics come from the teacher's forward pass itself: each BatchNorm2d is swapped for a
-`BNTap` that computes its input's mean and variance in one fused pass (torch.var_mean over a
-view, no copy), for every batch group at once, then normalises as the layer does in eval mode.
-SRe2L's script instead hooks every BN layer and copies each input into channel-major order to
-take its variance (benchmarks/recover_speed.py times the two side by side).
+The statistics come from the teacher's forward pass itself (`tapped`): a conv followed by its
+BatchNorm2d becomes one convolution with the norm folded in (`FoldedConvBN`), which takes the sums
+of its output and of its square over each image's pixels (two reads, a hand-written backward) and
+maps them back to the norm's input statistics, for every batch group at once; any other BN layer
+becomes a `BNTap` that does the same before normalising as in eval mode. In a ConvNet block the
+ReLU and 2x2 average pool after the norm join the fold: the forward pools by strided slices, and
+one backward writes the pooled, masked gradient and the statistics' gradient into one tensor
+(autograd would zero-fill a full-size gradient per slice and add them). SRe2L's script instead
+hooks every BN layer and copies each input into channel-major order to take its variance
+(benchmarks/recover_speed.py times the two side by side; a test checks loss and gradient against it).
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from ..committee import Committee
 from ..data import dataset_facts
 from ..label_stores.committee import CommitteeLabels
 from ..label_stores.online import OnlineTeacher
-from ..models import fast_forward
+from ..models import _plain_conv, _pool2, fast_forward
 from .base import Method, hp
 
 
@@ -80,7 +85,11 @@ def channel_stats(y: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Ten
     of SRe2L's channel-major copy (benchmarks/recover_speed.py measures whole steps)."""
     n, c = y.shape[:2]
     total, squares = _PixelSums.apply(y.reshape(groups, n // groups, c, -1))  # (g, n/g, c) each
-    pixels = y[0, 0].numel()
+    return stats_of_sums(total, squares, y[0, 0].numel())
+
+
+def stats_of_sums(total: torch.Tensor, squares: torch.Tensor, pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(g, n/g, c) sums of y and y^2 over `pixels` pixels -> each group's mean and variance, (g, c) each."""
     mean = total.mean(1) / pixels
     return mean, squares.mean(1) / pixels - mean ** 2
 
@@ -91,8 +100,9 @@ class FoldedConvBN(nn.Module):
     through the norm's per-channel affine map (mean_in = (mean_out - shift) / scale + running_mean,
     var_in = var_out / scale^2). One pass over the activation instead of two, both ways."""
 
-    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, sink: StatSink):
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, sink: StatSink, pool: bool = False):
         super().__init__()
+        self.pool = pool  # also the ReLU and 2x2 average pool that follow (a ConvNet block), in the same pass
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (c,)
         bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
         self.conv = copy.deepcopy(conv)
@@ -104,13 +114,93 @@ class FoldedConvBN(nn.Module):
         self.bn, self.sink = bn, sink
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
-        mean_out, var_out = channel_stats(y, self.sink.groups)
+        conv = self.conv
+        if x.device.type == "cpu" and conv.in_channels == 1 and _plain_conv(conv):  # as ConvNet.embed_fast: im2col
+            y = torch.ops.aten._slow_conv2d_forward(x, conv.weight, list(conv.kernel_size), conv.bias, [1, 1],
+                                                    list(conv.padding))  # beats oneDNN on one input channel
+        else:
+            y = conv(x)
+        groups = self.sink.groups
+        if self.pool and _poolable(y):
+            total, squares, out = _StatsReluPool2.apply(y, groups)
+        else:
+            n, c = y.shape[:2]
+            total, squares = _PixelSums.apply(y.reshape(groups, n // groups, c, -1))
+            out = F.avg_pool2d(F.relu(y), 2) if self.pool else y
+        mean_out, var_out = stats_of_sums(total, squares, y[0, 0].numel())
         bn = self.bn
         mean = (mean_out - self.shift) / self.scale + bn.running_mean
         var = var_out / self.scale ** 2
         self.sink.terms.append(((mean - bn.running_mean).norm(dim=1) + (var - bn.running_var).norm(dim=1)).sum())
-        return y
+        return out
+
+
+def _relu_pool2(y: torch.Tensor) -> torch.Tensor:
+    """avg_pool2d(relu(y), 2) of an even, contiguous (n, c, h, w) y, without autograd: the ReLU of each
+    pair of rows added (contiguous reads), then each pair of columns (a third of avg_pool2d's CPU
+    time on NCHW here)."""
+    n, c, h, w = y.shape
+    rows = y.view(n, c, h // 2, 2, w)
+    pairs = rows[:, :, :, 0].clamp_min(0).add_(rows[:, :, :, 1].clamp_min(0))
+    return (pairs[..., 0::2] + pairs[..., 1::2]).mul_(0.25)
+
+
+def _relu_pool2_grad(g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The gradient of _relu_pool2 at y given the pooled gradient g: g / 4 spread over each 2x2 window,
+    kept where y > 0. One full-size write (autograd's backward of strided slices zero-fills a
+    full-size gradient per slice and adds the four)."""
+    n, c, h, w = y.shape
+    if w < 16:  # narrow rows: the pooling kernel's own backward, then the ReLU's mask
+        spread = torch.ops.aten.avg_pool2d_backward(g, y, [2, 2], [2, 2], [0, 0], False, True, None)
+        return torch.ops.aten.threshold_backward(spread, y, 0)
+    # wide rows: each pooled value repeated along its two columns, then broadcast over its two rows
+    rows = (g * 0.25)[..., None].expand(n, c, h // 2, w // 2, 2).reshape(n, c, h // 2, 1, w).expand(n, c, h // 2, 2, w)
+    return torch.ops.aten.threshold_backward(rows, y.view(n, c, h // 2, 2, w), 0).view(n, c, h, w)
+
+
+def _poolable(y: torch.Tensor) -> bool:
+    return y.dim() == 4 and y.shape[-2] % 2 == 0 and y.shape[-1] % 2 == 0 and y.is_contiguous()
+
+
+class _ReluPool2(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y):
+        ctx.save_for_backward(y)
+        return _relu_pool2(y)
+
+    @staticmethod
+    def backward(ctx, g):
+        y, = ctx.saved_tensors
+        return _relu_pool2_grad(g, y)
+
+
+class _StatsReluPool2(torch.autograd.Function):
+    """y (n, c, h, w) -> (the sums of y and y^2 over each image's channel pixels, (g, n/g, c) each, as
+    _PixelSums; avg_pool2d(relu(y), 2)). The backward writes the two paths' gradient into one
+    tensor in place, where autograd would add two full-size gradients."""
+
+    @staticmethod
+    def forward(ctx, y, groups):
+        ctx.save_for_backward(y)
+        n, c = y.shape[:2]
+        flat = y.view(groups, n // groups, c, -1)
+        return flat.sum(-1), torch.linalg.vector_norm(flat, dim=-1).square(), _relu_pool2(y)
+
+    @staticmethod
+    def backward(ctx, g1, g2, gp):
+        y, = ctx.saved_tensors
+        grad = _relu_pool2_grad(gp, y).contiguous()
+        flat = grad.view(*g1.shape, -1)
+        flat.add_(g1.unsqueeze(-1)).addcmul_(y.view_as(flat), g2.unsqueeze(-1), value=2.0)
+        return grad, None
+
+
+class ReluPool2(nn.Module):
+    """nn.ReLU followed by nn.AvgPool2d(2, 2) in one step with a cheap backward; odd sizes take the
+    plain ReLU and pooling."""
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return _ReluPool2.apply(y) if _poolable(y) else F.avg_pool2d(F.relu(y), 2)
 
 
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
@@ -132,10 +222,19 @@ def tapped(net: nn.Module, fold: bool = True) -> tuple[nn.Module, StatSink]:
     for parent in list(net.modules()):
         children = list(parent.named_children())
         if fold and isinstance(parent, nn.Sequential):
-            for (name, conv), (bn_name, bn) in zip(children, children[1:]):
+            for i, ((name, conv), (bn_name, bn)) in enumerate(zip(children, children[1:])):
                 if _foldable(conv, bn):
-                    setattr(parent, name, FoldedConvBN(conv, bn, sink))
-                    setattr(parent, bn_name, nn.Identity())
+                    after = [m for _, m in children[i + 2:i + 4]]  # a ConvNet block's ReLU and pool join the fold
+                    pool = len(after) == 2 and isinstance(after[0], nn.ReLU) and _pool2(after[1])
+                    setattr(parent, name, FoldedConvBN(conv, bn, sink, pool=pool))
+                    for dropped in [bn_name] + ([n for n, _ in children[i + 2:i + 4]] if pool else []):
+                        setattr(parent, dropped, nn.Identity())
+            children = list(parent.named_children())
+        if isinstance(parent, nn.Sequential):  # the other ReLU -> 2x2 average pool pairs, as one step
+            for (name, relu), (pool_name, pool) in zip(children, children[1:]):
+                if isinstance(relu, nn.ReLU) and _pool2(pool):
+                    setattr(parent, name, ReluPool2())
+                    setattr(parent, pool_name, nn.Identity())
         for name, child in parent.named_children():
             if isinstance(child, nn.BatchNorm2d):
                 setattr(parent, name, BNTap(child, sink))
