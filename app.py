@@ -17,7 +17,7 @@ import gradio as gr  # noqa: E402
 
 from components import api, distill_tab, evaluate_tab, feature_tab, jobs, labels_tab, learn_tab  # noqa: E402
 from components import compare_tab, lessons, linked_views, links, run_control, selection  # noqa: E402
-from components.sessions import drop_session, forget_with_session, on_sweep, sweep_at_start  # noqa: E402
+from components.sessions import drop_session, forget_with_session, in_use_while, on_sweep, sweep_at_start  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 # All compute-heavy events share one pool sized for the machine, one job per visitor at a time
@@ -96,6 +96,19 @@ def forget_orphan_gradio_states(live: set[str]) -> None:
         holder.session_data.pop(key, None)
     _orphans_seen.clear()
     _orphans_seen.update(k for k in orphans if k in holder.session_data)  # seen once: dropped next time
+
+
+@in_use_while
+def gradio_holds_a_request(key: str) -> bool:
+    """A request of this session waits in gradio's queue or runs there. gradio admits jobs.ADMITTED
+    compute events at a time; in a busy classroom the next one waits minutes before a handler of
+    ours sees it, with no job registered yet and, from gradio_client or a script, no page to ping."""
+    queue = getattr(demo, "_queue", None)
+    if queue is None:
+        return False
+    waiting = [event for line in list(queue.event_queue_per_concurrency_id.values()) for event in list(line.queue)]
+    running = [event for batch in list(queue.active_jobs) if batch for event in batch]
+    return any(event.session_hash == key and event.alive for event in waiting + running)
 
 
 def launch(**kw):

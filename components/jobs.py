@@ -154,6 +154,7 @@ class ComputePool:
         job.state = "ended"
         if job in job.session.jobs:
             job.session.jobs.remove(job)
+        job.session.touched = time.monotonic()  # its caller was just answered: idle from now, not from the job's start
         self._cond.notify_all()
 
     def expected_wait(self, job: Job, cap: float) -> "Wait":

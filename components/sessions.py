@@ -2,9 +2,9 @@
 
 Module-level objects are shared by every user, so everything a user makes lives in a `Session`
 looked up by gradio's `session_hash` and dropped when the page is closed (demo.unload), or when
-it has had no job and no activity for `IDLE_SECONDS`: API callers never close a page, and an open
-page keeps its session alive with a light ping (`keep_alive`). Nothing here is shared between
-sessions.
+it has had no job, no request waiting or running anywhere (`in_use_while`: gradio's own queue) and
+no activity for `IDLE_SECONDS`: API callers never close a page, and an open page keeps its session
+alive with a light ping (`keep_alive`). Nothing here is shared between sessions.
 """
 from __future__ import annotations
 
@@ -112,6 +112,16 @@ _forgetters: list = []  # fn(key) of other modules' tables keyed by session (run
 
 
 _on_sweep: list = []  # fn(live session keys), run at every idle sweep
+_in_use: list = []  # fn(key) -> bool: the session's caller has a request waiting or running elsewhere
+
+
+def in_use_while(fn):
+    """Register `fn(session_key) -> bool`, asked before an idle session is dropped: True keeps it.
+    A request can wait in gradio's queue for minutes before any handler of ours sees it (gradio
+    admits a fixed number of compute events), with no job registered and no page to ping; its
+    session must still be there, with its set, when the request's turn comes."""
+    _in_use.append(fn)
+    return fn
 
 
 def on_sweep(fn):
@@ -152,8 +162,11 @@ def keep_alive(request: gr.Request = None) -> None:
 
 
 def _drop_idle(now: float, keep: str | None = None) -> int:
-    """Drop sessions with no job that nobody touched for IDLE_SECONDS (call with _lock held)."""
-    stale = [k for k, s in _sessions.items() if k != keep and not s.jobs and now - s.touched > IDLE_SECONDS]
+    """Drop sessions that nobody touched for IDLE_SECONDS and that have no job of ours and no request
+    waiting or running elsewhere (call with _lock held). A job's end touches its session (jobs.py),
+    so the idle time counts from the caller's last answer, not from when its last job began."""
+    stale = [k for k, s in _sessions.items() if k != keep and not s.jobs and now - s.touched > IDLE_SECONDS
+             and not any(in_use(k) for in_use in _in_use)]
     for k in stale:
         _discard(_sessions.pop(k))
     return len(stale)

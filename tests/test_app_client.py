@@ -62,3 +62,34 @@ def test_evaluate_rejects_a_file_that_is_not_a_set(url, tmp_path):
     client = gradio_client.Client(url, verbose=False)
     with pytest.raises(Exception, match="not a readable .safetensors"):
         client.predict(gradio_client.handle_file(str(bogus)), api_name="/evaluate")
+
+
+def test_a_request_waiting_in_gradios_queue_keeps_its_session(url, monkeypatch):
+    """A classroom fills gradio's admitted compute events, so a student's next request can wait in
+    gradio's queue longer than the idle limit, before any handler of ours registers a job; the idle
+    sweep must not drop that student's session (and set) meanwhile. A session nobody uses still goes."""
+    import time
+    from types import SimpleNamespace
+
+    import app
+    from components import sessions
+
+    client = gradio_client.Client(url, verbose=False)
+    client.predict("digits", "dm", 1, 2, 0, api_name="/distill")
+    left = sessions.session_for(SimpleNamespace(session_hash="a-visitor-who-left"))
+    line = app.demo._queue.event_queue_per_concurrency_id["compute"]
+    admitted = line.concurrency_limit
+    monkeypatch.setattr(line, "concurrency_limit", 0)  # gradio admits no compute event: the map waits in its queue
+    job = client.submit("random", "PCA", api_name="/feature_map")
+    try:
+        deadline = time.time() + 30
+        while not any(e.session_hash == client.session_hash for e in line.queue) and time.time() < deadline:
+            time.sleep(0.1)
+        assert any(e.session_hash == client.session_hash for e in line.queue)
+        monkeypatch.setattr(sessions, "IDLE_SECONDS", 0.0)
+        sessions.sweep_idle()
+        assert left.closed  # the memory rule holds for those who left
+    finally:
+        line.concurrency_limit = admitted
+    view = job.result(timeout=120)  # before: "This client has no synthetic set yet: call /distill first."
+    assert view["projection"] == "PCA" and len(view["synthetic_xy"]) == 10

@@ -245,6 +245,25 @@ def test_idle_sessions_are_dropped_but_not_while_a_job_runs(monkeypatch):
         sessions.drop_session(SimpleNamespace(session_hash="busy-one"))
 
 
+def test_idle_time_counts_from_a_jobs_end_not_its_start(monkeypatch):
+    """A caller whose job ran longer than the idle limit sends its next request a few seconds after
+    the answer; the sweep in between must not drop its session (its set) as idle since the job began."""
+    from components import jobs
+
+    monkeypatch.setattr(sessions, "IDLE_SECONDS", 0.3)
+    s = sessions.session_for(SimpleNamespace(session_hash="long-job"))
+    job = jobs.admit(s, "distill", "session:long-job")
+    try:
+        time.sleep(0.4)  # the job outlives the idle limit
+    finally:
+        jobs.release(job)
+    sessions.sweep_idle()
+    assert not s.closed
+    time.sleep(0.4)
+    sessions.sweep_idle()
+    assert s.closed  # and once really idle, it goes
+
+
 def test_an_idle_sessions_tables_elsewhere_go_with_it(monkeypatch):
     """An API caller never closes a page (no demo.unload): the idle sweep must also drop what other
     modules keep per session (a run's Pause gate, the selected image), or each call leaves some behind."""
