@@ -17,7 +17,7 @@ from dd_core.labels import build, load_store
 from dd_core.label_stores.base import HardLabels
 from dd_core.label_stores.soft import RowCodec, SoftLabels
 from dd_core.methods import make_method
-from dd_core.methods.recover import FoldedConvBN, recover_loss, tapped
+from dd_core.methods.recover import BNTap, FoldedConvBN, recover_loss, tapped
 from dd_core.models import build_model
 from dd_core.soft_protocol import kl_to_targets, mixed_targets, soft_views
 from dd_core.synthetic import SyntheticSet, init_synthetic
@@ -132,6 +132,7 @@ def test_tapped_loss_equals_the_per_bn_hook_reference(teacher):
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(our_grad, ref_grad, rtol=1e-4, atol=1e-6)
     assert any(isinstance(m, FoldedConvBN) for m in tnet.modules()), "the stem and shortcuts fold"
+    assert not any(isinstance(m, BNTap) for m in tnet.modules()), "so do the blocks' conv1/bn1 and conv2/bn2"
     # two groups in one pass: the sum of the two batches' losses
     halves = [recover_loss(tnet, sink, x[i:i + 6], y[i:i + 6], groups=1, bn_weight=0.01, first_bn_multiplier=10.0)[0]
               for i in (0, 6)]

@@ -34,6 +34,7 @@ from ..data import dataset_facts
 from ..label_stores.committee import CommitteeLabels
 from ..label_stores.online import OnlineTeacher
 from ..models import _plain_conv, _pool2, fast_forward
+from ..resnet import BasicBlock
 from .base import Method, hp
 
 
@@ -213,7 +214,8 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
 def tapped(net: nn.Module, fold: bool = True) -> tuple[nn.Module, StatSink]:
     """A copy of `net` (eval mode, frozen) whose BatchNorm2d layers report their input statistics.
     With `fold`, a conv directly followed by a BN inside an nn.Sequential (where the order of the
-    children is the order of the data) becomes one FoldedConvBN; every other BN a BNTap."""
+    children is the order of the data) or a ResNet BasicBlock's conv1/bn1 and conv2/bn2 become one
+    FoldedConvBN; every other BN a BNTap."""
     net = copy.deepcopy(net).eval()
     sink = StatSink()
     for m in net.modules():  # a folded conv's output is also the statistics' input: nothing may overwrite it
@@ -229,6 +231,12 @@ def tapped(net: nn.Module, fold: bool = True) -> tuple[nn.Module, StatSink]:
                     setattr(parent, name, FoldedConvBN(conv, bn, sink, pool=pool))
                     for dropped in [bn_name] + ([n for n, _ in children[i + 2:i + 4]] if pool else []):
                         setattr(parent, dropped, nn.Identity())
+            children = list(parent.named_children())
+        if fold and isinstance(parent, BasicBlock):  # its forward applies bn1 to conv1's output, bn2 to conv2's
+            for conv_name, bn_name in (("conv1", "bn1"), ("conv2", "bn2")):
+                if _foldable(getattr(parent, conv_name), getattr(parent, bn_name)):
+                    setattr(parent, conv_name, FoldedConvBN(getattr(parent, conv_name), getattr(parent, bn_name), sink))
+                    setattr(parent, bn_name, nn.Identity())
             children = list(parent.named_children())
         if isinstance(parent, nn.Sequential):  # the other ReLU -> 2x2 average pool pairs, as one step
             for (name, relu), (pool_name, pool) in zip(children, children[1:]):
