@@ -105,6 +105,50 @@ def classify(err: BaseException) -> tuple[str, str]:
     return "failed", f"{type(err).__name__}: {text}"
 
 
+STREAM_ENDS: Counter = Counter()  # how gradio_client's message streams ended, and whether a job still waited on one
+
+
+def watch_client_streams() -> None:
+    """Record how each gradio_client message stream ends. A job whose stream ends before its result
+    arrives is cancelled (CancelledError), so a failure names its cause: the server closed the stream
+    while the client had registered another request on it, or the client's read timed out (no byte,
+    not even gradio's 15-second heartbeat, for the client's timeout)."""
+    from gradio_client import client as gc
+
+    read = gc.Client.stream_messages
+
+    def stream_messages(self, *args, **kwargs):
+        how = "closed by the server"
+        try:
+            return read(self, *args, **kwargs)
+        except BaseException as err:
+            how = type(err).__name__
+            raise
+        finally:
+            with self.pending_lock:
+                waiting = len(self.pending_event_ids)
+            end = f"{how}, {waiting} request(s) of this client still waiting on it"
+            self.soak_stream_end = f"{time.strftime('%H:%M:%S')} {end}"
+            with BUDGET_LOCK:
+                STREAM_ENDS[end if waiting or how != "closed by the server" else how] += 1
+
+    gc.Client.stream_messages = stream_messages
+
+
+def probe_server(url: str, stop: threading.Event, seconds: list) -> None:
+    """Time a request that gradio answers on its event loop alone (the queue's status) every 2 s:
+    how long the server could not answer anything, the heartbeats of every stream included."""
+    import httpx
+
+    while not stop.wait(2):
+        t0 = time.time()
+        try:
+            httpx.get(url + "gradio_api/queue/status", timeout=600)
+        except Exception:  # noqa: BLE001 - counted as the time it took
+            pass
+        seconds.append(time.time() - t0)
+
+
 def client_student(url: str, rng: random.Random, deadline: float, budget: list, log: Log) -> None:
     """A student with gradio_client: distill (sometimes stopping it), evaluate, the feature map, bad input."""
     from gradio_client import Client, handle_file
@@ -157,6 +201,8 @@ def client_student(url: str, rng: random.Random, deadline: float, budget: list, 
                 log.add("bad", "failed", time.time() - t0, None, f"accepted bad input {str(args)[:60]}")
         except Exception as err:  # noqa: BLE001 - every answer is classified
             outcome, message = classify(err)
+            if type(err).__name__ == "CancelledError":  # the job's stream ended without its result: how
+                message += f"(stream: {getattr(client, 'soak_stream_end', 'no end recorded')})"
             log.add(action, outcome, time.time() - t0, None, message)
             time.sleep(rng.uniform(2, 5))  # a person reads the message before trying again
 
@@ -286,6 +332,8 @@ def summarize(log: Log, args, rss: list[int], temp: tuple[int, int], minutes: fl
             "rss_peak_mb": round(max(rss) / 2**20, 1) if rss else None,
             "rss_end_mb": round(rss[-1] / 2**20, 1) if rss else None,
             "temp_start_bytes": temp[0], "temp_end_bytes": temp[1], "failures": dict(failures.most_common(8)),
+            "failure_messages": [r["message"] for r in rows if r["outcome"] == "failed"][:20],
+            "client_stream_ends": dict(STREAM_ENDS),
             "cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2)}
 
 
@@ -333,9 +381,12 @@ def main(argv: list[str] | None = None) -> dict:
             time.sleep(1)
 
     log, budget, warm_log = Log(), [args.max_requests], Log()
+    watch_client_streams()
     warm_up(url, warm_log, args.umap)  # one of each request first: memory at start means a warm server
     time.sleep(5)
     threading.Thread(target=sample, daemon=True).start()
+    probes: list[float] = []
+    threading.Thread(target=probe_server, args=(url, sampling, probes), daemon=True).start()
     t0 = time.time()
     deadline = t0 + 60 * args.minutes
     threads = []
@@ -355,6 +406,8 @@ def main(argv: list[str] | None = None) -> dict:
     temp_end = folder_bytes(*temp_roots)
     result = summarize(log, args, rss, (temp_start, temp_end), minutes)
     result["warm_up_map"] = warm_log.rows
+    result.update(server_probe_max_s=round(max(probes), 2) if probes else None,
+                  server_probe_over_15s=sum(p > 15 for p in probes))
     result["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                       text=True).stdout.strip()
     if kids:
