@@ -352,6 +352,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="seconds to wait after the last request before measuring memory and temp bytes again "
                         "(the launched server drops sessions idle for 1 minute, sweeping every 30 s)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "soak.jsonl"))
+    p.add_argument("--commit", default=None,
+                   help="the code version to record when running from an export without .git (git archive HEAD)")
     args = p.parse_args(argv)
     global UMAP
     UMAP = args.umap
@@ -408,8 +410,8 @@ def main(argv: list[str] | None = None) -> dict:
     result["warm_up_map"] = warm_log.rows
     result.update(server_probe_max_s=round(max(probes), 2) if probes else None,
                   server_probe_over_15s=sum(p > 15 for p in probes))
-    result["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                      text=True).stdout.strip()
+    result["commit"] = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                                     capture_output=True, text=True).stdout.strip()
     if kids:
         result.update(worker_rss_start_mb=round(kids[0] / 2**20, 1), worker_rss_peak_mb=round(max(kids) / 2**20, 1),
                       worker_rss_end_mb=round(kids[-1] / 2**20, 1))
