@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dd_core.data import load_dataset
-from dd_core.distill import run_to_end
+from dd_core.distill import distill
 from dd_core.evaluate import evaluate_synthetic, protocol
 from dd_core.methods import METHODS, make_method
 from dd_core.methods.trajectory import matching_loss
@@ -58,26 +59,76 @@ def _overrides(items: list[str], method: str) -> dict:
 
 
 def cmd_compare(args) -> None:
+    """Distil each method (per seed) and evaluate every set under one protocol with its own labels;
+    with --eval-at, also the snapshots at those steps of the same run (one line each)."""
     dataset = load_dataset(args.dataset)
     config = protocol(args.protocol, num_models=args.models)
-    for ipc in args.ipcs:
-        for name in args.methods:
-            method = make_method(name, preset=args.preset, dataset=dataset.name, ipc=ipc, **_overrides(args.set, name))
-            steps = args.steps if METHODS.get(name).learns_images else 1
-            t0 = time.perf_counter()
-            snap = run_to_end(dataset, method, method_name=name, ipc=ipc, steps=steps, seed=args.seed,
-                              snapshot_every=10**9)
-            distill_s = time.perf_counter() - t0
-            result = evaluate_synthetic(snap.synthetic, dataset, config)  # each set with its own labels
-            row = {"bench": "compare", "dataset": dataset.name, "method": name, "ipc": ipc, "preset": args.preset,
-                   "steps": snap.step, "status": snap.status, "hyperparameters": method.config(),
-                   "distill_seconds": round(distill_s, 1), "eval": result.as_dict(),
-                   "learned_lr": snap.synthetic.extra_meta.get("learned_lr"),
-                   "experts": snap.synthetic.extra_meta.get("experts"), **_machine()}
-            if args.learned_lr and "learned_lr" in snap.synthetic.extra_meta:
-                row["eval_learned_lr"] = evaluate_synthetic(snap.synthetic, dataset,
-                                                            protocol("learned_lr", num_models=args.models)).as_dict()
-            _emit(row, args.out)
+    for seed in args.seeds:
+        for ipc in args.ipcs:
+            for name in args.methods:
+                method = make_method(name, preset=args.preset, dataset=dataset.name, ipc=ipc,
+                                     **_overrides(args.set, name))
+                steps = args.steps if METHODS.get(name).learns_images else 1
+                wanted = sorted({s for s in args.eval_at if 0 < s < steps} | {steps})
+                t0, c0 = time.perf_counter(), time.process_time()
+                kept, cpu_at = {}, {}
+                for snap in distill(dataset, method, method_name=name, ipc=ipc, steps=steps, seed=seed,
+                                    snapshot_every=math.gcd(*wanted)):
+                    if snap.step in wanted or snap.finished:
+                        kept[snap.step], cpu_at[snap.step] = snap, time.process_time() - c0
+                distill_s = time.perf_counter() - t0
+                for at, snap in sorted(kept.items()):
+                    e0 = time.process_time()
+                    result = evaluate_synthetic(snap.synthetic, dataset, config)  # each set with its own labels
+                    row = {"bench": "compare", "dataset": dataset.name, "method": name, "ipc": ipc,
+                           "preset": args.preset, "seed": seed, "steps": snap.step, "status": snap.status,
+                           "hyperparameters": method.config(),
+                           "distill_seconds": round(distill_s if snap.finished else snap.elapsed, 1),
+                           "distill_cpu_seconds": round(cpu_at[at], 1), "eval": result.as_dict(),
+                           "learned_lr": snap.synthetic.extra_meta.get("learned_lr"),
+                           "experts": snap.synthetic.extra_meta.get("experts"), **_machine()}
+                    if args.learned_lr and "learned_lr" in snap.synthetic.extra_meta:
+                        row["eval_learned_lr"] = evaluate_synthetic(snap.synthetic, dataset,
+                                                                    protocol("learned_lr", num_models=args.models,
+                                                                             epochs=config.epochs)).as_dict()
+                    row["eval_cpu_seconds"] = round(time.process_time() - e0, 1)
+                    _emit(row, args.out)
+
+
+def cmd_table(args) -> None:
+    """Markdown table of `compare` lines: one row per method, setting and step count, over its seeds.
+    The setting names the hyperparameters that differ between a method's rows in these files.
+    "across seeds" is the population std of the per-seed means, "across networks" the mean of the
+    per-seed stds, and the last columns pool every network (points, %)."""
+    rows = [json.loads(line) for path in args.files for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("bench") == "compare"]
+    varying = {}
+    for r in rows:
+        for k, v in r["hyperparameters"].items():
+            varying.setdefault((r["method"], k), set()).add(json.dumps(v))
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        setting = ", ".join(f"{k} {v}" for k, v in r["hyperparameters"].items()
+                            if len(varying[(r["method"], k)]) > 1)
+        key = (r["dataset"], r["method"], r["ipc"], setting, r["steps"], r["eval"]["protocol"])
+        groups.setdefault(key, []).append(r)
+    print("| dataset | method | IPC | setting | steps | seeds | protocol | per-seed mean % | across seeds "
+          "| across networks | all networks % | learned_lr: per-seed mean % | learned_lr: all networks % |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for (dataset, method, ipc, setting, steps, proto), group in groups.items():
+        cells = [dataset, method, str(ipc), setting or "-", str(steps), " ".join(str(r.get("seed", 0)) for r in group),
+                 proto, *_spread([r["eval"]["accuracies"] for r in group])]
+        learned = [r["eval_learned_lr"]["accuracies"] for r in group if "eval_learned_lr" in r]
+        per_seed, _, _, pooled = _spread(learned) if learned else ("-",) * 4
+        print("| " + " | ".join(cells + [per_seed, pooled]) + " |")
+
+
+def _spread(per_seed: list[list[float]]) -> list[str]:
+    means = [100 * statistics.fmean(a) for a in per_seed]
+    within = statistics.fmean(100 * statistics.pstdev(a) for a in per_seed)
+    pooled = [100 * x for a in per_seed for x in a]
+    return [", ".join(f"{m:.1f}" for m in means), f"{statistics.pstdev(means):.1f}" if len(means) > 1 else "-",
+            f"{within:.1f}", f"{statistics.fmean(pooled):.1f} ± {statistics.pstdev(pooled):.1f} ({len(pooled)})"]
 
 
 # -- speed: ours against a loop built like the official code -----------------------------------------
@@ -270,8 +321,11 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--set", action="append", default=[], metavar="[METHOD.]FIELD=VALUE")
     c.add_argument("--protocol", default="fast")
     c.add_argument("--models", type=int, default=3)
-    c.add_argument("--learned-lr", action="store_true", help="also evaluate trajectory sets at their learned lr")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--learned-lr", action="store_true",
+                   help="also evaluate trajectory sets at their learned lr (the protocol's epochs otherwise as fast)")
+    c.add_argument("--seeds", nargs="*", type=int, default=[0], help="distillation seeds, one set each")
+    c.add_argument("--eval-at", nargs="*", type=int, default=[], metavar="STEP",
+                   help="also evaluate the run's snapshots at these steps (below --steps)")
     s = sub.add_parser("speed")
     s.add_argument("--dataset", default="digits")
     s.add_argument("--method", default="mtt")
@@ -282,6 +336,8 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--untrained-experts", action="store_true",
                    help="time with stand-in experts (random walks) instead of training them first")
     s.add_argument("--with-tesla", action="store_true", help="also time the same iteration by TESLA's adjoint")
+    t = sub.add_parser("table")
+    t.add_argument("files", nargs="+", help="JSON-lines files written by compare")
     e = sub.add_parser("expert-speed")
     e.add_argument("--dataset", default="cifar10")
     e.add_argument("--method", default="mtt")
@@ -297,8 +353,9 @@ def main(argv: list[str] | None = None) -> None:
         q.add_argument("--threads", type=int, default=1)
         q.add_argument("--out", default=None, help="append JSON lines here")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    {"compare": cmd_compare, "speed": cmd_speed, "expert-speed": cmd_expert_speed, "memory": cmd_memory}[args.command](args)
+    torch.set_num_threads(getattr(args, "threads", 1))
+    {"compare": cmd_compare, "speed": cmd_speed, "expert-speed": cmd_expert_speed, "memory": cmd_memory,
+     "table": cmd_table}[args.command](args)
 
 
 if __name__ == "__main__":

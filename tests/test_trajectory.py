@@ -298,3 +298,26 @@ def test_a_folder_from_the_experts_command_can_be_used(digits, tmp_path):
     wrong = make_method("mtt", dataset="digits", ipc=1, model="mlp", experts_dir=folder)
     with pytest.raises(ValueError, match="are convnet_d2 on digits; this run needs mlp on digits"):
         run_to_end(digits, wrong, method_name="mtt", ipc=1, steps=1, device=torch.device("cpu"))
+
+
+def test_the_benchmark_table_pools_seeds_and_networks(tmp_path, capsys):
+    from benchmarks.trajectory import main
+
+    def row(seed, accs, lr_accs=None, lr_img=100.0):
+        out = {"bench": "compare", "dataset": "digits", "method": "mtt", "ipc": 1, "seed": seed, "steps": 500,
+               "hyperparameters": {"lr_img": lr_img, "syn_steps": 10},
+               "eval": {"accuracies": accs, "protocol": "fast"}}
+        return {**out, "eval_learned_lr": {"accuracies": lr_accs}} if lr_accs else out
+
+    lines = [row(0, [0.90, 0.92], [0.80, 0.82]), row(1, [0.94, 0.94], [0.84, 0.84]), row(2, [0.5, 0.5], lr_img=1000.0)]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    main(["table", str(path)])
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| digits")]
+    assert len(table) == 2  # lr_img differs between the rows, so it names two settings
+    cells = [c.strip() for c in table[0].strip("|").split("|")]
+    assert cells[3] == "lr_img 100.0" and cells[5] == "0 1"
+    # per-seed means 91.0 and 94.0: 1.5 across seeds; within-seed stds 1.0 and 0.0: mean 0.5
+    assert cells[7:11] == ["91.0, 94.0", "1.5", "0.5", "92.5 ± 1.7 (4)"]
+    assert cells[11:] == ["81.0, 84.0", "82.5 ± 1.7 (4)"]  # the learned_lr evaluation
+    assert [c.strip() for c in table[1].strip("|").split("|")][7:] == ["50.0", "-", "0.0", "50.0 ± 0.0 (2)", "-", "-"]
