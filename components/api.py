@@ -17,7 +17,7 @@ from typing import Iterator
 import gradio as gr
 
 from dd_core import defaults
-from dd_core.embed import Stopped
+from dd_core.embed import Stopped, TrainingStopped
 
 from . import distill_run, evaluate_run, feature_view, inputs, jobs
 from .runtime import LIMITS
@@ -75,7 +75,11 @@ def map_api(kind: str = "trained", projection: str = "PCA", request: gr.Request 
         view = jobs.run_blocking(session, "map", jobs.owner_of(request), LIMITS.max_seconds,
                                  lambda job: feature_view.compute_view(session, kind, projection, paths=False,
                                                                        stop=job.stop))
-    except Stopped as err:  # only the cap stops an API map
+    except TrainingStopped as err:  # only the cap stops an API map
+        raise gr.Error(f"The map reached this machine's time cap of {LIMITS.max_seconds:.0f} s per job: {err}. "
+                       f"Ask for kind random (no training), or for trained again when the machine is less busy.",
+                       print_exception=False) from None
+    except Stopped as err:
         raise gr.Error(f"The map reached this machine's time cap of {LIMITS.max_seconds:.0f} s per job ({err}). "
                        f"Ask for PCA (instant), or for UMAP again when the machine is less busy.",
                        print_exception=False) from None

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from dd_core.embed import Stopped
+from dd_core.embed import Stopped, TrainingStopped
 
 from . import feature_view, inputs, jobs, selection, waiting
 from .figures import map_figure
@@ -52,12 +52,18 @@ def draw(kind: str, projection: str, paths: bool, request: gr.Request = None):
 
 
 def stopped_text(job: jobs.Job, err: Stopped | None = None) -> str:
-    """What the page says when a map job's stop (its cap, Stop, a closed page) ended UMAP."""
+    """What the page says when a map job's stop (its cap, Stop, a closed page) ended the feature
+    network's first training or UMAP."""
     cap = LIMITS.max_seconds
     cap_words = f"{cap / 60:.0f} min" if cap >= 120 else f"{cap:.0f} s"
     why = f"at the time cap ({cap_words})" if job.cap_reached.is_set() else "(Stop was pressed)"
-    ended = (f"the UMAP worker process (pid {err.pid}) was ended, and a fresh one starts with the next map"
-             if err is not None and err.pid else "UMAP was not started")
+    if isinstance(err, TrainingStopped):
+        ended = (f"{err} (the random network needs no training; or ask again when the machine is less busy, "
+                 f"since the training must finish within one job)")
+    elif err is not None and err.pid:
+        ended = f"the UMAP worker process (pid {err.pid}) was ended, and a fresh one starts with the next map"
+    else:
+        ended = "UMAP was not started"
     return f"■ Stopped {why}: {ended}. The map shown is the last one drawn."
 
 

@@ -50,19 +50,20 @@ def _path_snapshots(session: Session, limit: int) -> list[tuple[int, torch.Tenso
     return kept
 
 
-def real_map_for(session: Session, kind: str):
+def real_map_for(session: Session, kind: str, stop=None):
     syn = session.current()
     if syn is None:
         raise inputs.UserError("No synthetic set in this session yet: distill one in the Distill tab first.")
     dataset = evaluate_run.dataset_of(session, syn)
-    return dataset, embed.real_map(dataset, kind)
+    return dataset, embed.real_map(dataset, kind, stop=stop)
 
 
 def compute_view(session: Session, kind: str, projection: str, *, paths: bool = True, stop=None) -> MapView:
     """Project the session's current set (and its path) with the real map's PCA or UMAP. `stop` (the
-    job's threading.Event: its Stop, its time cap, its page closed) ends a UMAP fit or transform in
-    progress by ending the worker process, and raises embed.Stopped."""
-    dataset, m = real_map_for(session, kind)
+    job's threading.Event: its Stop, its time cap, its page closed) ends the feature network's first
+    training (embed.TrainingStopped) or a UMAP fit or transform in progress, by ending the worker
+    process (embed.Stopped)."""
+    dataset, m = real_map_for(session, kind, stop=stop)
     syn = session.current()
     n = len(syn.labels)
     limit = MAX_PATH_POINTS if projection == "PCA" else max(2, min(MAX_PATH_POINTS, MAX_UMAP_POINTS // n))

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .data import Dataset
+from .interrupt import Interrupted
 from .models import model_for
 from .teacher import features, get_teacher
 from .umap_worker import MissingMap, Stopped, UmapWorker  # noqa: F401 - Stopped: what a stopped fit raises
@@ -25,15 +26,29 @@ from .umap_worker import MissingMap, Stopped, UmapWorker  # noqa: F401 - Stopped
 MAX_MAP_POINTS = 4000  # real points the map is fitted on
 MAX_NEAREST_POOL = 20_000  # real images searched for each synthetic image's nearest neighbour
 FEATURE_KINDS = ("trained", "random")
+
+
+class TrainingStopped(Stopped):
+    """The caller's stop ended the feature network's first training; nothing was cached."""
+
+    def __init__(self):
+        RuntimeError.__init__(self, "the feature network's first training was stopped before it finished; nothing "
+                                    "was cached, so the next map with it trains it again")
+        self.pid = None
 _maps: dict[tuple, "RealMap"] = {}
 _lock = threading.Lock()
 WORKER = UmapWorker()  # one UMAP process for everybody; fitted maps are shared read-only
 
 
-def feature_net(dataset: Dataset, kind: str, device=None) -> tuple[torch.nn.Module, str]:
-    """A frozen network and a sentence saying what it is: trained on the real data, or random as DM sees it."""
+def feature_net(dataset: Dataset, kind: str, device=None, stop=None) -> tuple[torch.nn.Module, str]:
+    """A frozen network and a sentence saying what it is: trained on the real data, or random as DM
+    sees it. The trained one is trained on first use (then cached); `stop` set meanwhile ends that
+    training and raises TrainingStopped."""
     if kind == "trained":
-        teacher = get_teacher(dataset, device=device)
+        try:
+            teacher = get_teacher(dataset, device=device, stop=stop)
+        except Interrupted:
+            raise TrainingStopped() from None
         return teacher.net, f"features of a {teacher.describe()}"
     if kind == "random":
         net = model_for(dataset, "convnet", seed=0, device=device or "cpu").eval()
@@ -112,13 +127,14 @@ def _data_key(dataset: Dataset) -> str:
     return hashlib.sha1(sample.numpy().tobytes()).hexdigest()[:10]
 
 
-def real_map(dataset: Dataset, kind: str = "trained", *, device=None, seed: int = 0) -> RealMap:
-    """The cached real map of a dataset (features and PCA; UMAP is fitted separately)."""
+def real_map(dataset: Dataset, kind: str = "trained", *, device=None, seed: int = 0, stop=None) -> RealMap:
+    """The cached real map of a dataset (features and PCA; UMAP is fitted separately). `stop` (a
+    threading.Event) ends a first training of the feature network: TrainingStopped."""
     key = (dataset.name, _data_key(dataset), kind, seed)
     with _lock:
         if key in _maps:
             return _maps[key]
-    net, note = feature_net(dataset, kind, device)
+    net, note = feature_net(dataset, kind, device, stop=stop)
     device = device or next(net.parameters()).device
     idx = balanced_sample(dataset.y_train, MAX_MAP_POINTS, seed)
     pool_idx = idx if len(dataset.y_train) <= MAX_MAP_POINTS else balanced_sample(dataset.y_train, MAX_NEAREST_POOL, seed + 1)

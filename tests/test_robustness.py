@@ -402,6 +402,54 @@ def test_the_map_api_under_its_cap_ends_the_fit_with_a_plain_message(slow_umap, 
     assert time.monotonic() - t0 < 15 and f"pid {pid}" in str(err.value) and _gone(pid)
 
 
+@pytest.fixture
+def slow_teacher(monkeypatch, tmp_path):
+    """The trained feature network not cached anywhere, and its training a stand-in that takes 30 s
+    unless its stop is set (a first MNIST training on a loaded machine, without the minutes)."""
+    from dd_core import embed, teacher
+    from dd_core.interrupt import check
+
+    monkeypatch.setenv("DD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(teacher, "_memory", {})
+    monkeypatch.setattr(embed, "_maps", {})
+
+    def train(dataset, arch, epochs, seed, device, stop=None, **_):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            check(stop)
+            time.sleep(0.05)
+        raise AssertionError("the feature network's training was never stopped")
+
+    monkeypatch.setattr(teacher, "train_on_real", train)
+    return teacher
+
+
+def test_the_time_cap_ends_the_feature_networks_first_training(slow_teacher, map_session, monkeypatch):
+    from components import feature_tab
+
+    who, s = map_session
+    monkeypatch.setattr(feature_tab, "LIMITS", runtime.Limits(max_steps=10, max_seconds=1.0, max_ipc=10))
+    t0 = time.monotonic()
+    *_, (status, *_rest) = feature_tab.draw("trained", "PCA", False, who)
+    assert time.monotonic() - t0 < 10, "the cap did not reach the feature network's training"
+    assert "time cap" in status and "first training was stopped" in status and "random network" in status
+    assert not slow_teacher._memory and not s.jobs  # nothing cached; the slot was released
+
+
+def test_the_map_api_under_its_cap_ends_the_feature_networks_training_with_a_plain_message(
+        slow_teacher, map_session, monkeypatch):
+    import gradio as gr
+
+    from components import api
+
+    who, _ = map_session
+    monkeypatch.setattr(api, "LIMITS", runtime.Limits(max_steps=10, max_seconds=1.0, max_ipc=10))
+    t0 = time.monotonic()
+    with pytest.raises(gr.Error, match="time cap of 1 s per job: the feature network's first training") as err:
+        api.map_api("trained", "PCA", who)
+    assert time.monotonic() - t0 < 10 and "kind random" in str(err.value)
+
+
 def test_the_server_keeps_to_two_malloc_arenas():
     """glibc gives each allocating thread an arena (up to 8 per core) and keeps what is freed in it,
     so RSS stayed ~9% up after sessions dropped (benchmarks/rss_lifecycle.py); configure() caps them."""
