@@ -104,6 +104,22 @@ def run(side_is_ours: bool, net: nn.Module, pixels: torch.Tensor, y: torch.Tenso
     return time.perf_counter() - t0, time.process_time() - c0, losses
 
 
+def profile(settings: list[str], ours: bool, steps: int) -> int:
+    """Print each setting's operators by self CPU time over `steps` steps of one side (after a warm-up)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    for name in settings:
+        model, channels, side, batch = SETTINGS[name]
+        pixels = torch.randn(batch, channels, side, side, generator=torch.Generator().manual_seed(0))
+        y = torch.arange(batch) % 10
+        run(ours, teacher_like(model, channels, side), pixels, y, 2, 0)
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            run(ours, teacher_like(model, channels, side), pixels, y, steps, 0)
+        print(f"{name}, {'ours' if ours else 'reference'}, {steps} steps")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--settings", nargs="*", default=["digits_convnet_bn_d2", "cifar_convnet_bn_w32", "cifar_resnet18_w16"],
@@ -112,8 +128,12 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None)
+    p.add_argument("--profile", choices=["ours", "reference"], default=None,
+                   help="instead of timing: run --steps steps of one side under torch.profiler and print where the CPU time goes")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.profile:
+        return profile(args.settings, args.profile == "ours", args.steps)
     for name in args.settings:
         model, channels, side, batch = SETTINGS[name]
         net = teacher_like(model, channels, side)
