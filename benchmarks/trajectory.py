@@ -99,7 +99,8 @@ def cmd_table(args) -> None:
     """Markdown table of `compare` lines: one row per method, setting and step count, over its seeds.
     The setting names the hyperparameters that differ between a method's rows in these files.
     "across seeds" is the population std of the per-seed means, "across networks" the mean of the
-    per-seed stds, and the last columns pool every network (points, %)."""
+    per-seed stds, and the last columns pool every network (points, %). A seed that appears twice for
+    the same setting and steps (a run repeated) counts once, with its last line."""
     rows = [json.loads(line) for path in args.files for line in Path(path).read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r.get("bench") == "compare"]
     varying = {}
@@ -111,11 +112,12 @@ def cmd_table(args) -> None:
         setting = ", ".join(f"{k} {v}" for k, v in r["hyperparameters"].items()
                             if len(varying[(r["method"], k)]) > 1)
         key = (r["dataset"], r["method"], r["ipc"], setting, r["steps"], r["eval"]["protocol"])
-        groups.setdefault(key, []).append(r)
+        groups.setdefault(key, {})[r.get("seed", 0)] = r  # a seed measured again (same setting): the last line
     print("| dataset | method | IPC | setting | steps | seeds | protocol | per-seed mean % | across seeds "
           "| across networks | all networks % | learned_lr: per-seed mean % | learned_lr: all networks % |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for (dataset, method, ipc, setting, steps, proto), group in groups.items():
+    for (dataset, method, ipc, setting, steps, proto), by_seed in groups.items():
+        group = list(by_seed.values())
         cells = [dataset, method, str(ipc), setting or "-", str(steps), " ".join(str(r.get("seed", 0)) for r in group),
                  proto, *_spread([r["eval"]["accuracies"] for r in group])]
         learned = [r["eval_learned_lr"]["accuracies"] for r in group if "eval_learned_lr" in r]

@@ -309,7 +309,8 @@ def test_the_benchmark_table_pools_seeds_and_networks(tmp_path, capsys):
                "eval": {"accuracies": accs, "protocol": "fast"}}
         return {**out, "eval_learned_lr": {"accuracies": lr_accs}} if lr_accs else out
 
-    lines = [row(0, [0.90, 0.92], [0.80, 0.82]), row(1, [0.94, 0.94], [0.84, 0.84]), row(2, [0.5, 0.5], lr_img=1000.0)]
+    lines = [row(0, [0.90, 0.92], [0.80, 0.82]), row(1, [0.94, 0.94], [0.84, 0.84]), row(2, [0.5, 0.5], lr_img=1000.0),
+             row(2, [0.6, 0.6], lr_img=1000.0)]  # seed 2 measured again: its last line counts
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in lines))
     main(["table", str(path)])
@@ -320,4 +321,4 @@ def test_the_benchmark_table_pools_seeds_and_networks(tmp_path, capsys):
     # per-seed means 91.0 and 94.0: 1.5 across seeds; within-seed stds 1.0 and 0.0: mean 0.5
     assert cells[7:11] == ["91.0, 94.0", "1.5", "0.5", "92.5 ± 1.7 (4)"]
     assert cells[11:] == ["81.0, 84.0", "82.5 ± 1.7 (4)"]  # the learned_lr evaluation
-    assert [c.strip() for c in table[1].strip("|").split("|")][7:] == ["50.0", "-", "0.0", "50.0 ± 0.0 (2)", "-", "-"]
+    assert [c.strip() for c in table[1].strip("|").split("|")][7:] == ["60.0", "-", "0.0", "60.0 ± 0.0 (2)", "-", "-"]
