@@ -233,9 +233,14 @@ def http_student(url: str, rng: random.Random, deadline: float, budget: list, lo
                             started = time.time() - t0
                             if rng.random() < 0.3:
                                 httpx.post(f"{api}/call/stop", json={"data": []}, timeout=30)
-            if kind == "complete":
-                log.add("rest-bad" if bad else "rest-distill", "failed" if bad else "ok", time.time() - t0, started,
-                        "accepted bad input" if bad else "")
+            if kind == "complete" and bad:
+                # A bad folder is only opened once the job has its slot: a /stop from the same address (the
+                # plain-HTTP students share one) can end it first, with the app's "Stopped before it started".
+                outcome, message = classify(RuntimeError(last or ""))
+                log.add("rest-bad", outcome if outcome == "refused" else "failed", time.time() - t0, None,
+                        message if outcome == "refused" else f"accepted bad input {str(data)[:60]}: {last}")
+            elif kind == "complete":
+                log.add("rest-distill", "ok", time.time() - t0, started, "")
             else:
                 outcome, message = classify(RuntimeError(last or "stream ended without a result"))
                 log.add("rest-bad" if bad else "rest-distill", outcome, time.time() - t0, None, message)
