@@ -201,7 +201,10 @@ def _start_sweeper() -> None:
     def loop():
         while True:
             time.sleep(SWEEP_SECONDS)
-            sweep_idle()
+            try:
+                sweep_idle()
+            except Exception:  # noqa: BLE001 - a failing hook must not end the sweeping for good
+                logging.getLogger("distillery.app").exception("idle sweep failed; trying again in %d s", SWEEP_SECONDS)
     _sweeper = threading.Thread(target=loop, name="session-sweeper", daemon=True)
     _sweeper.start()
 
