@@ -9,6 +9,8 @@ components/jobs.py) and per-session state as the page.
     progress, set_file = job.result()
     result = client.predict(handle_file(set_file), api_name="/evaluate")
     print(result["accuracy_mean"], result["accuracy_std"])
+    result = client.predict(handle_file(set_file), "fast", 1, "", True, api_name="/evaluate")  # beside RS2
+    print(result["accuracy_mean"], result["rs2"]["accuracy_mean"], result["rs2"]["seconds"])
 """
 from __future__ import annotations
 
@@ -48,18 +50,30 @@ def distill_api(dataset: str, method: str, ipc, steps, seed, request: gr.Request
         yield _progress(tick), (str(files["safetensors"]) if "safetensors" in files else None)
 
 
-def evaluate_api(set_file, protocol: str = "fast", num_models=1, model: str = "", request: gr.Request = None) -> dict:
-    """Train fresh networks on a synthetic set (.safetensors) and report mean/std test accuracy (fractions)."""
+def evaluate_api(set_file, protocol: str = "fast", num_models=1, model: str = "", rs2=False,
+                 request: gr.Request = None) -> dict:
+    """Train fresh networks on a synthetic set (.safetensors) and report mean/std test accuracy (fractions).
+    With `rs2`, also RS2 at the set's size (fresh random real images each epoch, same epochs and
+    recipe) under the key "rs2", each side with its seconds: is the set better than re-sampling?"""
     try:
+        if not isinstance(rs2, bool):
+            raise inputs.UserError(f"rs2 is true or false (got {inputs.echo(rs2)}).")
         syn = inputs.load_set(set_file)
         n = inputs.as_int(num_models, "Number of networks")
         session = session_for(request)
-        result = jobs.run_blocking(session, "evaluate", jobs.owner_of(request), LIMITS.max_seconds,
-                                   lambda job: evaluate_run.evaluate_set(session, syn, protocol=protocol, num_models=n,
-                                                                         model=model or None, stop=job.stop))
+
+        def work(job):
+            result = evaluate_run.evaluate_set(session, syn, protocol=protocol, num_models=n, model=model or None,
+                                               stop=job.stop)
+            if not rs2 or result.stopped:
+                return result.as_dict()
+            # the same recipe as the set's own evaluation (protocol, networks, architecture, learned lr)
+            again = evaluate_run.rs2(session, syn, result.config, stop=job.stop)
+            return {**result.as_dict(), "rs2": again.as_dict()}
+
+        return jobs.run_blocking(session, "evaluate", jobs.owner_of(request), LIMITS.max_seconds, work)
     except Exception as err:  # noqa: BLE001 - the client gets a message, never a traceback
         raise gr.Error(inputs.user_message(err), print_exception=False) from None
-    return result.as_dict()
 
 
 def map_api(kind: str = "trained", projection: str = "PCA", request: gr.Request = None) -> dict:
@@ -109,11 +123,12 @@ def attach(tab, compute: dict) -> None:
         protocol = gr.Radio(list(evaluate_run.PROTOCOLS), value=defaults.PROTOCOL, label="protocol", info=evaluate_run.PROTOCOL_HELP)
         num_models = whole_number(1, "networks")
         model = gr.Textbox("", label="architecture (empty: the protocol's)")
+        rs2 = gr.Checkbox(False, label="also RS2 at the set's size")
         result = gr.JSON(label="result")
         go_distill, go_eval = gr.Button(), gr.Button()
     go_distill.click(distill_api, inputs=[tab.dataset, tab.method, ipc, steps, seed],
                      outputs=[progress, set_out], api_name="distill", **compute)
-    go_eval.click(evaluate_api, inputs=[set_in, protocol, num_models, model], outputs=result, api_name="evaluate",
+    go_eval.click(evaluate_api, inputs=[set_in, protocol, num_models, model, rs2], outputs=result, api_name="evaluate",
                   **compute)
     kind_in = gr.Textbox("trained", label="kind (trained or random)", visible=False)
     projection_in = gr.Textbox("PCA", label="projection (PCA or UMAP)", visible=False)

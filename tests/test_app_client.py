@@ -56,6 +56,18 @@ def test_bad_input_is_an_error_message(url, args, fragment):
     assert progress["status"] == "done" and set_file.endswith(".safetensors")
 
 
+def test_evaluate_beside_rs2_reports_both_sides_with_their_seconds(url):
+    client = gradio_client.Client(url, verbose=False)
+    _, set_file = client.predict("digits", "random", 1, 1, 0, api_name="/distill")
+    result = client.predict(gradio_client.handle_file(set_file), "fast", 1, "mlp", True, api_name="/evaluate")
+    rs2 = result["rs2"]
+    assert 0.0 < rs2["accuracy_mean"] <= 1.0 and len(rs2["accuracies"]) == 1 and rs2["seconds"] > 0
+    assert rs2["protocol"] == result["protocol"] == "fast" and "mlp" in rs2["protocol_detail"]
+    assert "rs2" not in client.predict(gradio_client.handle_file(set_file), "fast", 1, "mlp", api_name="/evaluate")
+    with pytest.raises(Exception, match="rs2 is true or false"):
+        client.predict(gradio_client.handle_file(set_file), "fast", 1, "mlp", "yes", api_name="/evaluate")
+
+
 def test_evaluate_rejects_a_file_that_is_not_a_set(url, tmp_path):
     bogus = tmp_path / "bogus.safetensors"
     bogus.write_bytes(b"\x00" * 64)
