@@ -3,6 +3,10 @@
     # accuracy: distill each method, evaluate every set under one protocol with its own labels
     python -m benchmarks.trajectory compare --dataset digits --ipcs 1 10 --methods random dm mtt tesla ftd datm set \
         --steps 200 --out benchmarks/results/trajectory_digits.jsonl
+    # ... over several distillation seeds, evaluating the 100-step snapshot of each run too; then the table
+    python -m benchmarks.trajectory compare --dataset digits --ipcs 1 --methods mtt dm --steps 300 --eval-at 100 \
+        --seeds 0 1 2 --out rows.jsonl
+    python -m benchmarks.trajectory table rows.jsonl
     # seconds per MTT iteration: ours against a loop built like the official code, same draws
     python -m benchmarks.trajectory speed --dataset digits --ipc 10 --repeats 5
     # seconds per expert epoch (a few batches, scaled), e.g. on CIFAR-10 with the paper preset's recipe
