@@ -20,7 +20,8 @@ from dd_core.distill import run_to_end
 from dd_core.evaluate import evaluate, protocol
 from dd_core.labels import build_spec, load_store
 from dd_core.methods import make_method
-from dd_core.methods.recover import recover_loss, slot_order, tapped
+from dd_core.methods.bn_taps import recover_loss, tapped
+from dd_core.methods.recover import slot_order
 from dd_core.synthetic import random_subset
 from dd_core.teachers import get_bn_teacher
 

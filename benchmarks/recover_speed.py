@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dd_core.methods.recover import random_resized_crop, recover_loss, tapped
+from dd_core.methods.bn_taps import recover_loss, tapped
+from dd_core.methods.recover import random_resized_crop
 from dd_core.models import build_model
 
 from .decoupled import line

@@ -32,9 +32,10 @@ class TrainingStopped(Stopped):
     """The caller's stop ended the feature network's first training; nothing was cached."""
 
     def __init__(self):
-        RuntimeError.__init__(self, "the feature network's first training was stopped before it finished; nothing "
-                                    "was cached, so the next map with it trains it again")
-        self.pid = None
+        super().__init__(None, "the feature network's first training was stopped before it finished; nothing "
+                               "was cached, so the next map with it trains it again")
+
+
 _maps: dict[tuple, "RealMap"] = {}
 _lock = threading.Lock()
 WORKER = UmapWorker()  # one UMAP process for everybody; fitted maps are shared read-only

@@ -172,10 +172,10 @@ class Stopped(RuntimeError):
     """The caller's stop was set while it waited for UMAP; `pid` is the worker process that was
     ended for it (None when the caller was still waiting for the worker and nothing was ended)."""
 
-    def __init__(self, pid: int | None):
+    def __init__(self, pid: int | None, message: str | None = None):
         self.pid = pid
         ended = f"its worker process (pid {pid}) was ended" if pid else "nothing had started yet"
-        super().__init__(f"UMAP stopped: {ended}")
+        super().__init__(message or f"UMAP stopped: {ended}")
 
 
 STOP_POLL = 0.2  # seconds between looks at the caller's stop while UMAP works

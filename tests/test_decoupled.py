@@ -17,7 +17,7 @@ from dd_core.labels import build, load_store
 from dd_core.label_stores.base import HardLabels
 from dd_core.label_stores.soft import RowCodec, SoftLabels
 from dd_core.methods import make_method
-from dd_core.methods.recover import BNTap, FoldedConvBN, recover_loss, tapped
+from dd_core.methods.bn_taps import BNTap, FoldedConvBN, recover_loss, tapped
 from dd_core.models import build_model
 from dd_core.soft_protocol import kl_to_targets, mixed_targets, soft_views
 from dd_core.synthetic import SyntheticSet, init_synthetic

@@ -8,7 +8,8 @@ import torch
 
 from .. import teachers as teacher_registry
 from .base import METHODS, hp
-from .recover import Recover, recover_loss, tapped
+from .bn_taps import recover_loss, tapped
+from .recover import Recover
 
 
 @METHODS.register("cvdd")

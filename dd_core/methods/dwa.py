@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from .base import METHODS, hp
-from .recover import Recover, recover_loss, tapped
+from .bn_taps import recover_loss, tapped
+from .recover import Recover
 
 
 @METHODS.register("dwa")

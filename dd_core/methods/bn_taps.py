@@ -1,0 +1,252 @@
+"""The teacher's batch-norm statistics, taken from its own forward pass: what recover-and-relabel
+(recover.py) matches, and what CV-DD and DWA reuse.
+
+`tapped(net)` returns a copy of the teacher in which a conv followed by its BatchNorm2d becomes one
+convolution with the norm folded in (`FoldedConvBN`), which takes the sums of its output and of its
+square over each image's pixels (two reads, a hand-written backward) and maps them back to the norm's
+input statistics, for every batch group at once; any other BN layer becomes a `BNTap` that does the
+same before normalising as in eval mode. In a ConvNet block the ReLU and 2x2 average pool after the
+norm join the fold: the forward pools by strided slices, and one backward writes the pooled, masked
+gradient and the statistics' gradient into one tensor (autograd would zero-fill a full-size gradient
+per slice and add them). SRe2L's script instead hooks every BN layer and copies each input into
+channel-major order to take its variance (benchmarks/recover_speed.py times the two side by side; a
+test checks loss and gradient against it). `recover_loss` is SRe2L's loss over those statistics.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models import _plain_conv, _pool2, fast_forward
+from ..resnet import BasicBlock
+
+
+class StatSink:
+    """Where the taps of one forward pass put their losses; `groups` batches share one pass."""
+
+    def __init__(self):
+        self.groups = 1
+        self.terms: list[torch.Tensor] = []
+
+
+class BNTap(nn.Module):
+    """A frozen BatchNorm2d (eval mode) that also scores its input's batch statistics per group:
+    ||mean - running_mean||_2 + ||var - running_var||_2, summed over the groups."""
+
+    def __init__(self, bn: nn.BatchNorm2d, sink: StatSink):
+        super().__init__()
+        self.bn, self.sink = bn, sink
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean, var = channel_stats(x, self.sink.groups)  # (g, c) each
+        bn = self.bn
+        self.sink.terms.append(((mean - bn.running_mean).norm(dim=1) + (var - bn.running_var).norm(dim=1)).sum())
+        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+
+class _PixelSums(torch.autograd.Function):
+    """(..., pixels) -> the sums of y and of y^2 over the last (contiguous) dimension, in two reads
+    and no temporary; the backward is one fused g1 + 2 g2 y."""
+
+    @staticmethod
+    def forward(ctx, y):
+        ctx.save_for_backward(y)
+        return y.sum(-1), torch.linalg.vector_norm(y, dim=-1).square()
+
+    @staticmethod
+    def backward(ctx, g1, g2):
+        y, = ctx.saved_tensors
+        return torch.addcmul(g1.unsqueeze(-1).expand_as(y), y, g2.unsqueeze(-1), value=2.0)
+
+
+def channel_stats(y: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per group and channel: the mean and (biased) variance over the group's images and pixels, (g, c) each.
+
+    Sums of y and y^2 per image and channel over the pixels (contiguous), then over each group's
+    images; var = E[y^2] - E[y]^2. On a (100, 32, 32, 32) input, forward + backward on one thread,
+    this took a tenth of the CPU time of var_mean over (batch, pixels) at once, and less than a tenth
+    of SRe2L's channel-major copy (benchmarks/recover_speed.py measures whole steps)."""
+    n, c = y.shape[:2]
+    total, squares = _PixelSums.apply(y.reshape(groups, n // groups, c, -1))  # (g, n/g, c) each
+    return stats_of_sums(total, squares, y[0, 0].numel())
+
+
+def stats_of_sums(total: torch.Tensor, squares: torch.Tensor, pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(g, n/g, c) sums of y and y^2 over `pixels` pixels -> each group's mean and variance, (g, c) each."""
+    mean = total.mean(1) / pixels
+    return mean, squares.mean(1) / pixels - mean ** 2
+
+
+class FoldedConvBN(nn.Module):
+    """conv -> frozen BatchNorm2d as one convolution with the norm folded into its weights, which
+    still reports the statistics of the norm's input: those of the folded output mapped back
+    through the norm's per-channel affine map (mean_in = (mean_out - shift) / scale + running_mean,
+    var_in = var_out / scale^2). One pass over the activation instead of two, both ways."""
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, sink: StatSink, pool: bool = False):
+        super().__init__()
+        self.pool = pool  # also the ReLU and 2x2 average pool that follow (a ConvNet block), in the same pass
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (c,)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        self.conv = copy.deepcopy(conv)
+        with torch.no_grad():
+            self.conv.weight.mul_(scale.view(-1, 1, 1, 1))
+            self.conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias, requires_grad=False)
+        self.register_buffer("scale", scale.detach().clone())
+        self.register_buffer("shift", bn.bias.detach().clone())
+        self.bn, self.sink = bn, sink
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.conv
+        if x.device.type == "cpu" and conv.in_channels == 1 and _plain_conv(conv):  # as ConvNet.embed_fast: im2col
+            y = torch.ops.aten._slow_conv2d_forward(x, conv.weight, list(conv.kernel_size), conv.bias, [1, 1],
+                                                    list(conv.padding))  # beats oneDNN on one input channel
+        else:
+            y = conv(x)
+        groups = self.sink.groups
+        if self.pool and _poolable(y):
+            total, squares, out = _StatsReluPool2.apply(y, groups)
+        else:
+            n, c = y.shape[:2]
+            total, squares = _PixelSums.apply(y.reshape(groups, n // groups, c, -1))
+            out = F.avg_pool2d(F.relu(y), 2) if self.pool else y
+        mean_out, var_out = stats_of_sums(total, squares, y[0, 0].numel())
+        bn = self.bn
+        mean = (mean_out - self.shift) / self.scale + bn.running_mean
+        var = var_out / self.scale ** 2
+        self.sink.terms.append(((mean - bn.running_mean).norm(dim=1) + (var - bn.running_var).norm(dim=1)).sum())
+        return out
+
+
+def _relu_pool2(y: torch.Tensor) -> torch.Tensor:
+    """avg_pool2d(relu(y), 2) of an even, contiguous (n, c, h, w) y, without autograd: the ReLU of each
+    pair of rows added (contiguous reads), then each pair of columns (a quarter to a half of
+    relu + avg_pool2d's CPU time on NCHW in a one-thread microbenchmark)."""
+    n, c, h, w = y.shape
+    rows = y.view(n, c, h // 2, 2, w)
+    pairs = rows[:, :, :, 0].clamp_min(0).add_(rows[:, :, :, 1].clamp_min(0))
+    return (pairs[..., 0::2] + pairs[..., 1::2]).mul_(0.25)
+
+
+def _relu_pool2_grad(g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The gradient of _relu_pool2 at y given the pooled gradient g: g / 4 spread over each 2x2 window,
+    kept where y > 0. One full-size write (autograd's backward of strided slices zero-fills a
+    full-size gradient per slice and adds the four)."""
+    n, c, h, w = y.shape
+    if w < 16:  # narrow rows: the pooling kernel's own backward, then the ReLU's mask
+        spread = torch.ops.aten.avg_pool2d_backward(g, y, [2, 2], [2, 2], [0, 0], False, True, None)
+        return torch.ops.aten.threshold_backward(spread, y, 0)
+    # wide rows: each pooled value repeated along its two columns, then broadcast over its two rows
+    rows = (g * 0.25)[..., None].expand(n, c, h // 2, w // 2, 2).reshape(n, c, h // 2, 1, w).expand(n, c, h // 2, 2, w)
+    return torch.ops.aten.threshold_backward(rows, y.view(n, c, h // 2, 2, w), 0).view(n, c, h, w)
+
+
+def _poolable(y: torch.Tensor) -> bool:
+    return y.dim() == 4 and y.shape[-2] % 2 == 0 and y.shape[-1] % 2 == 0 and y.is_contiguous()
+
+
+class _ReluPool2(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y):
+        ctx.save_for_backward(y)
+        return _relu_pool2(y)
+
+    @staticmethod
+    def backward(ctx, g):
+        y, = ctx.saved_tensors
+        return _relu_pool2_grad(g, y)
+
+
+class _StatsReluPool2(torch.autograd.Function):
+    """y (n, c, h, w) -> (the sums of y and y^2 over each image's channel pixels, (g, n/g, c) each, as
+    _PixelSums; avg_pool2d(relu(y), 2)). The backward writes the two paths' gradient into one
+    tensor in place, where autograd would add two full-size gradients."""
+
+    @staticmethod
+    def forward(ctx, y, groups):
+        ctx.save_for_backward(y)
+        n, c = y.shape[:2]
+        flat = y.view(groups, n // groups, c, -1)
+        return flat.sum(-1), torch.linalg.vector_norm(flat, dim=-1).square(), _relu_pool2(y)
+
+    @staticmethod
+    def backward(ctx, g1, g2, gp):
+        y, = ctx.saved_tensors
+        grad = _relu_pool2_grad(gp, y).contiguous()
+        flat = grad.view(*g1.shape, -1)
+        flat.add_(g1.unsqueeze(-1)).addcmul_(y.view_as(flat), g2.unsqueeze(-1), value=2.0)
+        return grad, None
+
+
+class ReluPool2(nn.Module):
+    """nn.ReLU followed by nn.AvgPool2d(2, 2) in one step with a cheap backward; odd sizes take the
+    plain ReLU and pooling."""
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return _ReluPool2.apply(y) if _poolable(y) else F.avg_pool2d(F.relu(y), 2)
+
+
+def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    # a near-zero scale would divide the statistics by ~0: leave such a layer to BNTap
+    return (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.affine and
+            conv.out_channels == bn.num_features and
+            bool((bn.weight.abs() / torch.sqrt(bn.running_var + bn.eps) > 1e-3).all()))
+
+
+def tapped(net: nn.Module, fold: bool = True) -> tuple[nn.Module, StatSink]:
+    """A copy of `net` (eval mode, frozen) whose BatchNorm2d layers report their input statistics.
+    With `fold`, a conv directly followed by a BN inside an nn.Sequential (where the order of the
+    children is the order of the data) or a ResNet BasicBlock's conv1/bn1 and conv2/bn2 become one
+    FoldedConvBN; every other BN a BNTap."""
+    net = copy.deepcopy(net).eval()
+    sink = StatSink()
+    for m in net.modules():  # a folded conv's output is also the statistics' input: nothing may overwrite it
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    for parent in list(net.modules()):
+        children = list(parent.named_children())
+        if fold and isinstance(parent, nn.Sequential):
+            for i, ((name, conv), (bn_name, bn)) in enumerate(zip(children, children[1:])):
+                if _foldable(conv, bn):
+                    after = [m for _, m in children[i + 2:i + 4]]  # a ConvNet block's ReLU and pool join the fold
+                    pool = len(after) == 2 and isinstance(after[0], nn.ReLU) and _pool2(after[1])
+                    setattr(parent, name, FoldedConvBN(conv, bn, sink, pool=pool))
+                    for dropped in [bn_name] + ([n for n, _ in children[i + 2:i + 4]] if pool else []):
+                        setattr(parent, dropped, nn.Identity())
+            children = list(parent.named_children())
+        if fold and isinstance(parent, BasicBlock):  # its forward applies bn1 to conv1's output, bn2 to conv2's
+            for conv_name, bn_name in (("conv1", "bn1"), ("conv2", "bn2")):
+                if _foldable(getattr(parent, conv_name), getattr(parent, bn_name)):
+                    setattr(parent, conv_name, FoldedConvBN(getattr(parent, conv_name), getattr(parent, bn_name), sink))
+                    setattr(parent, bn_name, nn.Identity())
+            children = list(parent.named_children())
+        if isinstance(parent, nn.Sequential):  # the other ReLU -> 2x2 average pool pairs, as one step
+            for (name, relu), (pool_name, pool) in zip(children, children[1:]):
+                if isinstance(relu, nn.ReLU) and _pool2(pool):
+                    setattr(parent, name, ReluPool2())
+                    setattr(parent, pool_name, nn.Identity())
+        for name, child in parent.named_children():
+            if isinstance(child, nn.BatchNorm2d):
+                setattr(parent, name, BNTap(child, sink))
+    if not any(isinstance(m, (BNTap, FoldedConvBN)) for m in net.modules()):
+        raise ValueError("recovery matches batch-norm statistics, and this teacher has no BatchNorm2d layer; "
+                         f"use a batch-norm teacher recipe ({', '.join(teacher_registry.TEACHERS.names())})")
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net, sink
+
+
+def recover_loss(net: nn.Module, sink: StatSink, x: torch.Tensor, y: torch.Tensor, *, groups: int,
+                 bn_weight: float, first_bn_multiplier: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sum over `groups` equal batches (contiguous in x) of CE(teacher(x), y) + bn_weight x BN loss,
+    the first BN layer's term weighted `first_bn_multiplier` times (SRe2L: 10)."""
+    sink.groups, sink.terms = groups, []
+    logits = fast_forward(net)(x)  # (n, classes); ConvNets take their faster CPU kernels
+    ce = F.cross_entropy(logits, y) * groups  # each group's mean CE, summed
+    bn = sink.terms[0] * first_bn_multiplier + sum(sink.terms[1:])
+    loss = ce + bn_weight * bn
+    acc = (logits.argmax(1) == y).float().mean()
+    return loss, {"ce": ce.item() / groups, "bn": bn.item() / groups, "teacher_acc": acc.item()}
