@@ -17,6 +17,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 import torch
@@ -27,7 +28,9 @@ from dd_core.version import code_version
 
 from .dm_speed import REFERENCES, make, one_step
 
-SET_PATH = "/tmp/dd_gpu_check_mnist_dm10.safetensors"  # written by `mnist`, read by `compile`
+# written by `mnist`, read by `compile` (separate processes): the system temp folder unless DD_GPU_CHECK_DIR names one
+SET_PATH = os.path.join(os.environ.get("DD_GPU_CHECK_DIR") or tempfile.gettempdir(),
+                        "dd_gpu_check_mnist_dm10.safetensors")
 DEVICE = torch.device("cuda")  # --device cpu runs the same code as a smoke test (tiny settings)
 
 
