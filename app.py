@@ -16,7 +16,7 @@ from pathlib import Path  # noqa: E402
 import gradio as gr  # noqa: E402
 
 from components import api, distill_tab, evaluate_tab, feature_tab, jobs, labels_tab, learn_tab  # noqa: E402
-from components import compare_tab, lessons, linked_views, links, run_control, selection  # noqa: E402
+from components import compare_tab, lessons, linked_views, links  # noqa: E402
 from components.sessions import drop_session, forget_with_session, in_use_while, on_sweep, sweep_at_start  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -53,14 +53,12 @@ def build() -> gr.Blocks:
                      labels=labels_t, lessons=lessons_t)
         links.wire(demo, tab, tabs, items, current_tab, compare, page_js=linked_views.ATTACH_JS)
         linked_views.wire(tabs, tab.grid, tab.status, feature)
-        demo.unload(selection.forget)
         for other in (distill_t, compare_t, evaluate_t, learn_t, labels_t, lessons_t):  # the live map only redraws while it is seen
             other.select(lambda: gr.Timer(active=False), outputs=live_timer, queue=False, api_visibility="private")
         gr.Markdown(f"<small>{runtime.device_note()}. {runtime.LIMITS.describe()} "
                     f"API: see “Use via API” below.</small>", elem_classes=["note"])
         api.attach(tab, COMPUTE)
-        demo.unload(drop_session)
-        demo.unload(run_control.forget)
+        demo.unload(drop_session)  # and with it every table keyed by the session (forget_with_session)
     demo.queue(max_size=runtime.QUEUE_SIZE)
     return demo
 

@@ -35,14 +35,10 @@ def gate_of(session: Session) -> Gate | None:
         return _gates.get(session.key)
 
 
-def forget(request: gr.Request) -> None:
-    """On page close: drop the session's gate (its run is being stopped by the session's clean-up)."""
-    forget_key(getattr(request, "session_hash", None) or "local")
-
-
 @forget_with_session
 def forget_key(key: str) -> None:
-    """Also when an idle session is dropped: an API caller's session has a gate but never a page to close."""
+    """When the session is dropped (its page closed, or idle: an API caller's session has a gate but
+    never a page to close); its run is being stopped by the session's clean-up."""
     with _lock:
         gate = _gates.pop(key, None)
         _start_paused.discard(key)

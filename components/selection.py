@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 
-import gradio as gr
 import plotly.graph_objects as go
 
 from .figures import class_colour
@@ -24,14 +23,9 @@ def selected(session) -> int | None:
         return _selected.get(session.key)
 
 
-def forget(request: gr.Request) -> None:
-    """On page close."""
-    forget_key(getattr(request, "session_hash", None) or "local")
-
-
 @forget_with_session
 def forget_key(key: str) -> None:
-    """Also when an idle session is dropped."""
+    """When the session is dropped (its page closed, or idle)."""
     with _lock:
         _selected.pop(key, None)
 
