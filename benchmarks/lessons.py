@@ -18,9 +18,10 @@ import json
 import os
 import re
 import shutil
-import socket
 import time
 from pathlib import Path
+
+from .procs import free_port
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("DISTILLERY_WARMUP", "0")
@@ -102,12 +103,6 @@ def yardstick(steps: int = 100) -> float:
     for _ in distill(digits, make_method("dm", dataset="digits", ipc=10), method_name="dm", ipc=10, steps=steps):
         pass
     return time.perf_counter() - t
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_lesson(browser, url: str, name: str, query: str, shots: Path, timeout_s: float, look: Path | None = None) -> dict:

@@ -20,8 +20,6 @@ import argparse
 import json
 import os
 import random
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,7 +27,8 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from urllib.parse import urlparse
+
+from .procs import children, folder_bytes, free_port, loopback_only, rss_bytes, wait_up
 
 ROOT = Path(__file__).resolve().parent.parent
 # Phrases of the app's own messages: a request answered with one of them was refused clearly.
@@ -40,49 +39,6 @@ REFUSALS = ("whole number", "must be between", "at least 1", "Unknown method", "
 BAD_DISTILLS = [("digits", "dm", 2.5, 5, 0), ("digits", "dm", True, 5, 0), ("digits", "dm", "ten", 5, 0),
                 ("digits", "dm", 1, 10**7, 0), ("digits", "nonsense", 1, 5, 0), ("x" * 20_000, "dm", 1, 5, 0),
                 ("folder:/etc", "dm", 1, 5, 0), ("digits", "dm", 0, 5, 0), ("digits", "dm", 1, -3, 0)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def loopback_only(url: str) -> str:
-    host = urlparse(url).hostname
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        raise SystemExit(f"soak targets only this machine (127.0.0.1); got {host!r}")
-    return url if url.endswith("/") else url + "/"
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident memory of one process, from /proc (0 once it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def children(pid: int) -> list[int]:
-    try:
-        kids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-    return kids + [g for k in kids for g in children(k)]
-
-
-def folder_bytes(*roots: Path) -> int:
-    total = 0
-    for root in roots:
-        for f in Path(root).rglob("*"):
-            try:
-                total += f.stat().st_size if f.is_file() else 0
-            except OSError:
-                pass
-    return total
 
 
 class Log:
@@ -299,20 +255,6 @@ def launch(port: int, folder: Path, cap: int) -> subprocess.Popen:
             f"app.launch(server_name='127.0.0.1', server_port={port}, quiet=True)")
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=open(folder / "server.log", "w"))
-
-
-def wait_up(url: str, timeout: float = 300) -> None:
-    import httpx
-
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return
-        except Exception:  # noqa: BLE001 - not up yet
-            pass
-        time.sleep(1)
-    raise SystemExit(f"the app did not answer at {url} within {timeout:.0f} s")
 
 
 def summarize(log: Log, args, rss: list[int], temp: tuple[int, int], minutes: float) -> dict:
