@@ -1,0 +1,353 @@
+"""CIFAR-10 rows that this project's CPUs cannot afford (issues 15 and 20), on one GPU, each step
+inside its own time; one JSON line per result, appended to --out as it comes (scripts/gpu_cifar.sh
+runs the steps in priority order under `timeout`, and a step killed there keeps the lines it wrote).
+
+    python -m benchmarks.gpu_cifar prepare --pack DIR   # decode once into the engine's cache; pixels vs the manifest
+    python -m benchmarks.gpu_cifar rded  --seconds 135  # (a) issue 15: RDED IPC 10, Conv3 observer, soft protocol
+    python -m benchmarks.gpu_cifar mtt   --seconds 235  # (b) issue 20: MTT IPC 1 against DM and random, paper protocol
+    python -m benchmarks.gpu_cifar sre2l --seconds 45   # (c) issue 15: SRe2L IPC 10, soft protocol
+    python -m benchmarks.gpu_cifar whole --seconds 60   # (d) ConvNet-3 on the whole training set, epochs that fit
+    ... --device cpu --tiny                             # the same flow on a CPU with tiny settings (smoke run)
+
+Sizing (nothing here was timed on a GPU; the rows time themselves, so the next call can be sized
+from them). FLOPs: BN ConvNet-3 width 128 on 32 px is about 0.1 GFLOP forward per image, 0.3 with
+the backward. CPU rates measured here (BENCHMARKS 15d, trajectory section): observer epoch 426 CPU s,
+expert epoch 788 CPU s, MTT IPC 1 iteration 9.5 CPU s, soft-protocol epoch at IPC 10 0.8 CPU s.
+- (a) The observer's 50 epochs are 2.5 M images, 0.75 PFLOP: about 10 s of arithmetic at 80 TFLOP/s
+  (TF32 convolutions), but 19,550 SGD steps of about 60 small kernels each, so launch-bound at about
+  2-4 ms a step: 40-80 s. RDED's selection is 15,000 teacher forwards (seconds); a soft-protocol
+  network 600 steps of a few ms (2-5 s). Limit 150 s; the teacher stops 45 s before the end, the
+  networks are evaluated in rounds (RDED, then the random subset with the same labels) while a
+  round still fits.
+- (b) An expert epoch is 196 steps at batch 256 (about 60 GFLOP each): about 0.5-1 s, so an expert of
+  the 4 epochs IPC 1 reads (max_start_epoch 2 + expert_epochs 2) about 3-5 s: 30 % of the step
+  trains as many as fit (at most the paper's 100). An MTT iteration is 50 student steps on 10
+  images plus the backward through them: about 10,000 kernels, launch-bound at 0.1-0.3 s, so 42 %
+  of the step buys several hundred of the paper's 5,000 iterations; DM 8 % (a few thousand of its
+  20,000 steps); the paper protocol (1000 epochs of one 10-image batch, 1-3 s a network) the rest.
+  Limit 250 s.
+- (c) Recovery is 1,000 steps on 100 images (about 5-10 s); the paper preset's own teacher (the
+  CPU-sized `convnet_bn`) takes seconds, the Conv3 observer comes from (a)'s cache. Limit 60 s.
+- (d) The evaluator's recipe on all 50,000 images: one probe epoch, then the epochs that fit.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from dd_core import device as dd_device
+from dd_core.data import load_dataset
+from dd_core.distill import run_to_end, time_budget
+from dd_core.evaluate import dataset_for, evaluate, for_dataset, for_set, protocol
+from dd_core.experts import INDEX, expert_file, index_record, read_experts, train_expert, write_expert
+from dd_core.cache import atomic_write
+from dd_core.interrupt import Interrupted
+from dd_core.labels import load_store, same_kind
+from dd_core.methods import METHODS, make_method
+from dd_core.synthetic import random_subset
+from dd_core.teachers import get_bn_teacher, teacher_of_set
+from dd_core.version import code_version
+from dd_core.zca import whitened
+
+from . import gpu_pack
+
+DEVICE = torch.device("cuda")
+TINY = False  # --tiny: every step at smoke-test size (a few hundred images, a few steps)
+OUT: str | None = None
+
+
+def version() -> str:
+    """The git version here; on a GPU machine (no git history) the stamp that travelled with the pack."""
+    found = code_version()
+    return found if found != "unknown" else gpu_pack.stamped_version()
+
+
+def emit(row: dict) -> dict:
+    row = {**row, "device": str(DEVICE), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+           "torch": torch.__version__, "code_version": version(), "tiny": TINY}
+    print(json.dumps(row), flush=True)
+    if OUT:
+        with open(OUT, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return row
+
+
+class Budget:
+    """Wall-clock seconds from now; each piece of a step gets a stop event that fires `reserve` seconds
+    before the end (what the later pieces need), so a step ends cleanly inside its limit."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.t0 = seconds, time.perf_counter()
+
+    def left(self, reserve: float = 0.0) -> float:
+        return self.seconds - (time.perf_counter() - self.t0) - reserve
+
+    def elapsed(self) -> float:
+        return round(time.perf_counter() - self.t0, 1)
+
+    def stop(self, reserve: float = 0.0) -> tuple[threading.Event, threading.Timer | None]:
+        return time_budget(max(self.left(reserve), 0.01) / 60)
+
+
+def tiny(full, small):
+    return small if TINY else full
+
+
+# -- evaluation in rounds: every set gets network k before any set gets network k + 1 ---------------
+
+def rounds(check: str, sets: list[tuple[str, torch.Tensor, object, object, object]], networks: int,
+           budget: Budget, common: dict) -> dict[str, list[float]]:
+    """Train network k on each (name, images, labels, dataset, config) in turn, k = 0, 1, ..., while a
+    round still fits (judged by the last one); a row per network, then a summary row per set. Network
+    k has the seed `evaluate` gives its k-th network, so rounds equal one call with `networks` models."""
+    accs: dict[str, list[float]] = {name: [] for name, *_ in sets}
+    seconds: dict[str, float] = {name: 0.0 for name, *_ in sets}
+    last, finished = 0.0, True
+    for k in range(networks):
+        if not finished or (k and budget.left() < 1.2 * last):
+            break
+        t0, (stop, timer) = time.perf_counter(), budget.stop()
+        for name, images, labels, data, config in sets:
+            one = dataclasses.replace(config, num_models=1, seed=config.seed + 1000 * k)
+            result = evaluate(images, labels, data, one, device=DEVICE, stop=stop)
+            if result.stopped or not result.accuracies:  # out of time: this network is not counted
+                finished = False
+                break
+            accs[name].append(result.accuracies[0])
+            seconds[name] += result.seconds
+            emit({"check": check, "set": name, "network": k, "accuracy": result.accuracies[0],
+                  "seconds": round(result.seconds, 1), "protocol": config.protocol, **common})
+        if timer:
+            timer.cancel()
+        last = time.perf_counter() - t0
+    for name, images, labels, data, config in sets:
+        done = accs[name]
+        resolved = dataclasses.replace(for_dataset(config, data), num_models=len(done))
+        emit({"check": check, "set": name, "summary": True, "networks": len(done), "accuracies": done,
+              "accuracy_mean": statistics.fmean(done) if done else None,
+              "accuracy_std": statistics.pstdev(done) if len(done) > 1 else 0.0,
+              "protocol": config.protocol, "protocol_detail": resolved.describe(), "eval_seconds": round(seconds[name], 1),
+              "labels": getattr(labels, "spec", "hard"), **common})
+    return accs
+
+
+def observer(dataset, recipe: str, budget: Budget, reserve: float, check: str):
+    """The cached BN teacher of `recipe`, trained now within the budget; None (and a row) if it did not finish."""
+    stop, timer = budget.stop(reserve)
+    t0 = time.perf_counter()
+    try:
+        teacher = get_bn_teacher(dataset, recipe, device=DEVICE, stop=stop)
+    except Interrupted:
+        emit({"check": check, "status": "stopped", "teacher": recipe, "seconds": round(time.perf_counter() - t0, 1),
+              "detail": f"the teacher did not finish in the {budget.seconds:.0f} s step less {reserve:.0f} s kept for the rest"})
+        return None
+    finally:
+        if timer:
+            timer.cancel()
+    emit({"check": check, "teacher": recipe, "arch": teacher.arch, "epochs": teacher.epochs,
+          "test_accuracy": teacher.test_accuracy, "train_seconds": round(teacher.seconds, 1),
+          "seconds": round(time.perf_counter() - t0, 1)})
+    return teacher
+
+
+def decoupled(dataset, method_name: str, teacher_recipe: str, budget: Budget, check: str, published: dict) -> None:
+    """Distil one decoupled set at IPC 10 (paper preset, this teacher), then evaluate it and the random
+    subset given the same teacher's labels under the soft protocol with the BN ConvNet-3 evaluator."""
+    overrides = {"teacher": teacher_recipe, **tiny({}, {"candidates": 20} if method_name == "rded" else {})}
+    method = make_method(method_name, preset="paper", dataset="cifar10", ipc=10, **overrides)
+    steps = tiny(METHODS.get(method_name).default_steps("paper", dataset="cifar10", ipc=10), 3)
+    stop, timer = budget.stop(reserve=tiny(30, 0))
+    snap = run_to_end(dataset, method, method_name=method_name, ipc=10, steps=steps, seed=0, device=DEVICE, stop=stop)
+    if timer:
+        timer.cancel()
+    syn = snap.synthetic
+    common = {"method": method_name, "dataset": "cifar10", "ipc": 10, "preset": "paper", "teacher": teacher_recipe,
+              "budget_s": budget.seconds, **published}
+    emit({"check": check, "set": method_name, "distill": True, "status": snap.status, "steps": snap.step,
+          "distill_seconds": round(snap.elapsed, 1), "message": snap.message, **common})
+    if snap.status not in ("done", "stopped") or snap.step == 0:
+        return
+    config = for_set(protocol("soft", model="convnet_bn", **tiny({}, {"epochs": 3})), syn)
+    store = load_store(syn)
+    teacher = teacher_of_set(syn, dataset, device=DEVICE)
+    rnd = random_subset(dataset, 10)
+    sets = [(method_name, syn.images, store, dataset, config),
+            ("random", rnd.images, same_kind(store, rnd, dataset, teacher, config), dataset, config)]
+    accs = rounds(check, sets, tiny(5, 2), budget, common)
+    paired = min(len(accs[method_name]), len(accs["random"]))  # networks k of both sides
+    if paired:
+        m, r = statistics.fmean(accs[method_name][:paired]), statistics.fmean(accs["random"][:paired])
+        emit({"check": check, "IOR": m - r, "method_mean": m, "random_same_labels_mean": r, "networks": paired,
+              "protocol": config.protocol, **common})
+
+
+# -- the steps ---------------------------------------------------------------------------------------
+
+def prepare(args) -> None:
+    """Load CIFAR-10 through the engine (decoding it into the cache every later step reads) and compare
+    the decoded pixels with those recorded when the pack was made."""
+    t0 = time.perf_counter()
+    dataset = load_dataset("cifar10")
+    seconds = round(time.perf_counter() - t0, 1)
+    manifest = json.loads((Path(args.pack) / gpu_pack.MANIFEST).read_text())
+    root = Path(dataset_root())
+    row = {"check": "data", "train_images": len(dataset.y_train), "test_images": len(dataset.y_test),
+           "load_seconds": seconds, "pack_bytes": manifest["pack_bytes"], "split_note": dataset.split_note}
+    for split in gpu_pack.SPLITS:
+        got = gpu_pack.pixels_digest(root / gpu_pack.FOLDER / split)
+        row[f"{split}_pixels_match"] = got["pixels_sha256"] == manifest["splits"][split]["pixels_sha256"]
+    emit(row)
+
+
+def dataset_root() -> str:
+    from dd_core.data import data_root
+
+    return str(data_root())
+
+
+def rded(args) -> None:
+    budget = Budget(args.seconds)
+    dataset = load_dataset("cifar10")
+    recipe = tiny("convnet_bn_128", "convnet_bn_quick")
+    if observer(dataset, recipe, budget, reserve=tiny(45, 0), check="rded_observer") is None:
+        return
+    decoupled(dataset, "rded", recipe, budget, "rded_c10_ipc10",
+              {"published_rded_conv3": 0.502, "published_observer": 0.822, "target": "within 0.03 of 0.502; above random"})
+
+
+def sre2l(args) -> None:
+    """SRe2L with its paper preset's teacher (the CPU-sized convnet_bn), then with the Conv3 observer
+    of (a) when (a) left it in the cache and time remains."""
+    budget = Budget(args.seconds)
+    dataset = load_dataset("cifar10")
+    for recipe in ("convnet_bn", tiny("convnet_bn_128", "convnet_bn_quick")):
+        if budget.left() < tiny(20, 0):
+            emit({"check": "sre2l_c10_ipc10", "status": "skipped", "teacher": recipe, "detail": "no time left"})
+            return
+        if observer(dataset, recipe, budget, reserve=tiny(15, 0), check="sre2l_teacher") is None:
+            return
+        decoupled(dataset, "sre2l", recipe, budget, "sre2l_c10_ipc10",
+                  {"published_sre2l_pp_resnet18": 0.425, "target": "above random with the same labels"})
+
+
+def experts_within(dataset, recipe, folder: Path, budget: Budget, until: float, most: int) -> dict:
+    """Experts of `recipe`, one after another, while the next (judged by the slowest so far) fits
+    before `until` seconds of the step; then the index of those done (python -m dd_core experts has no
+    time budget). ZCA is applied once here instead of once per expert: the same arithmetic."""
+    data = whitened(dataset, recipe.zca) if recipe.zca else dataset
+    plain = dataclasses.replace(recipe, zca=0.0)
+    seeds, took = [], []
+    t0 = time.perf_counter()
+    while len(seeds) < most:
+        if took and budget.elapsed() + max(took) > until:
+            break
+        stop, timer = budget.stop(reserve=budget.seconds - until)
+        s = time.perf_counter()
+        try:
+            params, acc = train_expert(data, plain, len(seeds), device=DEVICE, stop=stop)
+        except Interrupted:
+            break
+        finally:
+            if timer:
+                timer.cancel()
+        write_expert(folder / expert_file(len(seeds)), params, acc, seed=len(seeds), dtype="float32")
+        seeds.append(len(seeds))
+        took.append(time.perf_counter() - s)
+    if seeds:
+        record = index_record(dataset, recipe, folder, seeds, dtype="float32", seconds=time.perf_counter() - t0)
+        atomic_write(folder / INDEX, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
+    return {"experts": len(seeds), "epochs": recipe.epochs, "seconds_per_expert": round(statistics.fmean(took), 2) if took else None,
+            "expert_epoch_seconds": round(statistics.fmean(took) / recipe.epochs, 3) if took else None}
+
+
+def mtt(args) -> None:
+    budget = Budget(args.seconds)
+    dataset = load_dataset("cifar10")
+    common = {"dataset": "cifar10", "ipc": 1, "budget_s": budget.seconds, "published_mtt": 0.463, "published_dm": 0.26,
+              "published_random": 0.144, "target": "mtt >= 0.40 and mtt > dm under the same evaluator"}
+    small = {"model": "convnet_w32", "syn_steps": 5} if TINY else {}
+    method = make_method("mtt", preset="paper", dataset="cifar10", ipc=1, zca=True, **small)
+    recipe = method.recipe(dataset).resolved(dataset)  # 4 epochs: max_start_epoch 2 + expert_epochs 2
+    folder = Path(args.work) / "experts_mtt_c10_ipc1"
+    folder.mkdir(parents=True, exist_ok=True)
+    built = experts_within(dataset, recipe, folder, budget, until=0.30 * budget.seconds, most=100)
+    traj = read_experts(folder) if built["experts"] else None
+    emit({"check": "mtt_experts", **built, "recipe": recipe.describe(), "elapsed_s": budget.elapsed(),
+          "final_test_accuracy_mean": statistics.fmean(a[-1] for a in traj.test_accuracy) if traj else None, **common})
+    if traj is None:
+        return
+    method = make_method("mtt", preset="paper", dataset="cifar10", ipc=1, zca=True, experts_dir=str(folder), **small)
+    sets = {}
+    for name, meth, share in (("mtt", method, 0.72), ("dm", make_method("dm", preset="paper", dataset="cifar10", ipc=1), 0.80)):
+        stop, timer = budget.stop(reserve=budget.seconds * (1 - share))
+        steps = METHODS.get(name).default_steps("paper", dataset="cifar10", ipc=1)  # the budget ends it first
+        snap = run_to_end(dataset, meth, method_name=name, ipc=1, steps=steps, seed=0, device=DEVICE, stop=stop)
+        if timer:
+            timer.cancel()
+        sets[name] = snap.synthetic
+        emit({"check": "mtt_c10_ipc1", "set": name, "distill": True, "status": snap.status, "steps": snap.step,
+              "of_steps": steps, "distill_seconds": round(snap.elapsed, 1),
+              "s_per_step": round(snap.elapsed / max(1, snap.step), 4), "final": snap.stats, "config": meth.config(),
+              "learned_lr": snap.synthetic.extra_meta.get("learned_lr"), "elapsed_s": budget.elapsed(), **common})
+    paper = protocol("paper", **tiny({}, {"epochs": 3}))
+    mset, rnd = sets["mtt"], random_subset(dataset, 1)
+    white = dataset_for(mset, dataset)  # the MTT set lives in ZCA space: its networks train and test there
+    evals = [("mtt", mset.images, mset.labels, white, paper),
+             ("dm", sets["dm"].images, sets["dm"].labels, dataset, paper),
+             ("random", rnd.images, rnd.labels, dataset, paper),
+             ("mtt_learned_lr", mset.images, mset.labels, white,
+              for_set(protocol("learned_lr", epochs=tiny(1000, 3)), mset))]
+    rounds("mtt_c10_ipc1", evals, tiny(5, 2), budget, common)
+
+
+def whole(args) -> None:
+    """ConvNet-3 (instance norm) on all 50,000 training images with the evaluator's recipe (SGD lr 0.01,
+    momentum 0.9, DSA, lr x0.1 at half, final epoch): a one-epoch probe, then the epochs that fit."""
+    budget = Budget(args.seconds)
+    dataset = load_dataset("cifar10")
+    probe = evaluate(dataset.x_train, dataset.y_train, dataset, protocol("paper", epochs=1, num_models=1), device=DEVICE)
+    epochs = min(max(1, int(budget.left(reserve=5) / (1.15 * probe.seconds))), tiny(10**6, 2))
+    stop, timer = budget.stop()
+    result = evaluate(dataset.x_train, dataset.y_train, dataset, protocol("paper", epochs=epochs, num_models=1),
+                      device=DEVICE, stop=stop)
+    if timer:
+        timer.cancel()
+    emit({"check": "whole_c10", **result.as_dict(), "epochs": epochs, "probe_epoch_seconds": round(probe.seconds, 2),
+          "published_whole": 0.848, "budget_s": budget.seconds,
+          "note": "converged training is longer; this is the whole set at the epochs that fit"})
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("step", choices=["prepare", "rded", "mtt", "sre2l", "whole"])
+    p.add_argument("--seconds", type=float, default=60.0, help="this step's wall-clock budget (setup included)")
+    p.add_argument("--device", default="cuda", help="cpu: a smoke run of this flow (with --tiny)")
+    p.add_argument("--tiny", action="store_true", help="every step at smoke-test size")
+    p.add_argument("--pack", default=str(gpu_pack.PACK_DIR), help="prepare: the folder with the pack's manifest")
+    p.add_argument("--work", default=tempfile.gettempdir(), help="mtt: where the experts are written")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--out", default=None, help="append each JSON line here too")
+    args = p.parse_args(argv)
+    global DEVICE, TINY, OUT
+    DEVICE, TINY, OUT = torch.device(args.device), args.tiny, args.out
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        emit({"check": args.step, "status": "skipped", "reason": "no CUDA GPU"})
+        return 0
+    dd_device.prefer(DEVICE)  # teachers, experts and label stores that pick the default device pick this one
+    {"prepare": prepare, "rded": rded, "mtt": mtt, "sre2l": sre2l, "whole": whole}[args.step](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
