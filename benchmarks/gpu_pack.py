@@ -123,8 +123,12 @@ def unpack(pack_dir: Path, root: Path) -> dict:
 
 
 def code_files() -> list[str]:
-    """The tracked code a run depends on (Python and shell), as git lists it."""
-    out = subprocess.run(["git", "ls-files", "--", "*.py", "*.sh"], cwd=ROOT, capture_output=True, text=True, check=True)
+    """The tracked code a run depends on (Python and shell), as git lists it; none without git."""
+    try:
+        out = subprocess.run(["git", "ls-files", "--", "*.py", "*.sh"], cwd=ROOT, capture_output=True, text=True,
+                             check=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
     return sorted(out.stdout.split())
 
 

@@ -82,8 +82,8 @@ timeout 120 "$PY" -m benchmarks.gpu_cifar prepare --pack "$PACK" --device "$DEVI
 for name in $STEPS; do
   cap_var=GPU_CIFAR_CAP_$(echo "$name" | tr '[:lower:]' '[:upper:]')
   case $name in  # caps in seconds: the GPU's, and the smoke run's (where MTT and DM stop at their shares)
-    rded) step rded "${!cap_var:-$([ -n "$TINY" ] && echo 60 || echo 150)}" ;;
-    mtt) step mtt "${!cap_var:-$([ -n "$TINY" ] && echo 60 || echo 250)}" ;;
+    rded) step rded "${!cap_var:-$([ -n "$TINY" ] && echo 60 || echo 165)}" ;;
+    mtt) step mtt "${!cap_var:-$([ -n "$TINY" ] && echo 75 || echo 240)}" ;;
     sre2l) step sre2l "${!cap_var:-60}" ;;
     whole) step whole "${!cap_var:-$([ -n "$TINY" ] && echo 45 || echo 120)}" ;;
     *) note "$name" "unknown" "steps are: rded mtt sre2l whole" ;;
