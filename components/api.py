@@ -54,13 +54,24 @@ def evaluate_api(set_file, protocol: str = "fast", num_models=1, model: str = ""
                  request: gr.Request = None) -> dict:
     """Train fresh networks on a synthetic set (.safetensors) and report mean/std test accuracy (fractions).
     With `rs2`, also RS2 at the set's size (fresh random real images each epoch, same epochs and
-    recipe) under the key "rs2", each side with its seconds: is the set better than re-sampling?"""
+    recipe) under the key "rs2", each side with its seconds: is the set better than re-sampling?
+    A KRR-ST set (target representations, no class labels) is evaluated by transfer instead: networks
+    pre-trained on it, then linear-probed on the labelled training set ("protocol": "transfer")."""
     try:
         if not isinstance(rs2, bool):
             raise inputs.UserError(f"rs2 is true or false (got {inputs.echo(rs2)}).")
         syn = inputs.load_set(set_file)
         n = inputs.as_int(num_models, "Number of networks")
         session = session_for(request)
+
+        if evaluate_run.targets_of(syn) is not None:  # KRR-ST: no class labels, evaluated by transfer
+            if rs2:
+                raise inputs.UserError("rs2 compares sets with class labels; this KRR-ST set has target "
+                                       "representations instead and is evaluated by transfer (leave rs2 false).")
+            config = evaluate_run.transfer_config(n, model or None)
+            return jobs.run_blocking(
+                session, "evaluate", jobs.owner_of(request), LIMITS.max_seconds,
+                lambda job: evaluate_run.transfer_set(session, syn, config, stop=job.stop).as_dict())
 
         def work(job):
             result = evaluate_run.evaluate_set(session, syn, protocol=protocol, num_models=n, model=model or None,

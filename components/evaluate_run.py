@@ -15,7 +15,9 @@ from dd_core.evaluate import protocol as make_protocol
 from dd_core.models import MODELS
 from dd_core.synthetic import SyntheticSet, check_fits, random_subset
 from dd_core.teachers import teacher_of_set
-from dd_core.transfer import refuse_unlabelled
+from dd_core.device import default_device
+from dd_core.transfer import References, TransferConfig, TransferResult, evaluate_transfer, references, \
+    refuse_unlabelled, targets_of
 
 from . import inputs, runtime
 from .sessions import Session
@@ -46,16 +48,24 @@ class Report:
 PROTOCOL_HELP = protocol_help()
 
 
-def config_for(protocol: str, num_models, model: str | None) -> EvalConfig:
-    if protocol not in PROTOCOLS:
-        raise inputs.UserError(f"Unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}.")
+def _networks(num_models) -> int:
     n = inputs.as_int(num_models, "Number of networks")
     if not 1 <= n <= MAX_MODELS:
         raise inputs.UserError(f"Number of networks must be between 1 and {MAX_MODELS} (got {n}).")
-    overrides = {"num_models": n}
-    if model:
-        if model not in MODELS:
-            raise inputs.UserError(f"Unknown architecture {model!r}; choose one of: {', '.join(MODELS.names())}.")
+    return n
+
+
+def _architecture(model: str | None) -> str | None:
+    if model and model not in MODELS:
+        raise inputs.UserError(f"Unknown architecture {model!r}; choose one of: {', '.join(MODELS.names())}.")
+    return model or None
+
+
+def config_for(protocol: str, num_models, model: str | None) -> EvalConfig:
+    if protocol not in PROTOCOLS:
+        raise inputs.UserError(f"Unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}.")
+    overrides = {"num_models": _networks(num_models)}
+    if _architecture(model):
         overrides["model"] = model
     return make_protocol(protocol, **overrides)
 
@@ -171,6 +181,25 @@ def rs2(session: Session, syn: SyntheticSet, config: EvalConfig, *, stop: thread
         with _baseline_lock:
             _baselines[key] = result
     return result
+
+
+def transfer_config(num_models, model: str | None) -> TransferConfig:
+    """The transfer protocol (KRR-ST sets) with the tab's networks and architecture."""
+    return TransferConfig(model=_architecture(model), num_models=_networks(num_models))
+
+
+def transfer_set(session: Session, syn: SyntheticSet, config: TransferConfig, *, stop: threading.Event,
+                 progress: Callable[[float, str], None] | None = None) -> TransferResult:
+    """A KRR-ST set evaluated by transfer: networks pre-trained on its images and targets, then
+    linear-probed on the labelled training set."""
+    return evaluate_transfer(syn.images, targets_of(syn), dataset_of(session, syn), config, device=default_device(),
+                             stop=stop, progress=progress)
+
+
+def transfer_references(session: Session, syn: SyntheticSet, config: TransferConfig, *, stop: threading.Event,
+                        progress: Callable[[float, str], None] | None = None) -> References:
+    """No pre-training, random real images with the encoder's targets, and the encoder itself."""
+    return references(syn, dataset_of(session, syn), config, device=default_device(), stop=stop, progress=progress)
 
 
 def whole_reference(session: Session, syn: SyntheticSet, stop: threading.Event | None = None) -> tuple[float, str]:

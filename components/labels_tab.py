@@ -14,8 +14,9 @@ import plotly.graph_objects as go
 
 from dd_core import defaults
 from dd_core.evaluate import PROTOCOLS
-from dd_core.label_stores.base import LABEL_STORES
+from dd_core.label_stores.base import LABEL_STORES, HardLabels
 from dd_core.labels import LabelSpec, parse_spec
+from dd_core.methods.krr_st import TARGETS
 from dd_core.models import MODELS
 from dd_core.synthetic import SyntheticSet
 from dd_core.tradeoff import LABEL_PROTOCOLS, DEFAULT_STORES, IMAGE_FORMATS, Tradeoff, human_bytes, markdown, run_tradeoff, summary
@@ -215,6 +216,11 @@ def run_labels(source, upload, current_path, ticked, extra, protocol, epochs, ne
     except Exception as err:  # noqa: BLE001  shown in the page, never as a traceback
         yield f"⚠ {inputs.user_message(err)}", gr.skip(), gr.skip()
         return
+    if evaluate_run.targets_of(syn) is not None:
+        yield ("ℹ This KRR-ST set has no class labels, so there are no label stores to compare: its images carry "
+               "target representations. What it stores is below; the **Evaluate** tab measures what it buys, "
+               "by transfer."), figure(None), unlabelled_storage(syn)
+        return
     icons = {"error": "⚠", "waiting": "⏳", "stopped": "■"}
     # A set that is itself random real images gets no second random subset: it would be the same
     # kind of point twice, at a third of the run's time.
@@ -263,6 +269,28 @@ def _measure(syn, dataset, config, specs, image_format, random_set, job) -> Iter
             else "")
     yield (f"{done} in {time.perf_counter() - t0:.0f} s: {len(result.points)} points on {dataset.name}, "
            f"{len(syn.images)} images.{same}", figure(result), report(result))
+
+
+def unlabelled_storage(syn: SyntheticSet) -> str:
+    """What a KRR-ST set stores in place of labels, and what a class index per image would cost."""
+    targets = syn.extra[TARGETS]
+    n, dims = targets.shape
+    images = syn.images.numel() * syn.images.element_size()
+    kept = targets.numel() * targets.element_size()
+    index = HardLabels(syn.labels, syn.num_classes)
+    return "\n".join([
+        "| stored | formula | bytes |", "| --- | --- | --- |",
+        f"| images | {' x '.join(str(d) for d in syn.images.shape)} x {syn.images.element_size()} B "
+        f"| {images:,} ({human_bytes(images)}) |",
+        f"| target representations (`{TARGETS}`) | N x {dims} x {targets.element_size()} B "
+        f"| {kept:,} ({human_bytes(kept)}) |",
+        f"| for comparison: one class index per image (what hard labels cost; KRR-ST never uses them) "
+        f"| {index.formula()} | {index.nbytes():,} |", "",
+        f"The targets are {kept / max(1, images):.1f}x the images' bytes: {dims} numbers an image, where a class "
+        f"label is one. The file keeps a class index per image only because the format needs one: it is the "
+        f"class of the real image each synthetic one started from. Evaluate the set in the **Evaluate** tab: "
+        f"it pre-trains fresh networks on the images and targets, then fits a linear probe on labelled images, "
+        f"beside random real images carrying the same encoder's targets."])
 
 
 def stop_labels(request: gr.Request = None) -> str:

@@ -205,33 +205,23 @@ def cmd_experts(args) -> int:
 def cmd_transfer(args) -> int:
     from .data import load_dataset
     from .methods.krr_st import TARGETS
-    from .ssl import get_encoder
-    from .synthetic import SyntheticSet, init_synthetic
-    from .transfer import TransferConfig, evaluate_transfer, probe_encoder
+    from .synthetic import SyntheticSet
+    from .transfer import TransferConfig, evaluate_transfer, references, targets_of
 
     syn = SyntheticSet.load(args.file)
-    if TARGETS not in syn.extra:
+    targets = targets_of(syn)
+    if targets is None:
         raise ValueError(f"{args.file} carries no target representations ({TARGETS}): the transfer protocol "
                          f"pre-trains on an unlabelled set with targets; make one with `distill --method krr_st`")
     dataset = load_dataset(args.dataset or syn.dataset)
     check_compatible(syn, dataset)
     config = TransferConfig(model=args.arch, pretrain_epochs=args.epochs, probe_per_class=args.probe_per_class,
                             num_models=args.models)
-    targets = syn.extra[TARGETS].float()
     result = evaluate_transfer(syn.images, targets, dataset, config)
     out = {"file": str(args.file), "dataset": dataset.name, "method": syn.method, "images": len(syn.images),
            "target_bytes": targets.numel() * 4, **result.as_dict()}
-    if args.baseline:
-        # random real images carrying the same encoder's targets; no pre-training; the encoder itself
-        target_model = syn.config.get("target_model", "auto")
-        encoder = get_encoder(dataset, arch=None if target_model in ("", "auto") else target_model,
-                              epochs=syn.config.get("target_epochs") or None)
-        rnd = init_synthetic(dataset, max(syn.ipc, 1), init="real", seed=syn.seed + 1)
-        base = evaluate_transfer(rnd.images, encoder.targets(dataset, rnd.images, "cpu"), dataset, config,
-                                 what="random real images with encoder targets")
-        none = evaluate_transfer(None, None, dataset, config)
-        out.update({"random_mean": base.mean, "random_std": base.std, "none_mean": none.mean, "none_std": none.std,
-                    "encoder_probe": probe_encoder(encoder, dataset, config), "encoder": encoder.describe()})
+    if args.baseline:  # random real images carrying the same encoder's targets; no pre-training; the encoder
+        out.update(references(syn, dataset, config).as_dict())
     if args.json:
         print(json.dumps(out))
         return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -136,14 +137,18 @@ def linear_probe(net: nn.Module, dataset: Dataset, config: TransferConfig, *, se
 
 def evaluate_transfer(images: torch.Tensor | None, targets: torch.Tensor | None, dataset: Dataset,
                       config: TransferConfig, *, what: str = "synthetic set", device=None,
-                      stop: threading.Event | None = None) -> TransferResult:
+                      stop: threading.Event | None = None,
+                      progress: Callable[[float, str], None] | None = None) -> TransferResult:
     """Pre-train config.num_models fresh networks on (images, targets) and probe each; with images
-    None, the networks are probed with their random weights (the no-pre-training reference)."""
+    None, the networks are probed with their random weights (the no-pre-training reference).
+    `progress(fraction, text)` is told as each network starts."""
     device = device or torch.device("cpu")
     model = config.model or default_model(dataset.image_size)
     t0 = time.perf_counter()
     accs: list[float] = []
     for k in range(config.num_models):
+        if progress is not None:
+            progress(k / config.num_models, f"network {k + 1} of {config.num_models}")
         seed = config.seed + 1000 * k
         net = model_for(dataset, model, seed=seed, device=device)
         if images is not None:
@@ -157,3 +162,52 @@ def evaluate_transfer(images: torch.Tensor | None, targets: torch.Tensor | None,
 def probe_encoder(encoder, dataset: Dataset, config: TransferConfig, *, device=None) -> float:
     """The self-supervised encoder itself, probed alike: what pre-training on all the real images gives."""
     return linear_probe(encoder.net, dataset, config, seed=config.seed, device=device or torch.device("cpu"))
+
+
+def targets_of(syn) -> torch.Tensor | None:
+    """A KRR-ST set's target representations (float32), or None for a set with class labels."""
+    targets = syn.extra.get(TARGETS)
+    return None if targets is None else targets.float()
+
+
+def encoder_of(syn, dataset: Dataset, *, device=None, stop: threading.Event | None = None):
+    """The self-supervised encoder a set's targets were made with (cached; trained on first use)."""
+    from .ssl import get_encoder
+
+    target_model = syn.config.get("target_model", "auto")
+    return get_encoder(dataset, arch=None if target_model in ("", "auto") else target_model,
+                       epochs=syn.config.get("target_epochs") or None, device=device, stop=stop)
+
+
+@dataclass
+class References:
+    """What a KRR-ST set's transfer accuracy is set beside (see the module docstring)."""
+
+    random: TransferResult  # as many random real images, carrying the same encoder's targets
+    none: TransferResult  # the same networks, probed with their random weights
+    encoder_probe: float | None  # the encoder itself (None when stopped before it)
+    encoder: str  # how the encoder was made
+
+    def as_dict(self) -> dict:
+        return {"random_mean": self.random.mean, "random_std": self.random.std, "none_mean": self.none.mean,
+                "none_std": self.none.std, "encoder_probe": self.encoder_probe, "encoder": self.encoder}
+
+
+def references(syn, dataset: Dataset, config: TransferConfig, *, device=None, stop: threading.Event | None = None,
+               progress: Callable[[float, str], None] | None = None) -> References:
+    """The three references of a KRR-ST set under `config`, in the order the cost grows."""
+    from .synthetic import init_synthetic
+
+    say = progress or (lambda frac, text: None)
+    device = device or torch.device("cpu")
+    say(0.0, "the encoder")
+    encoder = encoder_of(syn, dataset, device=device, stop=stop)
+    say(0.05, "no pre-training")
+    none = evaluate_transfer(None, None, dataset, config, device=device, stop=stop)
+    rnd = init_synthetic(dataset, max(syn.ipc, 1), init="real", seed=syn.seed + 1)
+    random = evaluate_transfer(rnd.images, encoder.targets(dataset, rnd.images, device), dataset, config,
+                               what="random real images with encoder targets", device=device, stop=stop,
+                               progress=lambda f, t: say(0.1 + 0.85 * f, f"random real images, {t}"))
+    stopped = stop is not None and stop.is_set()
+    probe = None if stopped else probe_encoder(encoder, dataset, config, device=device)
+    return References(random, none, probe, encoder.describe())

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gradio_client = pytest.importorskip("gradio_client")
@@ -66,6 +67,23 @@ def test_evaluate_beside_rs2_reports_both_sides_with_their_seconds(url):
     assert "rs2" not in client.predict(gradio_client.handle_file(set_file), "fast", 1, "mlp", api_name="/evaluate")
     with pytest.raises(Exception, match="rs2 is true or false"):
         client.predict(gradio_client.handle_file(set_file), "fast", 1, "mlp", "yes", api_name="/evaluate")
+
+
+def test_evaluate_takes_a_krr_st_set_by_transfer_and_refuses_rs2_for_it(url, tmp_path):
+    from dd_core import load_dataset
+    from dd_core.methods.krr_st import TARGETS
+    from dd_core.synthetic import init_synthetic
+
+    syn = init_synthetic(load_dataset("digits"), 1, seed=0, method="krr_st")
+    syn.extra[TARGETS] = torch.randn(10, 16, generator=torch.Generator().manual_seed(0))
+    path = gradio_client.handle_file(str(syn.save(tmp_path / "krr.safetensors")))
+    client = gradio_client.Client(url, verbose=False)
+    result = client.predict(path, "fast", 1, "mlp", api_name="/evaluate")
+    assert result["protocol"] == "transfer" and result["pretraining"] == "synthetic set"
+    assert len(result["accuracies"]) == 1 and 0.0 < result["accuracy_mean"] <= 1.0
+    assert "mlp pre-trained 300 epochs" in result["protocol_detail"]
+    with pytest.raises(Exception, match="evaluated by transfer"):
+        client.predict(path, "fast", 1, "mlp", True, api_name="/evaluate")
 
 
 def test_evaluate_rejects_a_file_that_is_not_a_set(url, tmp_path):

@@ -100,3 +100,56 @@ def test_class_label_evaluations_refuse_a_set_of_targets_and_point_to_transfer(t
     path = syn.save(tmp_path / "targets.safetensors")
     assert main(["evaluate", str(path), "--epochs", "1", "--models", "1"]) == 2
     assert "Evaluate it by transfer" in capsys.readouterr().err
+
+
+def _targets_set():
+    """One real digit a class carrying the cached encoder's targets: a KRR-ST set before any step."""
+    from dd_core.synthetic import init_synthetic
+    from dd_core.transfer import encoder_of
+
+    digits = load_dataset("digits")
+    syn = init_synthetic(digits, 1, seed=0, method="krr_st")
+    syn.extra[TARGETS] = encoder_of(syn, digits).targets(digits, syn.images, "cpu")
+    return syn
+
+
+def test_the_evaluate_tab_evaluates_a_krr_st_set_by_transfer_beside_its_references(monkeypatch):
+    from functools import partial
+    from types import SimpleNamespace
+
+    from components import evaluate_run, evaluate_tab, sessions
+
+    # the tab's plumbing, not the protocol's length: 20 pre-training epochs instead of 300
+    monkeypatch.setattr(evaluate_run, "TransferConfig", partial(TransferConfig, pretrain_epochs=20))
+    request = SimpleNamespace(session_hash="krr-evaluate")
+    session = sessions.session_for(request)
+    try:
+        syn = _targets_set()
+        status, report = list(evaluate_tab.run_evaluation(session, syn, "fast", 1, None, compare=True))[-1]
+        assert "Done" in status, status
+        assert "evaluated by transfer" in report and "pre-trained 20 epochs" in report
+        for row in ("the krr_st set** (10 unlabelled images", "10 random real images carrying the encoder's targets",
+                    "nothing (random weights", "the encoder itself"):
+            assert row in report, row
+        dims = syn.extra[TARGETS].shape[1]
+        assert f"{10 * dims * 4:,} of targets" in report
+        row = session.last_eval
+        assert row["protocol"] == "transfer" and row["networks"] == 1 and 0.0 < row["accuracy"] <= 1.0
+        assert row["bytes"] == syn.images.numel() * 4 + 10 * dims * 4
+    finally:
+        sessions.drop_session(request)
+
+
+def test_the_labels_tab_shows_what_a_krr_st_set_stores_instead_of_label_stores(tmp_path):
+    from components import labels_tab
+
+    syn = _targets_set()
+    path = syn.save(tmp_path / "krr.safetensors")
+    outs = list(labels_tab.run_labels(labels_tab.SOURCES[1], str(path), None, ["hard"], "", "fast", 1, 1,
+                                      labels_tab.SAME_ARCH, "uint8", False))
+    assert len(outs) == 1  # nothing is trained: there are no label stores to compare
+    status, _, table = outs[0]
+    assert "no class labels" in status and "Evaluate" in status
+    dims = syn.extra[TARGETS].shape[1]
+    assert f"N x {dims} x 4 B | {10 * dims * 4:,}" in table
+    assert f"| {syn.images.numel() * 4:,} " in table
