@@ -5,8 +5,9 @@ runs the steps in priority order under `timeout`, and a step killed there keeps 
     python -m benchmarks.gpu_cifar prepare --pack DIR   # decode once into the engine's cache; pixels vs the manifest
     python -m benchmarks.gpu_cifar rded  --seconds 150  # (a) issue 15: RDED IPC 10, Conv3 observer, soft protocol
     python -m benchmarks.gpu_cifar mtt   --seconds 225  # (b) issue 20: MTT IPC 1 against DM and random, paper protocol
-    python -m benchmarks.gpu_cifar sre2l --seconds 45   # (c) issue 15: SRe2L IPC 10, soft protocol
+    python -m benchmarks.gpu_cifar sre2l --seconds 60   # (c) issue 15: SRe2L IPC 10, soft protocol
     python -m benchmarks.gpu_cifar whole --seconds 60   # (d) ConvNet-3 on the whole training set, epochs that fit
+    python -m benchmarks.gpu_cifar coresets --seconds 60  # (e) issue 18: DQ, random, herding, k-center, dc protocol
     ... --device cpu --tiny                             # the same flow on a CPU with tiny settings (smoke run)
 
 Sizing (nothing here was timed on a GPU; the rows time themselves, so the next call can be sized
@@ -27,9 +28,12 @@ expert epoch 788 CPU s, MTT IPC 1 iteration 9.5 CPU s, soft-protocol epoch at IP
   20,000 steps); the paper protocol (1000 epochs of one 10-image batch, 1-3 s a network) the rest.
   Limit 240 s (225 inside).
 - (c) Recovery is 1,000 steps on 100 images (about 5-10 s); the paper preset's own teacher (the
-  CPU-sized `convnet_bn`) takes seconds, the Conv3 observer comes from (a)'s cache. Limit 60 s (45).
+  CPU-sized `convnet_bn`) takes seconds, the Conv3 observer comes from (a)'s cache. Limit 75 s (60
+  inside); recovery stops 30 s before the end, the networks take the rest.
 - (d) The evaluator's recipe on all 50,000 images: one probe epoch, then the epochs that fit in what
   the steps before left of the 510 s (at most 120 s).
+- (e) Only if (a)-(d) left time: a coreset is one selection over features of a network trained a few
+  epochs on the whole set (seconds), then 3 networks of 300 dc epochs (IPC 50: 2 batches an epoch).
 """
 from __future__ import annotations
 
@@ -202,7 +206,9 @@ def prepare(args) -> None:
     manifest = json.loads((Path(args.pack) / gpu_pack.MANIFEST).read_text())
     root = Path(dataset_root())
     row = {"check": "data", "train_images": len(dataset.y_train), "test_images": len(dataset.y_test),
-           "load_seconds": seconds, "pack_bytes": manifest["pack_bytes"], "split_note": dataset.split_note}
+           "load_seconds": seconds, "pack_bytes": manifest["pack_bytes"], "split_note": dataset.split_note,
+           "switches": dd_device.describe(DEVICE), "tf32_convolutions": torch.backends.cudnn.allow_tf32,
+           "threads": torch.get_num_threads()}
     for split in gpu_pack.SPLITS:
         got = gpu_pack.pixels_digest(root / gpu_pack.FOLDER / split)
         row[f"{split}_pixels_match"] = got["pixels_sha256"] == manifest["splits"][split]["pixels_sha256"]
@@ -333,9 +339,37 @@ def whole(args) -> None:
           "note": "converged training is longer; this is the whole set at the epochs that fit"})
 
 
+CORESET_PUBLISHED = {1: {"random": 0.144, "herding": 0.215}, 10: {"random": 0.26, "herding": 0.316},
+                     50: {"random": 0.434, "herding": 0.404}}  # the DC paper's table (REFERENCE.md)
+
+
+def coresets(args) -> None:
+    """Issue 18: DQ beside random, herding and k-center at IPC 10, 1 and 50 (in that order) under the dc
+    protocol (no augmentation on CIFAR-10, 300 epochs), through benchmarks.reproduce's run_seed, while
+    the next setting (judged by the slowest so far) still fits. One seed of each selection."""
+    from .reproduce import run_seed
+
+    budget = Budget(args.seconds)
+    dataset = load_dataset("cifar10")
+    settings = argparse.Namespace(set=[], preset="fast", steps=None, minutes=None, protocol="dc", models=tiny(3, 1),
+                                  dsa_ops="batch", epochs=tiny(None, 2), save_dir=None)
+    slowest = 0.0
+    for ipc in tiny((10, 1, 50), (10, 1)):  # a tiny pack has 30 images a class
+        for name in ("random", "herding", "kcenter", "dq"):
+            if budget.left() < 1.2 * slowest:
+                emit({"check": "coresets_c10", "status": "skipped", "method": name, "ipc": ipc, "detail": "no time left",
+                      "budget_s": budget.seconds})
+                return
+            t0 = time.perf_counter()
+            row = run_seed(dataset, name, ipc, settings, seed=0)
+            slowest = max(slowest, time.perf_counter() - t0)
+            emit({"check": "coresets_c10", **row, "published": CORESET_PUBLISHED[ipc].get(name),
+                  "budget_s": budget.seconds})
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("step", choices=["prepare", "rded", "mtt", "sre2l", "whole"])
+    p.add_argument("step", choices=["prepare", "rded", "mtt", "sre2l", "whole", "coresets"])
     p.add_argument("--seconds", type=float, default=60.0, help="this step's wall-clock budget (setup included)")
     p.add_argument("--device", default="cuda", help="cpu: a smoke run of this flow (with --tiny)")
     p.add_argument("--tiny", action="store_true", help="every step at smoke-test size")
@@ -352,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         emit({"check": args.step, "status": "skipped", "reason": "no CUDA GPU"})
         return 0
     dd_device.prefer(DEVICE)  # teachers, experts and label stores that pick the default device pick this one
-    {"prepare": prepare, "rded": rded, "mtt": mtt, "sre2l": sre2l, "whole": whole}[args.step](args)
+    {"prepare": prepare, "rded": rded, "mtt": mtt, "sre2l": sre2l, "whole": whole, "coresets": coresets}[args.step](args)
     return 0
 
 

@@ -9,7 +9,8 @@
 #   b. issue 20: MTT IPC 1 (budgeted experts, then iterations until its share of the step) against DM and
 #      random IPC 1 under the paper protocol, and MTT at its learned lr (published 46.3, DM 26.0);
 #   c. issue 15: SRe2L IPC 10, soft protocol, against the random subset with the same labels;
-#   d. the whole training set on ConvNet-3 for the epochs that fit (published 84.8).
+#   d. the whole training set on ConvNet-3 for the epochs that fit (published 84.8);
+#   e. issue 18, if time is left: DQ beside random, herding and k-center, IPC 10, 1, 50, dc protocol.
 # Each step runs under `timeout` at min(its cap, what is left of the total); it is told 15 s less,
 # and ends itself inside that. Sizing: benchmarks/gpu_cifar.py's docstring.
 #   bash scripts/gpu_cifar.sh                        # all steps (on the GPU machine)
@@ -27,12 +28,14 @@ while [ $# -gt 0 ]; do
     *) STEPS="$STEPS $1"; shift ;;
   esac
 done
-STEPS=${STEPS:-rded mtt sre2l whole}
+STEPS=${STEPS:-rded mtt sre2l whole coresets}
 RESULTS=${OUT:-benchmarks/results}
 mkdir -p "$RESULTS"
 LOG=$RESULTS/gpu_cifar${TINY:+_smoke}.jsonl
 WORK=${GPU_CIFAR_DIR:-$(mktemp -d -t dd_gpu_cifar.XXXXXX)}
+mkdir -p "$WORK"
 PACK=.gpu_data/cifar10
+ERRS=${OUT:-$WORK}  # each step's stderr: under $OUT on the GPU machine, so it comes back (7 files in all)
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 SOURCE=${DD_DATA_ROOT:-}  # the smoke run packs its tiny pack from here
 export DD_DATA_ROOT=$WORK/data DD_CACHE_DIR=$WORK/cache  # a fresh root and cache: nothing of this machine's own
@@ -54,10 +57,10 @@ step() {  # step NAME CAP: run `benchmarks.gpu_cifar NAME` under min(CAP, time l
   fi
   local t0=$SECONDS
   timeout -k 5 "$limit" "$PY" -m benchmarks.gpu_cifar "$name" --seconds $((limit - 15)) --device "$DEVICE" $TINY \
-    --work "$WORK" --out "$LOG" $THREADS 2> "$WORK/$name.err"
+    --work "$WORK" --out "$LOG" $THREADS 2> "$ERRS/gpu_cifar_$name.err"
   local rc=$?
   if [ $rc -ne 0 ]; then
-    note "$name" "failed" "exit $rc after $((SECONDS - t0)) s of $limit: $(tail -c 600 "$WORK/$name.err" | tr '\n' ' ')"
+    note "$name" "failed" "exit $rc after $((SECONDS - t0)) s of $limit: $(tail -c 600 "$ERRS/gpu_cifar_$name.err" | tr '\n' ' ')"
   fi
 }
 
@@ -77,16 +80,17 @@ if [ ! -f "$PACK/cifar10-jpeg.tar.gz" ]; then
 fi
 "$PY" -m benchmarks.gpu_pack unpack "$DD_DATA_ROOT" --pack "$PACK" | tee -a "$LOG"
 timeout 120 "$PY" -m benchmarks.gpu_cifar prepare --pack "$PACK" --device "$DEVICE" $TINY --out "$LOG" $THREADS \
-  2> "$WORK/prepare.err" || note prepare failed "$(tail -c 600 "$WORK/prepare.err" | tr '\n' ' ')"
+  2> "$ERRS/gpu_cifar_prepare.err" || note prepare failed "$(tail -c 600 "$ERRS/gpu_cifar_prepare.err" | tr '\n' ' ')"
 
 for name in $STEPS; do
   cap_var=GPU_CIFAR_CAP_$(echo "$name" | tr '[:lower:]' '[:upper:]')
   case $name in  # caps in seconds: the GPU's, and the smoke run's (where MTT and DM stop at their shares)
     rded) step rded "${!cap_var:-$([ -n "$TINY" ] && echo 60 || echo 165)}" ;;
     mtt) step mtt "${!cap_var:-$([ -n "$TINY" ] && echo 75 || echo 240)}" ;;
-    sre2l) step sre2l "${!cap_var:-60}" ;;
+    sre2l) step sre2l "${!cap_var:-$([ -n "$TINY" ] && echo 60 || echo 75)}" ;;
     whole) step whole "${!cap_var:-$([ -n "$TINY" ] && echo 45 || echo 120)}" ;;
-    *) note "$name" "unknown" "steps are: rded mtt sre2l whole" ;;
+    coresets) step coresets "${!cap_var:-$([ -n "$TINY" ] && echo 60 || echo 120)}" ;;
+    *) note "$name" "unknown" "steps are: rded mtt sre2l whole coresets" ;;
   esac
 done
 echo "results: $LOG ($((SECONDS - START)) s)"
