@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import statistics
 import sys
@@ -70,6 +71,7 @@ TINY = False  # --tiny: every step at smoke-test size (a few hundred images, a f
 OUT: str | None = None
 
 
+@functools.lru_cache(maxsize=1)
 def version() -> str:
     """The git version here; on a GPU machine (no git history) the stamp that travelled with the pack."""
     found = code_version()
