@@ -47,7 +47,8 @@ KINDS = (("synthetic", "synthetic set", "circle"),
          ("pruned", "label-first baseline: easiest real images (pca), same labels", "diamond-open"))
 
 
-def figure(result: Tradeoff | None) -> go.Figure:
+def figure(result: Tradeoff | None, empty: str = "Press <b>Measure bytes and accuracy</b> to place each label "
+                                                 "store here") -> go.Figure:
     """Total bytes (log axis) against accuracy, std bars, the Pareto frontier and the references.
     Each label store has its colour and its legend entry (the cheap stores sit within a few
     hundred bytes of each other, so names printed beside the points would overlap); the marker's
@@ -102,8 +103,8 @@ def figure(result: Tradeoff | None) -> go.Figure:
     if result is None or not result.points:  # an empty plot: a sensible frame and what to do, not plotly's -1..3
         fig.update_xaxes(range=[2, 7])  # 100 B to 10 MB
         fig.update_yaxes(range=[0, 1])
-        fig.add_annotation(text="Press <b>Measure bytes and accuracy</b> to place each label store here",
-                           x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font=dict(size=14, color="#777"))
+        fig.add_annotation(text=empty, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                           font=dict(size=14, color="#777"))
     fig.update_layout(height=560, uirevision="labels", template="plotly_white", margin=dict(l=60, r=10, t=50, b=60),
                       legend=dict(orientation="h", yanchor="top", y=-0.16, xanchor="left", x=0, font=dict(size=11)))
     return fig
@@ -219,7 +220,8 @@ def run_labels(source, upload, current_path, ticked, extra, protocol, epochs, ne
     if evaluate_run.targets_of(syn) is not None:
         yield ("ℹ This KRR-ST set has no class labels, so there are no label stores to compare: its images carry "
                "target representations. What it stores is below; the **Evaluate** tab measures what it buys, "
-               "by transfer."), figure(None), unlabelled_storage(syn)
+               "by transfer."), figure(None, "No label stores to place: this set has no class labels"), \
+            unlabelled_storage(syn)
         return
     icons = {"error": "⚠", "waiting": "⏳", "stopped": "■"}
     # A set that is itself random real images gets no second random subset: it would be the same

@@ -128,6 +128,7 @@ def test_the_evaluate_tab_evaluates_a_krr_st_set_by_transfer_beside_its_referenc
         status, report = list(evaluate_tab.run_evaluation(session, syn, "fast", 1, None, compare=True))[-1]
         assert "Done" in status, status
         assert "evaluated by transfer" in report and "pre-trained 20 epochs" in report
+        assert "10 labelled training images per class" in report  # all of them would saturate the probe
         for row in ("the krr_st set** (10 unlabelled images", "10 random real images carrying the encoder's targets",
                     "nothing (random weights", "the encoder itself"):
             assert row in report, row
