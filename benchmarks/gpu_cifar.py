@@ -44,18 +44,17 @@ import json
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import torch
 
 from dd_core import device as dd_device
-from dd_core.data import data_root, load_dataset
-from dd_core.distill import run_to_end, time_budget
-from dd_core.evaluate import dataset_for, evaluate, for_dataset, for_set, protocol
-from dd_core.experts import INDEX, expert_file, index_record, read_experts, train_expert, write_expert
 from dd_core.cache import atomic_write
+from dd_core.data import data_root, load_dataset
+from dd_core.distill import run_to_end
+from dd_core.evaluate import dataset_for, evaluate, for_set, protocol
+from dd_core.experts import INDEX, expert_file, index_record, read_experts, train_expert, write_expert
 from dd_core.interrupt import Interrupted
 from dd_core.labels import load_store, same_kind
 from dd_core.methods import METHODS, make_method
@@ -65,6 +64,7 @@ from dd_core.version import code_version
 from dd_core.zca import fitted, whitened
 
 from . import gpu_pack
+from .budgeted import Budget, rounds
 
 DEVICE = torch.device("cuda")
 TINY = False  # --tiny: every step at smoke-test size (a few hundred images, a few steps)
@@ -88,63 +88,8 @@ def emit(row: dict) -> dict:
     return row
 
 
-class Budget:
-    """Wall-clock seconds from now; each piece of a step gets a stop event that fires `reserve` seconds
-    before the end (what the later pieces need), so a step ends cleanly inside its limit."""
-
-    def __init__(self, seconds: float):
-        self.seconds, self.t0 = seconds, time.perf_counter()
-
-    def left(self, reserve: float = 0.0) -> float:
-        return self.seconds - (time.perf_counter() - self.t0) - reserve
-
-    def elapsed(self) -> float:
-        return round(time.perf_counter() - self.t0, 1)
-
-    def stop(self, reserve: float = 0.0) -> tuple[threading.Event, threading.Timer | None]:
-        return time_budget(max(self.left(reserve), 0.01) / 60)
-
-
 def tiny(full, small):
     return small if TINY else full
-
-
-# -- evaluation in rounds: every set gets network k before any set gets network k + 1 ---------------
-
-def rounds(check: str, sets: list[tuple[str, torch.Tensor, object, object, object]], networks: int,
-           budget: Budget, common: dict) -> dict[str, list[float]]:
-    """Train network k on each (name, images, labels, dataset, config) in turn, k = 0, 1, ..., while a
-    round still fits (judged by the last one); a row per network, then a summary row per set. Network
-    k has the seed `evaluate` gives its k-th network, so rounds equal one call with `networks` models."""
-    accs: dict[str, list[float]] = {name: [] for name, *_ in sets}
-    seconds: dict[str, float] = {name: 0.0 for name, *_ in sets}
-    last, finished = 0.0, True
-    for k in range(networks):
-        if not finished or (k and budget.left() < 1.2 * last):
-            break
-        t0, (stop, timer) = time.perf_counter(), budget.stop()
-        for name, images, labels, data, config in sets:
-            one = dataclasses.replace(config, num_models=1, seed=config.seed + 1000 * k)
-            result = evaluate(images, labels, data, one, device=DEVICE, stop=stop)
-            if result.stopped or not result.accuracies:  # out of time: this network is not counted
-                finished = False
-                break
-            accs[name].append(result.accuracies[0])
-            seconds[name] += result.seconds
-            emit({"check": check, "set": name, "network": k, "accuracy": result.accuracies[0],
-                  "seconds": round(result.seconds, 1), "protocol": config.protocol, **common})
-        if timer:
-            timer.cancel()
-        last = time.perf_counter() - t0
-    for name, images, labels, data, config in sets:
-        done = accs[name]
-        resolved = dataclasses.replace(for_dataset(config, data), num_models=len(done))
-        emit({"check": check, "set": name, "summary": True, "networks": len(done), "accuracies": done,
-              "accuracy_mean": statistics.fmean(done) if done else None,
-              "accuracy_std": statistics.pstdev(done) if len(done) > 1 else 0.0,
-              "protocol": config.protocol, "protocol_detail": resolved.describe(), "eval_seconds": round(seconds[name], 1),
-              "labels": getattr(labels, "spec", "hard"), **common})
-    return accs
 
 
 def observer(dataset, recipe: str, budget: Budget, reserve: float, check: str, published: float | None = None):
@@ -191,7 +136,7 @@ def decoupled(dataset, method_name: str, teacher_recipe: str, budget: Budget, ch
     rnd = random_subset(dataset, 10)
     sets = [(method_name, syn.images, store, dataset, config),
             ("random", rnd.images, same_kind(store, rnd, dataset, teacher, config), dataset, config)]
-    accs = rounds(check, sets, tiny(5, 2), budget, common)
+    accs = rounds(check, sets, tiny(5, 2), budget, common, emit=emit, device=DEVICE)
     paired = min(len(accs[method_name]), len(accs["random"]))  # networks k of both sides
     if paired:
         m, r = statistics.fmean(accs[method_name][:paired]), statistics.fmean(accs["random"][:paired])
@@ -317,7 +262,7 @@ def mtt(args) -> None:
              ("random", rnd.images, rnd.labels, dataset, paper),
              ("mtt_learned_lr", mset.images, mset.labels, white,
               for_set(protocol("learned_lr", epochs=tiny(1000, 3)), mset))]
-    rounds("mtt_c10_ipc1", evals, tiny(5, 2), budget, common)
+    rounds("mtt_c10_ipc1", evals, tiny(5, 2), budget, common, emit=emit, device=DEVICE)
 
 
 def whole(args) -> None:
