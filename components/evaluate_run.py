@@ -49,6 +49,15 @@ class Report:
 PROTOCOL_HELP = protocol_help()
 
 
+def accuracy_text(result) -> str:
+    """'mean ± std' of a result's accuracies, for the tab's tables ('—' when none finished)."""
+    if result is None or not result.accuracies:
+        return "—"
+    if len(result.accuracies) == 1:
+        return f"{result.mean:.3f} ± — (one network)"  # a spread needs two or more
+    return f"{result.mean:.3f} ± {result.std:.3f}"
+
+
 def _networks(num_models) -> int:
     n = inputs.as_int(num_models, "Number of networks")
     if not 1 <= n <= MAX_MODELS:

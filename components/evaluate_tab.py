@@ -12,11 +12,11 @@ import gradio as gr
 
 from dd_core import defaults
 from dd_core.interrupt import Interrupted
-from dd_core.methods.krr_st import TARGETS
 from dd_core.models import MODELS
 from dd_core.synthetic import SyntheticSet
 
-from . import evaluate_run, inputs, jobs, runtime
+from . import evaluate_run, evaluate_transfer, inputs, jobs, runtime
+from .evaluate_run import accuracy_text as _acc
 from .runtime import LIMITS
 from .sessions import Session, session_for
 
@@ -24,14 +24,6 @@ SOURCES = ("this session's set", "an uploaded file")
 SAME_ARCH = evaluate_run.SAME_ARCH
 TABLE_COLUMNS = ["method", "dataset", "IPC", "labels", "bytes", "accuracy", "std", "networks", "protocol",
                  "architecture", "steps", "IOR", "HLR", "LRS", "RS2"]
-
-
-def _acc(result) -> str:
-    if result is None or not result.accuracies:
-        return "—"
-    if len(result.accuracies) == 1:
-        return f"{result.mean:.3f} ± — (one network)"  # a spread needs two or more
-    return f"{result.mean:.3f} ± {result.std:.3f}"
 
 
 def report_markdown(syn: SyntheticSet, rep: evaluate_run.Report, bytes_: int, labels: str) -> str:
@@ -95,7 +87,7 @@ def _evaluation(session, syn, protocol, num_models, arch, compare, progress, job
                 rs2: bool = False) -> Iterator[tuple[str, str]]:
     progress = progress or (lambda frac, text: None)
     if evaluate_run.targets_of(syn) is not None:
-        yield from _transfer_evaluation(session, syn, num_models, arch, compare, progress, job)
+        yield from evaluate_transfer.run(session, syn, num_models, arch, compare, progress, job)
         return
     store = evaluate_run.labels_of(syn)
     soft = store.name != "hard"  # HLR needs the set on hard labels too
@@ -142,66 +134,6 @@ def _evaluation(session, syn, protocol, num_models, arch, compare, progress, job
             report_markdown(syn, rep, bytes_, labels)
         return
     yield "✓ Done. Press **Pin** to add this run to the comparison table.", report_markdown(syn, rep, bytes_, labels)
-
-
-def target_bytes(syn: SyntheticSet) -> int:
-    """Bytes of a KRR-ST set's target representations, as stored."""
-    targets = syn.extra[TARGETS]
-    return targets.numel() * targets.element_size()
-
-
-def transfer_markdown(syn: SyntheticSet, result, refs) -> str:
-    """The transfer protocol's results for an unlabelled (KRR-ST) set, beside its references."""
-    n, dims = syn.extra[TARGETS].shape
-    rows = ["| pre-trained on | linear-probe test accuracy (mean ± std) | networks |", "| --- | --- | --- |",
-            f"| **the {syn.method} set** ({n} unlabelled images + {dims}-number targets) | **{_acc(result)}** "
-            f"| {len(result.accuracies)} |"]
-    if refs is not None:
-        rows += [f"| {n} random real images carrying the encoder's targets | {_acc(refs.random)} "
-                 f"| {len(refs.random.accuracies)} |",
-                 f"| nothing (random weights, probed alike) | {_acc(refs.none)} | {len(refs.none.accuracies)} |"]
-        if refs.encoder_probe is not None:
-            rows.append(f"| all the unlabelled training images: the encoder itself ({refs.encoder}) "
-                        f"| {refs.encoder_probe:.3f} | 1 |")
-    image_bytes = syn.images.numel() * syn.images.element_size()
-    lines = ["\n".join(rows), "",
-             f"Protocol: {result.config.describe()}. This set has no class labels (KRR-ST keeps target "
-             f"representations instead), so it is evaluated by transfer, its paper's protocol; the protocol "
-             f"choice above applies to labelled sets. Set size: {image_bytes + target_bytes(syn):,} bytes "
-             f"({image_bytes:,} of images, {target_bytes(syn):,} of targets)."]
-    if result.stopped or (refs is not None and (refs.random.stopped or refs.none.stopped)):
-        lines.append(f"\n■ Stopped early (Stop pressed or the {LIMITS.max_seconds / 60:.0f}-minute limit): "
-                     f"only finished networks are counted.")
-    return "\n".join(lines)
-
-
-def _transfer_evaluation(session, syn, num_models, arch, compare, progress, job) -> Iterator[tuple[str, str]]:
-    """A KRR-ST set: pre-train fresh networks on its images and targets, probe them, and (compare)
-    set that beside random real images with the same encoder's targets, no pre-training and the encoder."""
-    config = evaluate_run.transfer_config(num_models, arch)
-    stages = 2 if compare else 1
-    yield "… Evaluating by transfer: pre-training fresh networks on the set, then a linear probe…", ""
-    result = evaluate_run.transfer_set(session, syn, config, stop=job.stop,
-                                       progress=lambda f, t: progress(f / stages, f"the set: {t}"))
-    refs = None
-    if compare and not result.stopped:
-        yield "… Evaluating: the references (no pre-training, random real images, the encoder)…", \
-            transfer_markdown(syn, result, refs)
-        refs = evaluate_run.transfer_references(session, syn, config, stop=job.stop,
-                                                progress=lambda f, t: progress((1 + f) / stages, t))
-    session.last_eval = {"method": syn.method, "dataset": syn.dataset, "IPC": syn.ipc,
-                         "labels": f"targets ({syn.extra[TARGETS].shape[1]} numbers)",
-                         "bytes": syn.images.numel() * syn.images.element_size() + target_bytes(syn),
-                         "accuracy": round(result.mean, 4) if result.accuracies else None,
-                         "std": round(result.std, 4), "networks": len(result.accuracies), "protocol": "transfer",
-                         "architecture": config.model, "steps": syn.steps,
-                         **{k: None for k in ("IOR", "HLR", "LRS", "RS2")}}
-    if job.stop.is_set():
-        why = "reached this machine's time limit" if job.cap_reached.is_set() else "you pressed Stop"
-        yield f"■ Stopped ({why}). What finished is shown; press **Pin** to keep it.", \
-            transfer_markdown(syn, result, refs)
-        return
-    yield "✓ Done. Press **Pin** to add this run to the comparison table.", transfer_markdown(syn, result, refs)
 
 
 def pick_set(session: Session, source: str, upload) -> SyntheticSet:
