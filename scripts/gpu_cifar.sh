@@ -87,7 +87,7 @@ for name in $STEPS; do
   case $name in  # caps in seconds: the GPU's, and the smoke run's (where MTT and DM stop at their shares)
     rded) step rded "${!cap_var:-$([ -n "$TINY" ] && echo 60 || echo 165)}" ;;
     mtt) step mtt "${!cap_var:-$([ -n "$TINY" ] && echo 75 || echo 240)}" ;;
-    sre2l) step sre2l "${!cap_var:-$([ -n "$TINY" ] && echo 60 || echo 75)}" ;;
+    sre2l) step sre2l "${!cap_var:-$([ -n "$TINY" ] && echo 90 || echo 75)}" ;;
     whole) step whole "${!cap_var:-$([ -n "$TINY" ] && echo 45 || echo 120)}" ;;
     coresets) step coresets "${!cap_var:-$([ -n "$TINY" ] && echo 60 || echo 120)}" ;;
     *) note "$name" "unknown" "steps are: rded mtt sre2l whole coresets" ;;
