@@ -25,7 +25,6 @@ from .sessions import Session
 from .zerogpu import evaluate, get_teacher, whole_reference as teacher_whole_reference
 
 MAX_MODELS = 5
-TRANSFER_PROBE_PER_CLASS = 10  # labelled training images per class for a KRR-ST set's linear probe
 SAME_ARCH = "the protocol's (ConvNet for the resolution)"  # the architecture choice meaning "no override"
 _baselines: dict[tuple, EvalResult] = {}  # read-only once computed: derived from real data only
 _baseline_lock = threading.Lock()
@@ -194,11 +193,8 @@ def rs2(session: Session, syn: SyntheticSet, config: EvalConfig, *, stop: thread
 
 
 def transfer_config(num_models, model: str | None) -> TransferConfig:
-    """The transfer protocol (KRR-ST sets) with the tab's networks and architecture, probed with a
-    few labels: with every label of the training set a linear probe is near its ceiling whatever
-    the pre-training (on digits, 0.99 for the set, random real images and random weights alike)."""
-    return TransferConfig(model=_architecture(model), num_models=_networks(num_models),
-                          probe_per_class=TRANSFER_PROBE_PER_CLASS)
+    """The transfer protocol (KRR-ST sets) with the tab's networks and architecture."""
+    return TransferConfig(model=_architecture(model), num_models=_networks(num_models))
 
 
 def transfer_set(session: Session, syn: SyntheticSet, config: TransferConfig, *, stop: threading.Event,

@@ -17,6 +17,7 @@ from .evaluate import PROTOCOLS, protocol_help
 from .methods.base import PRESETS
 from .synthetic import INITS
 from .tradeoff import LABEL_PROTOCOLS
+from .transfer import TransferConfig
 
 
 def _threads() -> None:
@@ -206,7 +207,7 @@ def cmd_transfer(args) -> int:
     from .data import load_dataset
     from .methods.krr_st import TARGETS
     from .synthetic import SyntheticSet
-    from .transfer import TransferConfig, evaluate_transfer, references, targets_of
+    from .transfer import evaluate_transfer, references, targets_of
 
     syn = SyntheticSet.load(args.file)
     targets = targets_of(syn)
@@ -332,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("transfer", help="pre-train on an unlabelled set with targets (KRR-ST) and linear-probe")
     t.add_argument("file")
     t.add_argument("--epochs", type=int, default=300, help="pre-training epochs on the set")
-    t.add_argument("--probe-per-class", type=int, default=0, help="labelled images per class for the probe; 0 = all")
+    t.add_argument("--probe-per-class", type=int, default=TransferConfig.probe_per_class,
+                   help="labelled images per class for the probe (default %(default)s); 0 = all")
     t.add_argument("--models", type=int, default=3, help="number of networks")
     t.add_argument("--arch", default=None, help="the pre-trained network (default: the ConvNet for the resolution)")
     t.add_argument("--dataset", default=None, help="default: the dataset recorded in the file")
