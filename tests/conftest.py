@@ -38,6 +38,19 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DD_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "dd_cache"))
 
 
+@pytest.fixture
+def session(request):
+    """An app session of this test's own (keyed by its name), dropped with its files afterwards.
+    Modules that need a set made first define their own `session`."""
+    from types import SimpleNamespace
+
+    from components import sessions
+
+    who = SimpleNamespace(session_hash=request.node.name)
+    yield sessions.session_for(who)
+    sessions.drop_session(who)
+
+
 # -- the launched app, and Debian's chromium for the browser tests ------------------------------
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -9,13 +9,12 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from PIL import Image
 
-from components import distill_run, inputs, runtime, sessions
+from components import distill_run, inputs, runtime
 from dd_core.data import load_dataset
 from dd_core.labels import HardLabels
 from dd_core.methods import METHODS, make_method
@@ -29,14 +28,6 @@ OURS = ("dm", "datadam", "dc", "dsa", "random", "herding", "kcenter")
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits")
-
-
-@pytest.fixture
-def session():
-    req = SimpleNamespace(session_hash="robustness")
-    s = sessions.session_for(req)
-    yield s
-    sessions.drop_session(req)
 
 
 # -- 3. hyperparameter ranges and the memory budget ---------------------------------------------

@@ -18,14 +18,6 @@ from components import distill_run, exports, runtime, sessions
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def session():
-    req = SimpleNamespace(session_hash="robustness")
-    s = sessions.session_for(req)
-    yield s
-    sessions.drop_session(req)
-
-
 # -- 10 and 5. exports are pruned, leftovers swept, idle sessions dropped ------------------------
 
 def test_a_session_keeps_only_its_last_few_exports(session):
