@@ -66,6 +66,9 @@ def cmd_distill(args) -> int:
     steps = args.steps if args.steps is not None else METHODS.get(args.method).default_steps(
         args.preset, dataset=dataset.name, ipc=args.ipc)
     bar = _progress(steps, f"{args.method} {dataset.name} ipc={args.ipc}", args.quiet)
+    # Until the first snapshot: a first run may train and cache networks first (a teacher, experts,
+    # an encoder), minutes on a CPU for 32 px data, with the bar at 0.
+    bar.set_postfix_str("setting up; a first run trains and caches the networks the method needs")
     stop, timer = time_budget(args.minutes)
     last = None
     for last in distill(dataset, method, method_name=args.method, ipc=args.ipc, steps=steps, seed=args.seed,
