@@ -4,7 +4,6 @@ network k before any set's network k + 1, so that running out of time leaves pai
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import threading
 import time
 from typing import Callable
@@ -13,6 +12,7 @@ import torch
 
 from dd_core.distill import time_budget
 from dd_core.evaluate import evaluate, for_dataset
+from dd_core.training import Accuracies
 
 
 class Budget:
@@ -58,11 +58,11 @@ def rounds(check: str, sets: list[tuple[str, torch.Tensor, object, object, objec
             timer.cancel()
         last = time.perf_counter() - t0
     for name, images, labels, data, config in sets:
-        done = accs[name]
-        resolved = dataclasses.replace(for_dataset(config, data), num_models=len(done))
-        emit({"check": check, "set": name, "summary": True, "networks": len(done), "accuracies": done,
-              "accuracy_mean": statistics.fmean(done) if done else None,
-              "accuracy_std": statistics.pstdev(done) if len(done) > 1 else 0.0,
+        done = Accuracies(accs[name])
+        resolved = dataclasses.replace(for_dataset(config, data), num_models=len(done.accuracies))
+        emit({"check": check, "set": name, "summary": True, "networks": len(done.accuracies),
+              "accuracies": done.accuracies, "accuracy_mean": done.mean if done.accuracies else None,
+              "accuracy_std": done.std,
               "protocol": config.protocol, "protocol_detail": resolved.describe(), "eval_seconds": round(seconds[name], 1),
               "labels": getattr(labels, "spec", "hard"), **common})
     return accs

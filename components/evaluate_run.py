@@ -105,10 +105,14 @@ def labels_of(syn: SyntheticSet) -> LabelStore:
         raise inputs.UserError(str(e)) from None
 
 
+def image_bytes(syn: SyntheticSet) -> int:
+    """Bytes of the set's images as stored."""
+    return syn.images.numel() * syn.images.element_size()
+
+
 def set_bytes(syn: SyntheticSet, store) -> int:
     """Bytes to reproduce training on the set: the images as stored plus everything its labels need."""
-    images = syn.images.numel() * syn.images.element_size()
-    return images + int(store.nbytes())
+    return image_bytes(syn) + int(store.nbytes())
 
 
 def evaluate_set(session: Session, syn: SyntheticSet, *, stop: threading.Event, protocol: str = "fast",

@@ -8,17 +8,12 @@ from typing import Callable, Iterator
 
 from dd_core.methods.krr_st import TARGETS
 from dd_core.synthetic import SyntheticSet
+from dd_core.transfer import target_bytes
 
 from . import evaluate_run
 from .evaluate_run import accuracy_text as _acc
 from .runtime import LIMITS
 from .sessions import Session
-
-
-def target_bytes(syn: SyntheticSet) -> int:
-    """Bytes of a KRR-ST set's target representations, as stored."""
-    targets = syn.extra[TARGETS]
-    return targets.numel() * targets.element_size()
 
 
 def transfer_markdown(syn: SyntheticSet, result, refs) -> str:
@@ -34,12 +29,12 @@ def transfer_markdown(syn: SyntheticSet, result, refs) -> str:
         if refs.encoder_probe is not None:
             rows.append(f"| all the unlabelled training images: the encoder itself ({refs.encoder}) "
                         f"| {refs.encoder_probe:.3f} | 1 |")
-    image_bytes = syn.images.numel() * syn.images.element_size()
+    images, targets = evaluate_run.image_bytes(syn), target_bytes(syn)
     lines = ["\n".join(rows), "",
              f"Protocol: {result.config.describe()}. This set has no class labels (KRR-ST keeps target "
              f"representations instead), so it is evaluated by transfer, its paper's protocol; the protocol "
-             f"choice above applies to labelled sets. Set size: {image_bytes + target_bytes(syn):,} bytes "
-             f"({image_bytes:,} of images, {target_bytes(syn):,} of targets)."]
+             f"choice above applies to labelled sets. Set size: {images + targets:,} bytes "
+             f"({images:,} of images, {targets:,} of targets)."]
     if result.stopped or (refs is not None and (refs.random.stopped or refs.none.stopped)):
         lines.append(f"\n■ Stopped early (Stop pressed or the {LIMITS.max_seconds / 60:.0f}-minute limit): "
                      f"only finished networks are counted.")
@@ -63,7 +58,7 @@ def run(session: Session, syn: SyntheticSet, num_models, arch: str | None, compa
                                                 progress=lambda f, t: progress((1 + f) / stages, t))
     session.last_eval = {"method": syn.method, "dataset": syn.dataset, "IPC": syn.ipc,
                          "labels": f"targets ({syn.extra[TARGETS].shape[1]} numbers)",
-                         "bytes": syn.images.numel() * syn.images.element_size() + target_bytes(syn),
+                         "bytes": evaluate_run.image_bytes(syn) + target_bytes(syn),
                          "accuracy": round(result.mean, 4) if result.accuracies else None,
                          "std": round(result.std, 4), "networks": len(result.accuracies), "protocol": "transfer",
                          "architecture": config.model, "steps": syn.steps,

@@ -20,6 +20,7 @@ from dd_core.methods.krr_st import TARGETS
 from dd_core.models import MODELS
 from dd_core.synthetic import SyntheticSet
 from dd_core.tradeoff import LABEL_PROTOCOLS, DEFAULT_STORES, IMAGE_FORMATS, Tradeoff, human_bytes, markdown, run_tradeoff, summary
+from dd_core.transfer import target_bytes
 
 from . import evaluate_run, inputs, jobs
 from .runtime import CUDA, LIMITS
@@ -277,8 +278,7 @@ def unlabelled_storage(syn: SyntheticSet) -> str:
     """What a KRR-ST set stores in place of labels, and what a class index per image would cost."""
     targets = syn.extra[TARGETS]
     n, dims = targets.shape
-    images = syn.images.numel() * syn.images.element_size()
-    kept = targets.numel() * targets.element_size()
+    images, kept = evaluate_run.image_bytes(syn), target_bytes(syn)
     index = HardLabels(syn.labels, syn.num_classes)
     return "\n".join([
         "| stored | formula | bytes |", "| --- | --- | --- |",

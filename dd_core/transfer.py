@@ -166,6 +166,12 @@ def probe_encoder(encoder, dataset: Dataset, config: TransferConfig, *, device=N
     return linear_probe(encoder.net, dataset, config, seed=config.seed, device=device or torch.device("cpu"))
 
 
+def target_bytes(syn) -> int:
+    """Bytes of a KRR-ST set's target representations as stored (0 for a set with class labels)."""
+    targets = syn.extra.get(TARGETS)
+    return 0 if targets is None else targets.numel() * targets.element_size()
+
+
 def targets_of(syn) -> torch.Tensor | None:
     """A KRR-ST set's target representations (float32), or None for a set with class labels."""
     targets = syn.extra.get(TARGETS)
