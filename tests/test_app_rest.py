@@ -53,11 +53,17 @@ def test_a_rest_caller_stops_its_own_run_by_naming_its_session(api):
 def test_rest_callers_without_a_session_get_one_running_and_one_waiting_job(api):
     first = call(api, "distill", ["digits", "dm", 1, 3000, 0])
     second = call(api, "distill", ["digits", "dm", 1, 3000, 1])
-    results = {}
-    threads = [threading.Thread(target=lambda k=k, e=e: results.__setitem__(k, events(api, "distill", e)))
-               for k, e in (("first", first), ("second", second))]
+    results, heard = {}, {"first": threading.Event(), "second": threading.Event()}
+
+    def follow(key, event_id):
+        results[key] = events(api, "distill", event_id, lambda kind, data: kind != "heartbeat" and heard[key].set())
+
+    threads = [threading.Thread(target=follow, args=item) for item in (("first", first), ("second", second))]
     for t in threads:
         t.start()
+    # Both are admitted (one running, one waiting) once each stream has said something; until then
+    # gradio may still be handing them to their handlers, and the third could overtake them.
+    assert all(heard[k].wait(120) for k in heard), "the first two calls were not admitted within 2 minutes"
     refused = events(api, "distill", call(api, "distill", ["digits", "dm", 1, 5, 2]))
     assert refused[-1][0] == "error" and "one running and one waiting" in json.dumps(refused[-1][1]).replace(
         "a job running and one waiting", "one running and one waiting")
