@@ -102,14 +102,15 @@ def test_teacher_is_trained_once_then_reused_and_a_corrupt_cache_file_is_rebuilt
     assert rebuilt.test_accuracy == first.test_accuracy  # the same seed trains the same network
 
 
-def test_tapped_loss_equals_the_per_bn_hook_reference(teacher):
+@pytest.mark.parametrize("channels,channels_last", [(1, False), (1, True), (3, True)])
+def test_tapped_loss_equals_the_per_bn_hook_reference(channels, channels_last):
     # SRe2L's reference: a forward hook per BN layer, statistics from the channel-major copy of its input
-    net = build_model("resnet18_w16", channels=1, num_classes=10, image_size=(8, 8), seed=0).eval()
+    net = build_model("resnet18_w16", channels=channels, num_classes=10, image_size=(8, 8), seed=0).eval()
     for m in net.modules():  # non-trivial running statistics
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
-    x = torch.randn(12, 1, 8, 8, requires_grad=True)
+    x = torch.randn(12, channels, 8, 8, requires_grad=True)
     y = torch.arange(12) % 10
     terms = []
 
@@ -126,11 +127,19 @@ def test_tapped_loss_equals_the_per_bn_hook_reference(teacher):
         h.remove()
     ref_grad, = torch.autograd.grad(ref, x)
     for fold in (False, True):  # BN layers tapped, or folded into the conv before them where they can be
-        tnet, sink = tapped(net, fold=fold)
+        tnet, sink = tapped(net, fold=fold, channels_last=channels_last)
+        layouts = []  # the memory order each tap's statistics are read in
+        handles = [m.register_forward_hook(lambda m, i, o: layouts.append(i[0].is_contiguous() if isinstance(m, BNTap) else
+                                                                          o.is_contiguous()))
+                   for m in tnet.modules() if isinstance(m, (BNTap, FoldedConvBN))]
         ours, _ = recover_loss(tnet, sink, x, y, groups=1, bn_weight=0.01, first_bn_multiplier=10.0)
+        for h in handles:
+            h.remove()
         our_grad, = torch.autograd.grad(ours, x)
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(our_grad, ref_grad, rtol=1e-4, atol=1e-6)
+        # the first stage's activations (8x8, several channels) are NCHW or channels-last, not both
+        assert sum(not plain for plain in layouts) >= 4 if channels_last else all(layouts)
     assert any(isinstance(m, FoldedConvBN) for m in tnet.modules()), "the stem and shortcuts fold"
     assert not any(isinstance(m, BNTap) for m in tnet.modules()), "so do the blocks' conv1/bn1 and conv2/bn2"
     # two groups in one pass: the sum of the two batches' losses
@@ -170,12 +179,13 @@ def test_convnet_blocks_fused_with_their_relu_and_pool_keep_the_hook_references_
     y = torch.arange(8) % 10
     ref = _hook_reference_loss(net, x, y)
     ref_grad, = torch.autograd.grad(ref, x)
-    for fold in (False, True):
-        tnet, sink = tapped(net, fold=fold)
+    for fold, channels_last in ((False, None), (True, True), (True, None)):  # forced channels-last: the plain pool path
+        tnet, sink = tapped(net, fold=fold, channels_last=channels_last)
         ours, _ = recover_loss(tnet, sink, x, y, groups=1, bn_weight=0.01, first_bn_multiplier=10.0)
         our_grad, = torch.autograd.grad(ours, x)
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(our_grad, ref_grad, rtol=1e-4, atol=1e-6)
+    assert sink.memory_format == torch.contiguous_format, "a ConvNet with fused ReLU + pool blocks stays NCHW"
     assert all(m.pool for m in tnet.modules() if isinstance(m, FoldedConvBN)), "every block's ReLU and pool joined its fold"
     assert not any(isinstance(m, (nn.ReLU, nn.AvgPool2d)) for m in tnet.modules())
     halves = [recover_loss(tnet, sink, x[i:i + 4], y[i:i + 4], groups=1, bn_weight=0.01, first_bn_multiplier=10.0)[0]
@@ -184,6 +194,18 @@ def test_convnet_blocks_fused_with_their_relu_and_pool_keep_the_hook_references_
     torch.testing.assert_close(both, halves[0] + halves[1])
     half_grads = [torch.autograd.grad(h, x)[0] for h in halves]
     torch.testing.assert_close(torch.autograd.grad(both, x)[0], half_grads[0] + half_grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_channels_last_is_chosen_for_a_resnet_and_not_for_a_convnet_with_fused_pools():
+    resnet = build_model("resnet18_w16", channels=3, num_classes=10, image_size=(8, 8), seed=0).eval()
+    tnet, sink = tapped(resnet)
+    assert sink.memory_format == torch.channels_last
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in tnet.modules() if isinstance(m, nn.Conv2d))
+    assert resnet.stem[0].weight.is_contiguous(), "the teacher itself is left as it was"
+    for fold in (True, False):  # folded blocks, or the plain ReLU -> pool pairs joined as ReluPool2
+        convnet = build_model("convnet_bn_w32", channels=3, num_classes=10, image_size=(8, 8), seed=0).eval()
+        assert tapped(convnet, fold=fold)[1].memory_format == torch.contiguous_format
+    assert tapped(resnet, channels_last=False)[1].memory_format == torch.contiguous_format
 
 
 def test_rded_keeps_the_most_confident_crops_and_shows_its_choice(digits):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import _plain_conv, _pool2, fast_forward
+from ..models import _plain_conv, _pool2, fast_forward, on_cpu
 from ..resnet import BasicBlock
 
 
@@ -30,6 +30,7 @@ class StatSink:
     def __init__(self):
         self.groups = 1
         self.terms: list[torch.Tensor] = []
+        self.memory_format = torch.contiguous_format  # the layout the tapped net's input is given in
 
 
 class BNTap(nn.Module):
@@ -48,29 +49,44 @@ class BNTap(nn.Module):
 
 
 class _PixelSums(torch.autograd.Function):
-    """(..., pixels) -> the sums of y and of y^2 over the last (contiguous) dimension, in two reads
-    and no temporary; the backward is one fused g1 + 2 g2 y."""
+    """A (groups, n/groups, ...) view of y with the pixels on axis `dim` -> the sums of y and of y^2
+    over the pixels, (g, n/g, c) each; the backward is one fused g1 + 2 g2 y. Over the inner axis
+    (NCHW) the norm kernel takes y^2's sum in one read and no temporary; over an outer axis
+    (channels-last) it is 2-9x slower than squaring into a temporary and summing (one thread)."""
 
     @staticmethod
-    def forward(ctx, y):
-        ctx.save_for_backward(y)
-        return y.sum(-1), torch.linalg.vector_norm(y, dim=-1).square()
+    def forward(ctx, flat, dim):
+        ctx.save_for_backward(flat)
+        ctx.dim = dim
+        squares = torch.linalg.vector_norm(flat, dim=dim).square() if dim == -1 else (flat * flat).sum(dim)
+        return flat.sum(dim), squares
 
     @staticmethod
     def backward(ctx, g1, g2):
-        y, = ctx.saved_tensors
-        return torch.addcmul(g1.unsqueeze(-1).expand_as(y), y, g2.unsqueeze(-1), value=2.0)
+        flat, = ctx.saved_tensors
+        g1, g2 = g1.unsqueeze(ctx.dim), g2.unsqueeze(ctx.dim)
+        return torch.addcmul(g1.expand_as(flat), flat, g2, value=2.0), None
+
+
+def pixel_view(y: torch.Tensor, groups: int) -> tuple[torch.Tensor, int]:
+    """(n, c, h, w) -> a view of it with the images split into `groups` and the pixels on one axis,
+    in the order y lies in memory, and that axis: (g, n/g, c, h*w) and -1 for plain NCHW;
+    (g, n/g, h*w, c) and -2 for channels-last (summing over an outer axis reads each pixel's
+    channels as one contiguous row). Anything else is copied to NCHW first."""
+    n, c = y.shape[:2]
+    if y.dim() == 4 and not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last):
+        return y.permute(0, 2, 3, 1).view(groups, n // groups, -1, c), -2
+    return y.reshape(groups, n // groups, c, -1), -1
 
 
 def channel_stats(y: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per group and channel: the mean and (biased) variance over the group's images and pixels, (g, c) each.
 
-    Sums of y and y^2 per image and channel over the pixels (contiguous), then over each group's
-    images; var = E[y^2] - E[y]^2. On a (100, 32, 32, 32) input, forward + backward on one thread,
+    Sums of y and y^2 per image and channel over the pixels, then over each group's images;
+    var = E[y^2] - E[y]^2. On a (100, 32, 32, 32) input, forward + backward on one thread,
     this took a tenth of the CPU time of var_mean over (batch, pixels) at once, and less than a tenth
     of SRe2L's channel-major copy (benchmarks/recover_speed.py measures whole steps)."""
-    n, c = y.shape[:2]
-    total, squares = _PixelSums.apply(y.reshape(groups, n // groups, c, -1))  # (g, n/g, c) each
+    total, squares = _PixelSums.apply(*pixel_view(y, groups))  # (g, n/g, c) each
     return stats_of_sums(total, squares, y[0, 0].numel())
 
 
@@ -101,7 +117,7 @@ class FoldedConvBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv
-        if x.device.type == "cpu" and conv.in_channels == 1 and _plain_conv(conv):  # as ConvNet.embed_fast: im2col
+        if x.device.type == "cpu" and conv.in_channels == 1 and _plain_conv(conv) and x.is_contiguous():  # as ConvNet.embed_fast: im2col
             y = torch.ops.aten._slow_conv2d_forward(x, conv.weight, list(conv.kernel_size), conv.bias, [1, 1],
                                                     list(conv.padding))  # beats oneDNN on one input channel
         else:
@@ -110,8 +126,7 @@ class FoldedConvBN(nn.Module):
         if self.pool and _poolable(y):
             total, squares, out = _StatsReluPool2.apply(y, groups)
         else:
-            n, c = y.shape[:2]
-            total, squares = _PixelSums.apply(y.reshape(groups, n // groups, c, -1))
+            total, squares = _PixelSums.apply(*pixel_view(y, groups))
             out = F.avg_pool2d(F.relu(y), 2) if self.pool else y
         mean_out, var_out = stats_of_sums(total, squares, y[0, 0].numel())
         bn = self.bn
@@ -196,11 +211,23 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
             bool((bn.weight.abs() / torch.sqrt(bn.running_var + bn.eps) > 1e-3).all()))
 
 
-def tapped(net: nn.Module, fold: bool = True) -> tuple[nn.Module, StatSink]:
+def prefers_channels_last(net: nn.Module) -> bool:
+    """The layout rule for a tapped network: channels-last on the CPU unless a fused ReLU + 2x2 pool
+    is in it (a ConvNet block's; those kernels read NCHW rows, and without them a ConvNet step is
+    slower). oneDNN's convolutions skip their NCHW reorders on channels-last input: on the
+    full-width ResNet-18 at 32 px the convolutions take about a quarter less CPU time (one thread;
+    BENCHMARKS 15g). Elsewhere (a GPU) NCHW as before: not measured there."""
+    if not on_cpu(net):
+        return False
+    return not any(isinstance(m, ReluPool2) or (isinstance(m, FoldedConvBN) and m.pool) for m in net.modules())
+
+
+def tapped(net: nn.Module, fold: bool = True, channels_last: bool | None = None) -> tuple[nn.Module, StatSink]:
     """A copy of `net` (eval mode, frozen) whose BatchNorm2d layers report their input statistics.
     With `fold`, a conv directly followed by a BN inside an nn.Sequential (where the order of the
     children is the order of the data) or a ResNet BasicBlock's conv1/bn1 and conv2/bn2 become one
-    FoldedConvBN; every other BN a BNTap."""
+    FoldedConvBN; every other BN a BNTap. `channels_last` (None: `prefers_channels_last`) puts the
+    conv weights, and recover_loss the input, in channels-last memory order."""
     net = copy.deepcopy(net).eval()
     sink = StatSink()
     for m in net.modules():  # a folded conv's output is also the statistics' input: nothing may overwrite it
@@ -236,6 +263,11 @@ def tapped(net: nn.Module, fold: bool = True) -> tuple[nn.Module, StatSink]:
                          f"use a batch-norm teacher recipe ({', '.join(teacher_registry.TEACHERS.names())})")
     for p in net.parameters():
         p.requires_grad_(False)
+    if channels_last is None:
+        channels_last = prefers_channels_last(net)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+        sink.memory_format = torch.channels_last
     return net, sink
 
 
@@ -244,6 +276,7 @@ def recover_loss(net: nn.Module, sink: StatSink, x: torch.Tensor, y: torch.Tenso
     """Sum over `groups` equal batches (contiguous in x) of CE(teacher(x), y) + bn_weight x BN loss,
     the first BN layer's term weighted `first_bn_multiplier` times (SRe2L: 10)."""
     sink.groups, sink.terms = groups, []
+    x = x.contiguous(memory_format=sink.memory_format)
     logits = fast_forward(net)(x)  # (n, classes); ConvNets take their faster CPU kernels
     ce = F.cross_entropy(logits, y) * groups  # each group's mean CE, summed
     bn = sink.terms[0] * first_bn_multiplier + sum(sink.terms[1:])
