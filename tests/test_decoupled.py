@@ -17,7 +17,7 @@ from dd_core.labels import build, load_store
 from dd_core.label_stores.base import HardLabels
 from dd_core.label_stores.soft import RowCodec, SoftLabels
 from dd_core.methods import make_method
-from dd_core.methods.bn_taps import BNTap, FoldedConvBN, recover_loss, tapped
+from dd_core.methods.bn_taps import BNTap, FoldedBasicBlock, FoldedConvBN, recover_loss, tapped
 from dd_core.models import build_model
 from dd_core.soft_protocol import kl_to_targets, mixed_targets, soft_views
 from dd_core.synthetic import SyntheticSet, init_synthetic
@@ -142,11 +142,15 @@ def test_tapped_loss_equals_the_per_bn_hook_reference(channels, channels_last):
         assert sum(not plain for plain in layouts) >= 4 if channels_last else all(layouts)
     assert any(isinstance(m, FoldedConvBN) for m in tnet.modules()), "the stem and shortcuts fold"
     assert not any(isinstance(m, BNTap) for m in tnet.modules()), "so do the blocks' conv1/bn1 and conv2/bn2"
-    # two groups in one pass: the sum of the two batches' losses
+    assert sum(isinstance(m, FoldedBasicBlock) for m in tnet.modules()) == 8, "each block with its ReLUs and residual add"
+    assert not any(isinstance(m, nn.ReLU) for m in tnet.modules()), "the stem's ReLU joins its fold"
+    # two groups in one pass: the sum of the two batches' losses, and of their gradients
     halves = [recover_loss(tnet, sink, x[i:i + 6], y[i:i + 6], groups=1, bn_weight=0.01, first_bn_multiplier=10.0)[0]
               for i in (0, 6)]
     both, _ = recover_loss(tnet, sink, x, y, groups=2, bn_weight=0.01, first_bn_multiplier=10.0)
     torch.testing.assert_close(both, halves[0] + halves[1])
+    half_grads = [torch.autograd.grad(h, x)[0] for h in halves]
+    torch.testing.assert_close(torch.autograd.grad(both, x)[0], half_grads[0] + half_grads[1], rtol=1e-4, atol=1e-6)
 
 
 def _hook_reference_loss(net, x, y):

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..models import _plain_conv, _pool2, fast_forward, on_cpu
 from ..resnet import BasicBlock
+from .tap_kernels import PixelSums, ReluPool2Fn, StatsRelu, StatsReluPool2, pixel_view, poolable
 
 
 class StatSink:
@@ -48,37 +49,6 @@ class BNTap(nn.Module):
         return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
 
 
-class _PixelSums(torch.autograd.Function):
-    """A (groups, n/groups, ...) view of y with the pixels on axis `dim` -> the sums of y and of y^2
-    over the pixels, (g, n/g, c) each; the backward is one fused g1 + 2 g2 y. Over the inner axis
-    (NCHW) the norm kernel takes y^2's sum in one read and no temporary; over an outer axis
-    (channels-last) it is 2-9x slower than squaring into a temporary and summing (one thread)."""
-
-    @staticmethod
-    def forward(ctx, flat, dim):
-        ctx.save_for_backward(flat)
-        ctx.dim = dim
-        squares = torch.linalg.vector_norm(flat, dim=dim).square() if dim == -1 else (flat * flat).sum(dim)
-        return flat.sum(dim), squares
-
-    @staticmethod
-    def backward(ctx, g1, g2):
-        flat, = ctx.saved_tensors
-        g1, g2 = g1.unsqueeze(ctx.dim), g2.unsqueeze(ctx.dim)
-        return torch.addcmul(g1.expand_as(flat), flat, g2, value=2.0), None
-
-
-def pixel_view(y: torch.Tensor, groups: int) -> tuple[torch.Tensor, int]:
-    """(n, c, h, w) -> a view of it with the images split into `groups` and the pixels on one axis,
-    in the order y lies in memory, and that axis: (g, n/g, c, h*w) and -1 for plain NCHW;
-    (g, n/g, h*w, c) and -2 for channels-last (summing over an outer axis reads each pixel's
-    channels as one contiguous row). Anything else is copied to NCHW first."""
-    n, c = y.shape[:2]
-    if y.dim() == 4 and not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last):
-        return y.permute(0, 2, 3, 1).view(groups, n // groups, -1, c), -2
-    return y.reshape(groups, n // groups, c, -1), -1
-
-
 def channel_stats(y: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per group and channel: the mean and (biased) variance over the group's images and pixels, (g, c) each.
 
@@ -86,7 +56,7 @@ def channel_stats(y: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Ten
     var = E[y^2] - E[y]^2. On a (100, 32, 32, 32) input, forward + backward on one thread,
     this took a tenth of the CPU time of var_mean over (batch, pixels) at once, and less than a tenth
     of SRe2L's channel-major copy (benchmarks/recover_speed.py measures whole steps)."""
-    total, squares = _PixelSums.apply(*pixel_view(y, groups))  # (g, n/g, c) each
+    total, squares = PixelSums.apply(*pixel_view(y, groups))  # (g, n/g, c) each
     return stats_of_sums(total, squares, y[0, 0].numel())
 
 
@@ -102,9 +72,10 @@ class FoldedConvBN(nn.Module):
     through the norm's per-channel affine map (mean_in = (mean_out - shift) / scale + running_mean,
     var_in = var_out / scale^2). One pass over the activation instead of two, both ways."""
 
-    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, sink: StatSink, pool: bool = False):
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, sink: StatSink, pool: bool = False, relu: bool = False):
         super().__init__()
         self.pool = pool  # also the ReLU and 2x2 average pool that follow (a ConvNet block), in the same pass
+        self.relu = relu and not pool  # also the ReLU that follows (after a residual, if one is given), in the same pass
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (c,)
         bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
         self.conv = copy.deepcopy(conv)
@@ -115,7 +86,7 @@ class FoldedConvBN(nn.Module):
         self.register_buffer("shift", bn.bias.detach().clone())
         self.bn, self.sink = bn, sink
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         conv = self.conv
         if x.device.type == "cpu" and conv.in_channels == 1 and _plain_conv(conv) and x.is_contiguous():  # as ConvNet.embed_fast: im2col
             y = torch.ops.aten._slow_conv2d_forward(x, conv.weight, list(conv.kernel_size), conv.bias, [1, 1],
@@ -123,10 +94,12 @@ class FoldedConvBN(nn.Module):
         else:
             y = conv(x)
         groups = self.sink.groups
-        if self.pool and _poolable(y):
-            total, squares, out = _StatsReluPool2.apply(y, groups)
+        if self.pool and poolable(y):
+            total, squares, out = StatsReluPool2.apply(y, groups)
+        elif self.relu:
+            total, squares, out = StatsRelu.apply(y, residual, groups)
         else:
-            total, squares = _PixelSums.apply(*pixel_view(y, groups))
+            total, squares = PixelSums.apply(*pixel_view(y, groups))
             out = F.avg_pool2d(F.relu(y), 2) if self.pool else y
         mean_out, var_out = stats_of_sums(total, squares, y[0, 0].numel())
         bn = self.bn
@@ -136,64 +109,20 @@ class FoldedConvBN(nn.Module):
         return out
 
 
-def _relu_pool2(y: torch.Tensor) -> torch.Tensor:
-    """avg_pool2d(relu(y), 2) of an even, contiguous (n, c, h, w) y, without autograd: the ReLU of each
-    pair of rows added (contiguous reads), then each pair of columns (a quarter to a half of
-    relu + avg_pool2d's CPU time on NCHW in a one-thread microbenchmark)."""
-    n, c, h, w = y.shape
-    rows = y.view(n, c, h // 2, 2, w)
-    pairs = rows[:, :, :, 0].clamp_min(0).add_(rows[:, :, :, 1].clamp_min(0))
-    return (pairs[..., 0::2] + pairs[..., 1::2]).mul_(0.25)
+class FoldedBasicBlock(nn.Module):
+    """A ResNet BasicBlock (resnet.py) with both conv + BN pairs folded and each ReLU, the second
+    after the residual add, joined to its fold's pass: relu(fold2(relu(fold1(x))) + shortcut(x)).
+    Its statistics' terms come in the order bn1, shortcut's BN, bn2 (the block's own: bn2 first;
+    only the first term of a network is weighted apart)."""
 
+    def __init__(self, block: BasicBlock, sink: StatSink):
+        super().__init__()
+        self.conv1 = FoldedConvBN(block.conv1, block.bn1, sink, relu=True)
+        self.conv2 = FoldedConvBN(block.conv2, block.bn2, sink, relu=True)
+        self.shortcut = block.shortcut  # empty, or a 1x1 conv + BN that tapped() folds as any Sequential
 
-def _relu_pool2_grad(g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The gradient of _relu_pool2 at y given the pooled gradient g: g / 4 spread over each 2x2 window,
-    kept where y > 0. One full-size write (autograd's backward of strided slices zero-fills a
-    full-size gradient per slice and adds the four)."""
-    n, c, h, w = y.shape
-    if w < 16:  # narrow rows: the pooling kernel's own backward, then the ReLU's mask
-        spread = torch.ops.aten.avg_pool2d_backward(g, y, [2, 2], [2, 2], [0, 0], False, True, None)
-        return torch.ops.aten.threshold_backward(spread, y, 0)
-    # wide rows: each pooled value repeated along its two columns, then broadcast over its two rows
-    rows = (g * 0.25)[..., None].expand(n, c, h // 2, w // 2, 2).reshape(n, c, h // 2, 1, w).expand(n, c, h // 2, 2, w)
-    return torch.ops.aten.threshold_backward(rows, y.view(n, c, h // 2, 2, w), 0).view(n, c, h, w)
-
-
-def _poolable(y: torch.Tensor) -> bool:
-    return y.dim() == 4 and y.shape[-2] % 2 == 0 and y.shape[-1] % 2 == 0 and y.is_contiguous()
-
-
-class _ReluPool2(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, y):
-        ctx.save_for_backward(y)
-        return _relu_pool2(y)
-
-    @staticmethod
-    def backward(ctx, g):
-        y, = ctx.saved_tensors
-        return _relu_pool2_grad(g, y)
-
-
-class _StatsReluPool2(torch.autograd.Function):
-    """y (n, c, h, w) -> (the sums of y and y^2 over each image's channel pixels, (g, n/g, c) each, as
-    _PixelSums; avg_pool2d(relu(y), 2)). The backward writes the two paths' gradient into one
-    tensor in place, where autograd would add two full-size gradients."""
-
-    @staticmethod
-    def forward(ctx, y, groups):
-        ctx.save_for_backward(y)
-        n, c = y.shape[:2]
-        flat = y.view(groups, n // groups, c, -1)
-        return flat.sum(-1), torch.linalg.vector_norm(flat, dim=-1).square(), _relu_pool2(y)
-
-    @staticmethod
-    def backward(ctx, g1, g2, gp):
-        y, = ctx.saved_tensors
-        grad = _relu_pool2_grad(gp, y).contiguous()
-        flat = grad.view(*g1.shape, -1)
-        flat.add_(g1.unsqueeze(-1)).addcmul_(y.view_as(flat), g2.unsqueeze(-1), value=2.0)
-        return grad, None
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.conv1(x), residual=self.shortcut(x))
 
 
 class ReluPool2(nn.Module):
@@ -201,7 +130,7 @@ class ReluPool2(nn.Module):
     plain ReLU and pooling."""
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return _ReluPool2.apply(y) if _poolable(y) else F.avg_pool2d(F.relu(y), 2)
+        return ReluPool2Fn.apply(y) if poolable(y) else F.avg_pool2d(F.relu(y), 2)
 
 
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
@@ -226,7 +155,8 @@ def tapped(net: nn.Module, fold: bool = True, channels_last: bool | None = None)
     """A copy of `net` (eval mode, frozen) whose BatchNorm2d layers report their input statistics.
     With `fold`, a conv directly followed by a BN inside an nn.Sequential (where the order of the
     children is the order of the data) or a ResNet BasicBlock's conv1/bn1 and conv2/bn2 become one
-    FoldedConvBN; every other BN a BNTap. `channels_last` (None: `prefers_channels_last`) puts the
+    FoldedConvBN (with the ReLU, or ReLU and pool, that follows; a block whose two pairs fold becomes
+    a FoldedBasicBlock); every other BN a BNTap. `channels_last` (None: `prefers_channels_last`) puts the
     conv weights, and recover_loss the input, in channels-last memory order."""
     net = copy.deepcopy(net).eval()
     sink = StatSink()
@@ -234,14 +164,21 @@ def tapped(net: nn.Module, fold: bool = True, channels_last: bool | None = None)
         if isinstance(m, nn.ReLU):
             m.inplace = False
     for parent in list(net.modules()):
+        for name, block in parent.named_children():
+            if fold and isinstance(block, BasicBlock) and _foldable(block.conv1, block.bn1) and _foldable(block.conv2, block.bn2):
+                setattr(parent, name, FoldedBasicBlock(block, sink))
+    for parent in list(net.modules()):
+        if isinstance(parent, FoldedConvBN):  # its conv and BN are already folded
+            continue
         children = list(parent.named_children())
         if fold and isinstance(parent, nn.Sequential):
             for i, ((name, conv), (bn_name, bn)) in enumerate(zip(children, children[1:])):
                 if _foldable(conv, bn):
                     after = [m for _, m in children[i + 2:i + 4]]  # a ConvNet block's ReLU and pool join the fold
                     pool = len(after) == 2 and isinstance(after[0], nn.ReLU) and _pool2(after[1])
-                    setattr(parent, name, FoldedConvBN(conv, bn, sink, pool=pool))
-                    for dropped in [bn_name] + ([n for n, _ in children[i + 2:i + 4]] if pool else []):
+                    relu = not pool and len(after) >= 1 and isinstance(after[0], nn.ReLU)  # so does a lone ReLU (a stem's)
+                    setattr(parent, name, FoldedConvBN(conv, bn, sink, pool=pool, relu=relu))
+                    for dropped in [bn_name] + [n for n, _ in children[i + 2:i + 2 + 2 * pool + relu]]:
                         setattr(parent, dropped, nn.Identity())
             children = list(parent.named_children())
         if fold and isinstance(parent, BasicBlock):  # its forward applies bn1 to conv1's output, bn2 to conv2's
