@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 import pytest
 import torch
@@ -11,10 +12,11 @@ from dd_core import experts, load_dataset
 from dd_core.distill import run_to_end
 from dd_core.experts import ExpertFileError, ExpertRecipe, get_experts, read_experts
 from dd_core.methods import make_method
-from dd_core.methods.trajectory import Draws, FlatNet, unroll_adjoint, unroll_autograd
+from dd_core.methods.trajectory import (Draws, FlatNet, inner_loss, matching_loss, unroll_adjoint, unroll_autograd,
+                                        unroll_truncated)
 from dd_core.augment import dsa_for
 from dd_core.models import build_model, fast_forward
-from dd_core.synthetic import SyntheticSet
+from dd_core.synthetic import SyntheticSet, init_synthetic
 
 TINY_RECIPE = ExpertRecipe(model="convnet_d2", epochs=2)  # what MTT with max_start_epoch 1, expert_epochs 1 needs
 ONE_EPOCH = ExpertRecipe(model="convnet_d2", epochs=1)
@@ -88,6 +90,37 @@ def test_tesla_gradient_equals_mtt_autograd():
     torch.testing.assert_close(a_img, g_img, rtol=1e-7, atol=1e-10)
     torch.testing.assert_close(a_lr, g_lr, rtol=1e-7, atol=1e-10)
     torch.testing.assert_close(a_y, g_y, rtol=1e-7, atol=1e-10)
+
+
+def test_teslas_published_gradient_drops_the_hessian_chain():
+    # TESLA's public code differentiates each step's gradient as a function of its own batch only, at
+    # a fixed student: the same as autograd through an unroll whose every gradient is taken at a
+    # detached theta_i. That is not MTT's gradient (the exact adjoint above is).
+    f, start, target, images, logits, lr, draws, dsa = _small_case()
+    loss, _, t_img, t_lr, t_targets = unroll_truncated(f, start, target, images, torch.softmax(logits, 1), lr, draws, dsa)
+    (t_y,) = torch.autograd.grad(torch.softmax(logits, 1), logits, t_targets)
+    theta, targets = start, torch.softmax(logits, 1)
+    for idx, aug in zip(draws.batches, draws.augment):
+        at = theta.detach().requires_grad_(True)
+        theta = theta - lr * torch.autograd.grad(inner_loss(f, at, images, targets, idx, aug, dsa), at, create_graph=True)[0]
+    want = torch.autograd.grad(matching_loss(theta, start, target), [images, lr, logits])
+    for got, ref in zip((t_img, t_lr, t_y), want):
+        assert ref.abs().max() > 0
+        torch.testing.assert_close(got, ref, rtol=1e-7, atol=1e-10)
+    exact_img, exact_lr = torch.autograd.grad(unroll_autograd(f, start, target, images, torch.softmax(logits, 1), lr,
+                                                              draws, dsa)[0], [images, lr])
+    assert loss.item() == pytest.approx(matching_loss(theta, start, target).item(), rel=1e-10)
+    assert torch.nn.functional.cosine_similarity(t_img.flatten(), exact_img.flatten(), dim=0) < 0.99
+    assert abs(t_lr - exact_lr) > 1e-3 * abs(exact_lr)
+
+
+def test_tesla_without_the_hessian_chain_runs_the_published_gradient(digits):
+    method = make_method("tesla", dataset="digits", ipc=1, model="convnet_d2", num_experts=2, expert_epochs=1,
+                         max_start_epoch=1, hessian_chain=False)  # the experts of the stopping test below
+    method.setup(digits, init_synthetic(digits, 1, seed=0), seed=0, device=torch.device("cpu"))
+    before = method.images_.detach().clone()
+    out = method.step()
+    assert math.isfinite(out["loss"]) and not torch.equal(method.images_.detach(), before)
 
 
 def test_the_students_fast_forward_gives_the_plain_networks_unrolled_gradient():
@@ -192,7 +225,6 @@ def test_learned_labels_become_the_label_store(digits, tmp_path):
 def _experts_cli(tmp_path, name, launcher):
     import os
     import subprocess
-    import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]

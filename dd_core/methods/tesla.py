@@ -19,6 +19,9 @@ class TESLA(TrajectoryMethod):
 
     soft_labels: bool = hp(False, "learn soft labels, started from the experts' logits; saved as the set's label store")
     lr_y: float = hp(2.0, "SGD lr (momentum 0.9) of the learned label logits", range=(0.0, 1000.0))
+    hessian_chain: bool = hp(True, "True: MTT's exact gradient (each batch also reaches the loss through the later "
+                                   "student steps it moves); False: the gradient of TESLA's public code, which drops "
+                                   "that chain (cheaper per step, a different gradient)")
 
     @classmethod
     def preset(cls, name, *, dataset, ipc):
