@@ -17,7 +17,9 @@ from dd_core.labels import build, load_store
 from dd_core.label_stores.base import HardLabels
 from dd_core.label_stores.soft import RowCodec, SoftLabels
 from dd_core.methods import make_method
+from dd_core.methods import tap_kernels
 from dd_core.methods.bn_taps import BNTap, FoldedBasicBlock, FoldedConvBN, recover_loss, tapped
+from dd_core.methods.tap_kernels import WinogradConv, winograd_weight
 from dd_core.models import build_model
 from dd_core.soft_protocol import kl_to_targets, mixed_targets, soft_views
 from dd_core.synthetic import SyntheticSet, init_synthetic
@@ -198,6 +200,38 @@ def test_convnet_blocks_fused_with_their_relu_and_pool_keep_the_hook_references_
     torch.testing.assert_close(both, halves[0] + halves[1])
     half_grads = [torch.autograd.grad(h, x)[0] for h in halves]
     torch.testing.assert_close(torch.autograd.grad(both, x)[0], half_grads[0] + half_grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_winograd_convolution_equals_conv2d_and_its_input_gradient():
+    # float64 so that a wrong transform shows (float32 agrees to rounding); odd channel counts, a non-square image
+    x = torch.randn(2, 3, 6, 4, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    w, bias = torch.randn(5, 3, 3, 3, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    u, u_back = winograd_weight(w), winograd_weight(w.transpose(0, 1).flip(2, 3))
+    torch.testing.assert_close(WinogradConv.apply(x, u, u_back, bias), F.conv2d(x, w, bias, padding=1), rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda t: WinogradConv.apply(t, u, u_back, bias), (x,))
+
+
+def test_resnet_with_winograd_on_its_wide_convs_keeps_the_hook_references_loss(monkeypatch):
+    monkeypatch.setattr(tap_kernels, "WINOGRAD_MIN_CHANNELS", 32)  # resnet18_w16's last two stages (32-128 channels)
+    net = build_model("resnet18_w16", channels=3, num_classes=10, image_size=(16, 16), seed=0).eval()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(6, 3, 16, 16, requires_grad=True)
+    y = torch.arange(6) % 10
+    ref = _hook_reference_loss(net, x, y)
+    ref_grad, = torch.autograd.grad(ref, x)
+    tnet, sink = tapped(net)
+    wide = [m for m in tnet.modules() if isinstance(m, FoldedConvBN) and m.winograd_u is not None]
+    assert len(wide) == 9, "the stride-1 3x3 convs of the last three stages"
+    calls, apply = [], WinogradConv.apply
+    monkeypatch.setattr(WinogradConv, "apply", lambda *a: calls.append(a[0].shape) or apply(*a))
+    ours, _ = recover_loss(tnet, sink, x, y, groups=1, bn_weight=0.01, first_bn_multiplier=10.0)
+    our_grad, = torch.autograd.grad(ours, x)
+    assert len(calls) == 9, "each takes it (8x8, 4x4 and 2x2 are even sizes)"
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(our_grad, ref_grad, rtol=1e-4, atol=1e-6)
 
 
 def test_channels_last_is_chosen_for_a_resnet_and_not_for_a_convnet_with_fused_pools():

@@ -22,7 +22,8 @@ from torch import nn
 
 from ..models import _plain_conv, _pool2, fast_forward, on_cpu
 from ..resnet import BasicBlock
-from .tap_kernels import PixelSums, ReluPool2Fn, StatsRelu, StatsReluPool2, pixel_view, poolable
+from . import tap_kernels
+from .tap_kernels import PixelSums, ReluPool2Fn, StatsRelu, StatsReluPool2, WinogradConv, pixel_view, poolable, winograd_weight
 
 
 class StatSink:
@@ -85,12 +86,24 @@ class FoldedConvBN(nn.Module):
         self.register_buffer("scale", scale.detach().clone())
         self.register_buffer("shift", bn.bias.detach().clone())
         self.bn, self.sink = bn, sink
+        # a wide 3x3 conv: its forward and input gradient by Winograd on the CPU (tap_kernels), from
+        # the folded weights transformed once (u) and with channels swapped and kernel flipped (u_back)
+        c, u, u_back = self.conv, None, None
+        if (c.kernel_size == (3, 3) and c.stride == (1, 1) and c.padding == (1, 1) and c.dilation == (1, 1) and c.groups == 1
+                and min(c.in_channels, c.out_channels) >= tap_kernels.WINOGRAD_MIN_CHANNELS):
+            w = c.weight.detach()
+            u, u_back = winograd_weight(w), winograd_weight(w.transpose(0, 1).flip(2, 3))
+        self.register_buffer("winograd_u", u)
+        self.register_buffer("winograd_u_back", u_back)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         conv = self.conv
         if x.device.type == "cpu" and conv.in_channels == 1 and _plain_conv(conv) and x.is_contiguous():  # as ConvNet.embed_fast: im2col
             y = torch.ops.aten._slow_conv2d_forward(x, conv.weight, list(conv.kernel_size), conv.bias, [1, 1],
                                                     list(conv.padding))  # beats oneDNN on one input channel
+        elif (self.winograd_u is not None and x.device.type == "cpu" and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0
+              and x.is_contiguous(memory_format=torch.channels_last)):
+            y = WinogradConv.apply(x, self.winograd_u, self.winograd_u_back, conv.bias)
         else:
             y = conv(x)
         groups = self.sink.groups
