@@ -6,8 +6,10 @@ and the variance of a channel-major copy (permute + contiguous + view), runs the
 forward on one batch, sums CE + 0.01 x (10 x first + the rest) and takes one Adam step (betas
 0.5, 0.9) on the pixels, then clips them. Ours: the same loss and step through recover.py (conv +
 BN folded, with the ReLU and pool of a ConvNet block, statistics from pixel sums, hand-written
-backwards; see its docstring). Both get the same crop/flip from the same generator state and start from the same pixels;
-each step's loss is recorded so the two can be checked to agree.
+backwards; a ResNet block's ReLUs and residual add in its folds' passes; channels-last on the CPU
+unless ConvNet pools are fused; Winograd on 3x3 convs of 512 channels; see bn_taps' docstring).
+Both get the same crop/flip from the same generator state and start from the same pixels; each
+step's loss is recorded so the two can be checked to agree.
 
     nice -n 10 python -m benchmarks.recover_speed --steps 20 --repeats 3 --threads 1 \
         --out benchmarks/results/recover_speed.jsonl
@@ -74,13 +76,15 @@ class HookReference:
         return ce + 0.01 * (10.0 * self.terms[0] + sum(self.terms[1:]))
 
 
-def run(side_is_ours: bool, net: nn.Module, pixels: torch.Tensor, y: torch.Tensor, steps: int, seed: int):
-    """`steps` recover steps from `pixels`; returns (seconds, losses)."""
+def run(side_is_ours: bool, net: nn.Module, pixels: torch.Tensor, y: torch.Tensor, steps: int, seed: int,
+        channels_last: bool | None = None):
+    """`steps` recover steps from `pixels`; returns (seconds, CPU seconds, losses). `channels_last`: our
+    side's layout (None: bn_taps' rule)."""
     x = pixels.clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=0.25, betas=(0.5, 0.9), eps=1e-8)
     g = torch.Generator().manual_seed(seed)
     if side_is_ours:
-        tnet, sink = tapped(net)
+        tnet, sink = tapped(net, channels_last=channels_last)
         loss_of = lambda v: recover_loss(tnet, sink, v, y, groups=1, bn_weight=0.01, first_bn_multiplier=10.0)[0]  # noqa: E731
     else:
         ref = HookReference(net)

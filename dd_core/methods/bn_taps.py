@@ -8,7 +8,10 @@ input statistics, for every batch group at once; any other BN layer becomes a `B
 same before normalising as in eval mode. In a ConvNet block the ReLU and 2x2 average pool after the
 norm join the fold: the forward pools by strided slices, and one backward writes the pooled, masked
 gradient and the statistics' gradient into one tensor (autograd would zero-fill a full-size gradient
-per slice and add them). SRe2L's script instead hooks every BN layer and copies each input into
+per slice and add them). In a ResNet block the ReLUs, and the residual add before the second, join
+the folds the same way (`FoldedBasicBlock`). On the CPU a net without fused pools runs channels-last
+(oneDNN skips its layout reorders; `prefers_channels_last`), and its 3x3 convs of 512 channels by
+Winograd (tap_kernels). SRe2L's script instead hooks every BN layer and copies each input into
 channel-major order to take its variance (benchmarks/recover_speed.py times the two side by side; a
 test checks loss and gradient against it). `recover_loss` is SRe2L's loss over those statistics.
 """
