@@ -114,6 +114,8 @@ class FoldedConvBN(nn.Module):
             total, squares, out = StatsReluPool2.apply(y, groups)
         elif self.relu:
             total, squares, out = StatsRelu.apply(y, residual, groups)
+        elif residual is not None:
+            raise ValueError("a residual is added before a fused ReLU; this fold has none (relu=False)")
         else:
             total, squares = PixelSums.apply(*pixel_view(y, groups))
             out = F.avg_pool2d(F.relu(y), 2) if self.pool else y
