@@ -4,6 +4,7 @@ Handlers are plain functions of values; `build()` lays out the widgets and wires
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -127,10 +128,24 @@ def scrub(index, request: gr.Request = None):
     return labelled_grid(syn), f"showing step **{syn.steps}** of this run"
 
 
-def settings_changed(method, preset, dataset, folder, ipc, widgets, *, update_steps: bool):
-    """Show the chosen method's widgets with the preset's values, its explanation and default steps."""
+def settings_changed(method, preset, dataset, folder, ipc, widgets, *, update_steps: bool, shown=None, current=None):
+    """Show the chosen method's widgets with the preset's values, its explanation and default steps.
+    With `shown` (the preset key the widgets were last set from, `preset_key`) and `current` (their
+    values now), a field the user changed keeps its value when only the IPC moved."""
     if method not in METHODS:
         return [gr.skip()] * (len(METHODS.names()) + len(widgets) + 2)
+    name, ipc = _name_and_ipc(dataset, folder, ipc)
+    visible = [gr.update(visible=m == method) for m in METHODS.names()]
+    shown_ipc = shown[3] if shown and tuple(shown[:3]) == (method, preset or "fast", name) else None
+    values = method_params.preset_values(method, preset or "fast", name, ipc, widgets,
+                                         current=current if shown_ipc is not None else None, shown_ipc=shown_ipc)
+    steps = gr.skip()
+    if update_steps:
+        steps = min(METHODS.get(method).default_steps(preset or "fast", dataset=name, ipc=ipc), LIMITS.max_steps)
+    return visible + values + [steps, method_markdown(method)]
+
+
+def _name_and_ipc(dataset, folder, ipc) -> tuple[str, int]:
     try:
         name = inputs.dataset_name(dataset, folder)
     except inputs.UserError:
@@ -139,12 +154,12 @@ def settings_changed(method, preset, dataset, folder, ipc, widgets, *, update_st
         ipc = max(1, inputs.as_int(ipc, "IPC"))
     except inputs.UserError:
         ipc = DEFAULT_IPC
-    visible = [gr.update(visible=m == method) for m in METHODS.names()]
-    values = method_params.preset_values(method, preset or "fast", name, ipc, widgets)
-    steps = gr.skip()
-    if update_steps:
-        steps = min(METHODS.get(method).default_steps(preset or "fast", dataset=name, ipc=ipc), LIMITS.max_steps)
-    return visible + values + [steps, method_markdown(method)]
+    return name, ipc
+
+
+def preset_key(method, preset, dataset, folder, ipc) -> list:
+    """Which preset the hyperparameter widgets now show: [method, preset, dataset, ipc]."""
+    return [method, preset or "fast", *_name_and_ipc(dataset, folder, ipc)]
 
 
 @dataclass
@@ -171,6 +186,7 @@ class DistillTab:
     link_widgets: object = None  # links.LinkWidgets
     about_md: gr.Markdown = None  # the chosen method's explanation
     note: gr.Markdown = None  # what a link had to ignore
+    shown: gr.State = None  # preset_key of the preset the hyperparameter widgets were last set from
 
 
 def build(current_set: gr.State, compute: dict) -> DistillTab:
@@ -258,13 +274,22 @@ def build(current_set: gr.State, compute: dict) -> DistillTab:
                        trigger_mode="always_last")
 
     settings = [method, preset, dataset, folder, ipc]
-    changed_outputs = list(groups.values()) + [w.component for w in widgets] + [steps, about]
+    shown = gr.State(preset_key(default_method, defaults.PRESET, DEFAULT_DATASET, "", DEFAULT_IPC))
+    changed_outputs = list(groups.values()) + [w.component for w in widgets] + [steps, about, shown]
+
+    def on_settings(*values, update_steps: bool):
+        """A method, preset or dataset change shows that preset; an IPC change keeps the fields the user changed."""
+        chosen, (last, *current) = values[:5], values[5:]
+        keep = {} if update_steps else {"shown": last, "current": current}
+        return settings_changed(*chosen, widgets, update_steps=update_steps, **keep) + [preset_key(*chosen)]
+
     # .input, not .change: a link sets these programmatically with its own steps and hyperparameters.
     for trigger, update_steps in ((method, True), (preset, True), (dataset, True), (ipc, False)):
-        trigger.input(lambda *v, u=update_steps: settings_changed(*v, widgets, update_steps=u), inputs=settings,
-                       outputs=changed_outputs, queue=False, api_visibility="private")
+        trigger.input(functools.partial(on_settings, update_steps=update_steps),
+                      inputs=settings + [shown] + [w.component for w in widgets],
+                      outputs=changed_outputs, queue=False, api_visibility="private")
     dataset.change(lambda d: gr.update(visible=d == inputs.FOLDER_CHOICE), inputs=dataset, outputs=folder,
                    queue=False, api_visibility="private")
     return DistillTab(dataset, folder, method, ipc, steps, seed, status, grid, event, preset=preset, init=init,
                       params=params, about=about_box, groups=groups, widgets=widgets, link_row=link_row,
-                      link_widgets=link_widgets, about_md=about, note=note)
+                      link_widgets=link_widgets, about_md=about, note=note, shown=shown)

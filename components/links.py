@@ -102,7 +102,7 @@ def link_query(values: dict, hp: dict, tab: str | None, hide: list | None, autor
 def load_updates(query, tab, default_method: str, n_tabs: dict, compare=None) -> tuple[dict, url_state.UrlState]:
     """Component -> update for a page opened with `query` (a mapping). `tab` is the DistillTab,
     `n_tabs` maps tab ids to their gr.Tab; `compare` the compare tab's two method dropdowns."""
-    from .distill_tab import DEFAULT_DATASET, DEFAULT_IPC, settings_changed
+    from .distill_tab import DEFAULT_DATASET, DEFAULT_IPC, preset_key, settings_changed
 
     state = url_state.parse(query, lessons.settings_by_name())
     out: dict = {}
@@ -121,6 +121,8 @@ def load_updates(query, tab, default_method: str, n_tabs: dict, compare=None) ->
             update = gr.update(value=state.params[w.name])
         out[w.component] = update
     steps, about = changed[-2:]
+    if tab.shown is not None:  # the link's own values count as the user's: an IPC change keeps them
+        out[tab.shown] = preset_key(method, preset, dataset, "", ipc)
     out[tab.steps] = gr.update(value=v["steps"]) if "steps" in v else gr.update(value=steps)
     from .learn_tab import method_markdown
 
@@ -165,6 +167,8 @@ def wire(demo: gr.Blocks, tab, tabs: gr.Tabs, tab_items: dict, current_tab: gr.S
     outputs += [g for g in tab.groups.values()] + [w.component for w in tab.widgets] + list(tab_items.values())
     if tab.about_md is not None:
         outputs.append(tab.about_md)
+    if tab.shown is not None:
+        outputs.append(tab.shown)
     if compare_methods:
         outputs += list(compare_methods)
     target = gr.Textbox(visible="hidden", elem_id="autorun-target")

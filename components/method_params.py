@@ -6,6 +6,7 @@ group. Values flow one way: widgets -> `overrides(...)` -> make_method(**overrid
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import gradio as gr
 
@@ -84,10 +85,36 @@ def overrides(method: str, widgets: list[ParamWidget], values: list) -> dict:
     return out
 
 
-def preset_values(method: str, preset: str, dataset: str, ipc: int, widgets: list[ParamWidget]) -> list:
-    """Widget updates showing the preset's value of every field of `method` (others untouched)."""
+def preset_values(method: str, preset: str, dataset: str, ipc: int, widgets: list[ParamWidget],
+                  current: list | None = None, shown_ipc: int | None = None) -> list:
+    """Widget updates showing the preset's value of every field of `method` (others untouched).
+
+    With `current` (every widget's value now) and `shown_ipc` (the IPC whose preset they were set
+    from, same method, preset and dataset): a field whose value differs from that preset's was
+    changed by the user and keeps it; only the others follow the preset to the new IPC."""
+    values = _preset_of(method, preset, dataset, ipc)
+    before = _preset_of(method, preset, dataset, shown_ipc) if current is not None and shown_ipc is not None else None
+    out = []
+    for i, w in enumerate(widgets):
+        if w.method != method or w.name not in values:
+            out.append(gr.skip())
+        elif before is not None and not _same(current[i], before.get(w.name)):
+            out.append(gr.skip())  # the user's own value
+        else:
+            out.append(gr.update(value=values[w.name]))
+    return out
+
+
+def _preset_of(method: str, preset: str, dataset: str, ipc: int) -> dict:
     cls = METHODS.get(method)
-    defaults = {f.name: _default(f) for f in hyperparameters(cls)}
-    values = {**defaults, **cls.preset(preset, dataset=dataset, ipc=ipc)}
-    return [gr.update(value=values[w.name]) if w.method == method and w.name in values else gr.skip()
-            for w in widgets]
+    return {**{f.name: _default(f) for f in hyperparameters(cls)}, **cls.preset(preset, dataset=dataset, ipc=ipc)}
+
+
+def _same(shown, preset_value) -> bool:
+    """Whether a widget's value is the preset's (numbers compared as numbers: a Number gives 1e-06 back as 0.000001)."""
+    if isinstance(preset_value, bool) or not isinstance(preset_value, (int, float)):
+        return shown == preset_value
+    try:
+        return math.isclose(float(shown), float(preset_value), rel_tol=1e-9, abs_tol=1e-12)
+    except (TypeError, ValueError):
+        return False

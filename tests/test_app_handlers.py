@@ -150,6 +150,30 @@ def _widgets_for(cls, method):
     return [method_params.ParamWidget(method, f.name, type(f.default), None) for f in hyperparameters(cls)]
 
 
+def test_an_ipc_change_keeps_the_fields_the_user_changed():
+    # MTT's paper preset depends on IPC (syn_steps 50 at IPC 1, 30 at IPC 10). A field the user set
+    # keeps its value when the IPC moves; the others follow the preset to the new IPC.
+    import gradio as gr
+
+    from components.distill_tab import preset_key, settings_changed
+
+    widgets = _widgets_for(METHODS.get("mtt"), "mtt")
+    at_1 = method_params._preset_of("mtt", "paper", "digits", 1)
+    current = [at_1[w.name] for w in widgets]
+    names = [w.name for w in widgets]
+    current[names.index("lr_img")] = 333.0  # the user's own value (the preset's is 100)
+    current[names.index("lr_lr")] = 0.0000001  # as a Number widget gives the preset's 1e-7 back
+    shown = preset_key("mtt", "paper", "digits", "", 1)
+    out = settings_changed("mtt", "paper", "digits", "", 10, widgets, update_steps=False, shown=shown, current=current)
+    updates = dict(zip(names, out[len(METHODS.names()):]))
+    assert updates["syn_steps"]["value"] == 30 and updates["lr_lr"]["value"] == 1e-5  # followed the preset
+    assert updates["lr_img"] == gr.skip()  # kept
+    # A method, preset or dataset change (no `shown`), or widgets set from another preset, show the preset.
+    for kept in ({}, {"shown": preset_key("mtt", "fast", "digits", "", 1), "current": current}):
+        out = settings_changed("mtt", "paper", "digits", "", 10, widgets, update_steps=False, **kept)
+        assert dict(zip(names, out[len(METHODS.names()):]))["lr_img"]["value"] == 100.0
+
+
 def test_a_named_option_is_a_dropdown_of_its_valid_values():
     import gradio as gr
     from dd_core.methods.base import hyperparameters
