@@ -116,6 +116,28 @@ def matching_loss(theta, start, target) -> torch.Tensor:
     return ((theta - target) ** 2).sum() / ((start - target) ** 2).sum()
 
 
+def walk_forward(f: FlatNet, start, images, targets, lr, draws: Draws, augmenter):
+    """The student's steps without graphs: the flat thetas theta_0..theta_N (P floats each) and the
+    sum of the gradients taken, for the constant-memory unrolls."""
+    thetas, g_sum = [start], torch.zeros_like(start)
+    theta = start
+    for idx, aug in zip(draws.batches, draws.augment):
+        theta = theta.detach().requires_grad_(True)
+        with torch.enable_grad():
+            g = torch.autograd.grad(inner_loss(f, theta, images.detach(), targets.detach(), idx, aug, augmenter), theta)[0]
+        g_sum += g
+        theta = (theta - lr.detach() * g).detach()
+        thetas.append(theta)
+    return thetas, g_sum
+
+
+def end_loss(final, start, target):
+    """The matching loss at the walk's end and its gradient there, dL/dtheta_N."""
+    final = final.detach().requires_grad_(True)
+    loss = matching_loss(final, start, target)
+    return loss, torch.autograd.grad(loss, final)[0]
+
+
 def unroll_adjoint(f: FlatNet, start, target, images, targets, lr, draws: Draws, augmenter):
     """TESLA: the same gradient as `unroll_autograd`, with one inner step's graph alive at a time.
 
@@ -124,17 +146,8 @@ def unroll_adjoint(f: FlatNet, start, target, images, targets, lr, draws: Draws,
     -lr (dg_i/dX)^T a; and a becomes a - lr H_i a. The last two come from one backward pass of the
     scalar g_i . a, so each step costs one double backward, as in MTT, plus one plain gradient.
     Returns (loss value, student distance, grad of images, grad of lr, grad of targets or None)."""
-    thetas = [start]
-    theta = start
-    for idx, aug in zip(draws.batches, draws.augment):
-        theta = theta.detach().requires_grad_(True)
-        with torch.enable_grad():
-            g = torch.autograd.grad(inner_loss(f, theta, images.detach(), targets.detach(), idx, aug, augmenter), theta)[0]
-        theta = (theta - lr.detach() * g).detach()
-        thetas.append(theta)
-    final = thetas[-1].requires_grad_(True)
-    loss = matching_loss(final, start, target)
-    a = torch.autograd.grad(loss, final)[0]  # dL/dtheta_N
+    thetas, _ = walk_forward(f, start, images, targets, lr, draws, augmenter)
+    loss, a = end_loss(thetas[-1], start, target)  # a = dL/dtheta_N
     leaves = [images] + ([targets] if targets.requires_grad else [])
     grads = [torch.zeros_like(t) for t in leaves]
     grad_lr = torch.zeros_like(lr)
@@ -163,18 +176,8 @@ def unroll_truncated(f: FlatNet, start, target, images, targets, lr, draws: Draw
     that), and differs from MTT's gradient (cosine about 0.8 on the test's small case). Per step it
     spares `unroll_adjoint` the Hessian-vector product with respect to theta.
     Returns what `unroll_adjoint` returns."""
-    thetas, g_sum = [start], torch.zeros_like(start)
-    theta = start
-    for idx, aug in zip(draws.batches, draws.augment):
-        theta = theta.detach().requires_grad_(True)
-        with torch.enable_grad():
-            g = torch.autograd.grad(inner_loss(f, theta, images.detach(), targets.detach(), idx, aug, augmenter), theta)[0]
-        g_sum += g
-        theta = (theta - lr.detach() * g).detach()
-        thetas.append(theta)
-    final = thetas[-1].requires_grad_(True)
-    loss = matching_loss(final, start, target)
-    v = torch.autograd.grad(loss, final)[0]  # dL/dtheta_N, the same for every step here
+    thetas, g_sum = walk_forward(f, start, images, targets, lr, draws, augmenter)
+    loss, v = end_loss(thetas[-1], start, target)  # v = dL/dtheta_N, the same for every step here
     leaves = [images] + ([targets] if targets.requires_grad else [])
     grads = [torch.zeros_like(t) for t in leaves]
     for i in range(len(draws.batches)):
