@@ -115,8 +115,8 @@ def error_updates(message: str) -> tuple:
 def request_stop(request: gr.Request = None) -> str:
     """Stop this caller's distillation (running or waiting); a plain-HTTP caller without a session
     stops the runs it started from the same address."""
-    found = jobs.stop(session_for(request), "distill", jobs.owner_of(request))
-    return status_line("stopped", "Stopping at the end of the current step…") if found else gr.skip()
+    busy = jobs.stop(session_for(request), "distill", jobs.owner_of(request), settle=jobs.STOP_SETTLE)
+    return status_line("stopped", "Stopping at the end of the current step…") if busy else gr.skip()
 
 
 def scrub(index, request: gr.Request = None):

@@ -211,8 +211,8 @@ def pin(request: gr.Request = None):
 
 
 def stop_evaluation(request: gr.Request = None):
-    jobs.stop(session_for(request), "evaluate", jobs.owner_of(request))
-    return "■ Stopping after the current batch…"
+    busy = jobs.stop(session_for(request), "evaluate", jobs.owner_of(request), settle=jobs.STOP_SETTLE)
+    return "■ Stopping after the current batch…" if busy else gr.skip()
 
 
 def build(current_set: gr.State, compute: dict) -> None:

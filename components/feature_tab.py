@@ -107,8 +107,8 @@ def _draw(session, job: jobs.Job, kind: str, projection: str, paths: bool):
 
 def stop_map(request: gr.Request = None) -> str:
     """The map's Stop: sets the stop of this visitor's map jobs (a UMAP fit ends with its worker)."""
-    found = jobs.stop(session_for(request), "map", jobs.owner_of(request))
-    return "■ Stopping the map…" if found else gr.skip()
+    busy = jobs.stop(session_for(request), "map", jobs.owner_of(request), settle=jobs.STOP_SETTLE)
+    return "■ Stopping the map…" if busy else gr.skip()
 
 
 def live_tick(kind: str, paths: bool, request: gr.Request = None):

@@ -31,6 +31,7 @@ from .inputs import UserError
 T = TypeVar("T")
 WAITING_PER_OWNER = 1  # jobs an owner may have waiting behind its running one
 POLL_SECONDS = 1.0  # how often a waiting job reports its place in line
+STOP_SETTLE = 3.0  # seconds a Stop handler waits for its job to end before saying "stopping…"
 RECENT = 20  # finished jobs per kind whose durations give the typical expected wait
 KINDS = ("distill", "evaluate", "labels", "map")
 BESIDE = ("map",)  # kinds that may run beside their owner's other running job (short, and about that job)
@@ -255,17 +256,22 @@ def release(job: Job) -> None:
     POOL.release(job)
 
 
-def stop(session, kind: str, owner: str | None = None) -> int:
+def stop(session, kind: str, owner: str | None = None, settle: float = 0.0) -> int:
     """Set the stop of `session`'s jobs of `kind` (and, for an address owner, that owner's jobs of
-    `kind` in other sessions: a plain-HTTP caller's run lives in a session of its own); returns
-    how many were running or waiting."""
+    `kind` in other sessions: a plain-HTTP caller's run lives in a session of its own); wait up to
+    `settle` seconds for them to end; returns how many are still running or waiting.
+
+    A Stop handler settles before it answers: its "stopping…" line travels over its own request,
+    which may land after the job's final status (sent on the page's event stream) and would
+    then hide it. Once a job has ended its final status has been sent, so the handler says nothing."""
     with POOL._cond:
         found = [j for j in POOL._running + POOL._waiting if j.kind == kind and
                  (j.session is session or (owner is not None and owner.startswith("address:") and j.owner == owner))]
         for j in found:
             j.stop.set()
         POOL._cond.notify_all()
-    return len(found)
+        POOL._cond.wait_for(lambda: all(j.state == "ended" for j in found), timeout=settle)
+        return sum(j.state != "ended" for j in found)
 
 
 def waiting_text(ahead: int, wait: Wait | None = None) -> str:

@@ -296,8 +296,8 @@ def unlabelled_storage(syn: SyntheticSet) -> str:
 
 
 def stop_labels(request: gr.Request = None) -> str:
-    jobs.stop(session_for(request), "labels", jobs.owner_of(request))
-    return "■ Stopping after the current batch…"
+    busy = jobs.stop(session_for(request), "labels", jobs.owner_of(request), settle=jobs.STOP_SETTLE)
+    return "■ Stopping after the current batch…" if busy else gr.skip()
 
 
 def render(current_set: gr.State) -> None:

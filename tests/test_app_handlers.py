@@ -79,6 +79,29 @@ def test_stop_keeps_a_valid_set(session):
     assert syn.steps < 2000 and syn.images.isfinite().all()
 
 
+def test_a_stop_that_ends_the_run_leaves_the_runs_own_final_status_on_the_page(session):
+    # Gradio drives the run in one thread and answers Stop in another, over a separate request
+    # that can land after the run's last update: so Stop settles first and then says nothing.
+    import threading
+
+    req = distill_run.check_request("digits", "", "dm", 1, 3000, 0)
+    updates, started = [], threading.Event()
+
+    def drive():
+        for u in distill_tab.ui_updates(session, req):
+            updates.append(u)
+            if isinstance(out(u, "grid"), Image.Image):
+                started.set()
+
+    thread = threading.Thread(target=drive)
+    thread.start()
+    assert started.wait(60)
+    answer = distill_tab.request_stop(request(session.key))
+    assert answer == {"__type__": "update"}  # gr.skip(): the run had ended, its status stands
+    thread.join(30)
+    assert "Stopped at step" in out(updates[-1], "status")
+
+
 @pytest.mark.parametrize("dataset, folder, fragment", [
     ("folder", "/no/such/folder/anywhere", "does not exist"),
     ("mnist-typo", "", "valid datasets are"),

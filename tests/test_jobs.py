@@ -117,6 +117,24 @@ def test_stop_reaches_a_plain_http_callers_run_in_its_own_session(tmp_path):
         jobs.release(job)
 
 
+def test_stop_settles_until_the_job_ends_so_a_stop_line_never_lands_after_its_final_status(tmp_path):
+    quick, stuck = session("q", tmp_path), session("s", tmp_path)
+    job = jobs.admit(quick, "distill", "session:q")
+    list(jobs.wait_turn(job))
+    worker = threading.Thread(target=lambda: (job.stop.wait(5), time.sleep(0.2), jobs.release(job)))
+    worker.start()
+    assert jobs.stop(quick, "distill", settle=5) == 0 and job.state == "ended"  # waited the 0.2 s out
+    worker.join()
+
+    held = jobs.admit(stuck, "distill", "session:s")  # a job inside a long step: not ended by the deadline
+    try:
+        start = time.monotonic()
+        assert jobs.stop(stuck, "distill", settle=0.3) == 1
+        assert 0.3 <= time.monotonic() - start < 3
+    finally:
+        jobs.release(held)
+
+
 def test_a_waiting_handler_reports_its_place_and_starts_when_the_slot_frees(tmp_path):
     pool = jobs.ComputePool(1)
     holder = pool.admit(session("x", tmp_path), "distill", "session:x")
