@@ -24,6 +24,40 @@ def set_number(page, elem_id: str, value) -> None:
     box.blur()
 
 
+def answered(page, action) -> None:
+    """Do `action` (a change the page sends to the server, such as picking a method) and wait until
+    every call it made has been answered. A method or dataset change resets the steps when its
+    answer arrives; on a loaded machine that can be seconds later, after a value the test typed."""
+    def is_call(request):
+        return request.method == "POST" and "/gradio_api/" in request.url
+
+    pending = set()
+
+    def track(request):
+        if is_call(request):
+            pending.add(request)
+
+    def untrack(request):
+        pending.discard(request)
+
+    page.on("request", track)
+    page.on("requestfinished", untrack)
+    page.on("requestfailed", untrack)
+    try:
+        with page.expect_request(is_call, timeout=WAIT):
+            action()
+        for _ in range(WAIT // 50):
+            if not pending:
+                break
+            page.wait_for_timeout(50)
+        assert not pending, f"the page's calls {[r.url for r in pending]} were not answered in {WAIT // 1000} s"
+        page.wait_for_timeout(100)  # the answer's values land in the controls
+    finally:
+        page.remove_listener("request", track)
+        page.remove_listener("requestfinished", untrack)
+        page.remove_listener("requestfailed", untrack)
+
+
 def text_has(page, elem_id: str, pattern: str, *, literal: bool = False, timeout: int = WAIT) -> None:
     """Wait until the element's text matches `pattern` (a regular expression, or plain text with
     `literal`); on a timeout, fail with what the page's status lines said instead."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from pages import WAIT, choose_instant_feature_view, open_page, set_number, status_has
+from pages import WAIT, answered, choose_instant_feature_view, open_page, set_number, status_has
 
 
 @pytest.fixture(scope="module")
@@ -69,17 +69,15 @@ def test_bad_input_shows_a_message_and_the_app_keeps_working(browser, url, tmp_p
     page.get_by_label("an uploaded file").check()
     bogus = tmp_path / "not-a-set.safetensors"
     bogus.write_bytes(b"definitely not a synthetic set")
-    page.set_input_files("#eval-upload input[type=file]", str(bogus))
-    page.wait_for_timeout(500)
+    answered(page, lambda: page.set_input_files("#eval-upload input[type=file]", str(bogus)))  # the upload
     page.click("#eval-btn")
     status_has(page, "eval-status", "not a readable .safetensors")
     page.screenshot(path=str(tmp_path / "bad-upload.png"), full_page=True)
 
     page.get_by_role("tab", name="Distill").click()
     page.locator("#dataset input").fill("digits")
-    page.locator("#dataset input").press("Enter")
+    answered(page, lambda: page.locator("#dataset input").press("Enter"))  # it resets steps; then set ours
     page.wait_for_selector("#folder", state="hidden", timeout=WAIT)
-    page.wait_for_timeout(500)  # the dataset change resets steps to the method's default; then set ours
     set_number(page, "steps", 2)
     page.click("#distill-btn")
     status_has(page, "status", "Done")
@@ -117,8 +115,7 @@ def test_mtt_shows_the_matching_plot_stop_then_evaluate(browser, url, tmp_path):
     warmup.experts()  # what the app warms at start: the digits experts, trained here before the clock starts
     page = open_page(browser, url)
     page.locator("#method input").fill("mtt")
-    page.locator("#method input").press("Enter")
-    page.wait_for_timeout(500)  # the method change resets steps to its default; then set ours
+    answered(page, lambda: page.locator("#method input").press("Enter"))  # it resets steps; then set ours
     set_number(page, "ipc", 1)
     set_number(page, "steps", 3000)
     page.click("#distill-btn")

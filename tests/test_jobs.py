@@ -130,7 +130,7 @@ def test_stop_settles_until_the_job_ends_so_a_stop_line_never_lands_after_its_fi
     try:
         start = time.monotonic()
         assert jobs.stop(stuck, "distill", settle=0.3) == 1
-        assert 0.3 <= time.monotonic() - start < 3
+        assert 0.3 <= time.monotonic() - start < 15  # waited the settle out, then answered
     finally:
         jobs.release(held)
 
