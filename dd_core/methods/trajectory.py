@@ -200,7 +200,8 @@ class TrajectoryMethod(Method):
     expert_rho: ClassVar[float] = 0.0  # FTD: SAM-trained experts
 
     model: str = hp("auto", "student and expert network; auto = the DD ConvNet for the resolution (ConvNet-3 at 28-32 px)")
-    num_experts: int = hp(100, "expert trajectories trained (cached) and drawn from; MTT uses 100", range=(1, 1000))
+    num_experts: int = hp(100, "expert trajectories trained (cached) and drawn from; MTT uses 100 (with experts_dir, "
+                                "every expert stored there is drawn from instead)", range=(1, 1000))
     expert_epochs: int = hp(2, "M: the target is this many expert epochs after the start", range=(1, 100))
     max_start_epoch: int = hp(20, "T+: the start epoch is drawn uniformly from [0, T+)", range=(1, 200))
     syn_steps: int = hp(30, "N: student SGD steps on the synthetic set per iteration", range=(1, 200))
