@@ -21,7 +21,7 @@ expert epoch 788 CPU s, MTT IPC 1 iteration 9.5 CPU s, soft-protocol epoch at IP
   end (105 s: 5.4 ms a step), the networks are evaluated in rounds (RDED, then the random subset
   with the same labels) while a round still fits.
 - (b) An expert epoch is 196 steps at batch 256 (about 60 GFLOP each): about 0.5-1 s, so an expert of
-  the 4 epochs IPC 1 reads (max_start_epoch 2 + expert_epochs 2) about 3-5 s: 30 % of the step
+  the 3 epochs IPC 1 reads (starts 0-1, max_start_epoch 2, + expert_epochs 2) about 2-4 s: 30 % of the step
   trains as many as fit (at most the paper's 100). An MTT iteration is 50 student steps on 10
   images plus the backward through them: about 10,000 kernels, launch-bound at 0.1-0.3 s, so 42 %
   of the step buys several hundred of the paper's 5,000 iterations; DM 8 % (a few thousand of its
@@ -226,7 +226,7 @@ def mtt(args) -> None:
               "published_random": 0.144, "target": "mtt >= 0.40 and mtt > dm under the same evaluator"}
     small = {"model": "convnet_w32", "syn_steps": 5} if TINY else {}
     method = make_method("mtt", preset="paper", dataset="cifar10", ipc=1, zca=True, **small)
-    recipe = method.recipe(dataset).resolved(dataset)  # 4 epochs: max_start_epoch 2 + expert_epochs 2
+    recipe = method.recipe(dataset).resolved(dataset)  # 3 epochs: starts 0-1 (max_start_epoch 2) + expert_epochs 2
     folder = Path(args.work) / "experts_mtt_c10_ipc1"
     folder.mkdir(parents=True, exist_ok=True)
     fitted(dataset, recipe.zca)  # ZCA's fit, once a process (cached): the shares below are of the time after it

@@ -50,7 +50,7 @@ class ExpertRecipe:
     smoothing options (both off by default)."""
 
     model: str = "auto"  # auto = the dataset's DD ConvNet, as everywhere else
-    epochs: int = 50  # MTT trains 50; only max_start_epoch + expert_epochs are ever used
+    epochs: int = 50  # MTT trains 50; a run reads up to epoch max_start_epoch - 1 + expert_epochs
     lr: float = 0.01  # SGD, per batch of `batch_size`
     momentum: float = 0.0  # MTT: none
     weight_decay: float = 0.0  # MTT: none

@@ -18,7 +18,7 @@ from dd_core.augment import dsa_for
 from dd_core.models import build_model, fast_forward
 from dd_core.synthetic import SyntheticSet, init_synthetic
 
-TINY_RECIPE = ExpertRecipe(model="convnet_d2", epochs=2)  # what MTT with max_start_epoch 1, expert_epochs 1 needs
+TINY_RECIPE = ExpertRecipe(model="convnet_d2", epochs=2)  # what MTT with max_start_epoch 2, expert_epochs 1 needs
 ONE_EPOCH = ExpertRecipe(model="convnet_d2", epochs=1)
 
 
@@ -172,9 +172,16 @@ def test_unroll_leaves_the_start_unchanged():
 def test_bad_settings_name_their_limits(digits):
     with pytest.raises(ValueError, match="syn_steps = 0 is out of range; valid values are 1 to"):
         make_method("mtt", dataset="digits", ipc=1, syn_steps=0)
-    method = make_method("mtt", dataset="digits", ipc=1, model="convnet_d2", num_experts=2, max_start_epoch=1,
+    # Starts are drawn from [0, T+) and the target is M epochs later, as in MTT's buffer: T+ 1 and M 1
+    # read epochs 0 and 1, one trained epoch; T+ 2 reads up to epoch 2.
+    one = make_method("mtt", dataset="digits", ipc=1, model="convnet_d2", max_start_epoch=1, expert_epochs=1)
+    assert one.recipe(digits) == ONE_EPOCH
+    method = make_method("mtt", dataset="digits", ipc=1, model="convnet_d2", num_experts=2, max_start_epoch=2,
                          expert_epochs=1)
-    assert method.recipe(digits) == TINY_RECIPE  # the cached experts of the other tests: 1 + 1 epochs
+    assert method.recipe(digits) == TINY_RECIPE  # the cached experts of the other tests: 2 epochs
+    datm = make_method("datm", dataset="digits", ipc=1, model="convnet_d2", max_start_epoch=1, max_start_epoch_final=3,
+                       expert_epochs=2)
+    assert datm.recipe(digits).epochs == 4  # the grown window's last start (2) + M
     too_far = make_method("mtt", dataset="digits", ipc=1, model="convnet_d2", num_experts=2, max_start_epoch=5,
                           expert_epochs=1)
     too_far.recipe = lambda dataset: method.recipe(dataset)  # pretend they are the stored experts
@@ -183,7 +190,7 @@ def test_bad_settings_name_their_limits(digits):
         run_to_end(digits, too_far, method_name="mtt", ipc=1, steps=1, device=torch.device("cpu"))
     except ValueError as err:
         snap_error = str(err)
-    assert snap_error and "needs 6 stored epochs, but the experts hold 2" in snap_error and "at most 1" in snap_error
+    assert snap_error and "needs 5 stored epochs, but the experts hold 2" in snap_error and "at most 2" in snap_error
     from components import distill_run, inputs
     from components.runtime import LIMITS
 

@@ -2,7 +2,6 @@
 via Difficulty-Aligned Trajectory Matching", ICLR 2024)."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -43,19 +42,11 @@ class DATM(TrajectoryMethod):
             out["num_experts"] = 100
         return out
 
-    def last_start(self) -> int:
+    def window_end(self) -> int:
         return max(self.max_start_epoch, self.max_start_epoch_final)
 
-    def recipe(self, dataset):
-        return dataclasses.replace(super().recipe(dataset), epochs=self.last_start() + self.expert_epochs)
-
-    def load_experts(self, real, device):
-        traj = super().load_experts(real, device)
-        if traj.epochs < self.last_start() + self.expert_epochs:
-            raise ValueError(f"max_start_epoch_final {self.max_start_epoch_final} + expert_epochs {self.expert_epochs} "
-                             f"needs {self.last_start() + self.expert_epochs} stored epochs, but the experts hold "
-                             f"{traj.epochs}: lower max_start_epoch_final to at most {traj.epochs - self.expert_epochs}")
-        return traj
+    def window_field(self) -> str:
+        return "max_start_epoch_final" if self.max_start_epoch_final > self.max_start_epoch else "max_start_epoch"
 
     def setup(self, real, syn, *, seed, device):
         self.steps_done_ = 0

@@ -243,9 +243,21 @@ class TrajectoryMethod(Method):
 
     # -- experts -----------------------------------------------------------------------------------
 
+    def window_end(self) -> int:
+        """T+, the start window's upper end (its largest over the run): starts are drawn from [0, T+)."""
+        return self.max_start_epoch
+
+    def window_field(self) -> str:
+        return "max_start_epoch"
+
+    def epochs_needed(self) -> int:
+        """Stored epochs a run reads: the last start, T+ - 1, plus M (MTT's buffer index start + M; its
+        buffer holds the start and every epoch after it)."""
+        return self.window_end() - 1 + self.expert_epochs
+
     def recipe(self, dataset) -> ExpertRecipe:
         """The expert recipe this method needs: MTT's, trained only as far as the start window reaches."""
-        return ExpertRecipe(model=self.model, epochs=self.max_start_epoch + self.expert_epochs, dsa=self.dsa,
+        return ExpertRecipe(model=self.model, epochs=self.epochs_needed(), dsa=self.dsa,
                             rho=self.expert_rho, zca=ZCA_EPS if self.zca else 0.0)
 
     def load_experts(self, real, device) -> Trajectories:
@@ -258,11 +270,11 @@ class TrajectoryMethod(Method):
                                  f"{' (ZCA)' if wanted.zca else ''}")
         else:
             traj = get_experts(real, self.recipe(real), self.num_experts, seed=self.expert_seed, stop=self.stop_)
-        needed = self.max_start_epoch + self.expert_epochs
+        needed, field = self.epochs_needed(), self.window_field()
         if traj.epochs < needed:
-            raise ValueError(f"max_start_epoch {self.max_start_epoch} + expert_epochs {self.expert_epochs} needs "
-                             f"{needed} stored epochs, but the experts hold {traj.epochs}: lower max_start_epoch to at "
-                             f"most {traj.epochs - self.expert_epochs}, or train longer experts")
+            raise ValueError(f"{field} {self.window_end()} (starts up to epoch {self.window_end() - 1}) + expert_epochs "
+                             f"{self.expert_epochs} needs {needed} stored epochs, but the experts hold {traj.epochs}: "
+                             f"lower {field} to at most {traj.epochs - self.expert_epochs + 1}, or train longer experts")
         return traj
 
     # -- setup / step ------------------------------------------------------------------------------
