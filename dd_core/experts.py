@@ -32,7 +32,7 @@ from .training import test_accuracy
 from .convert import fields_from_text
 from .version import code_version
 from .interrupt import check
-from .models import model_for, resolve_model
+from .models import fast_forward, model_for, resolve_model
 from .zca import whitened
 
 INDEX = "index.json"
@@ -138,7 +138,9 @@ def _gradients(net, loss_of, recipe: ExpertRecipe) -> list[torch.Tensor]:
         if recipe.grad_penalty:  # loss + lambda ||dL/dtheta||^2, differentiated through (double backward)
             g = torch.autograd.grad(loss, params, create_graph=True)
             loss = loss + recipe.grad_penalty * sum((gi ** 2).sum() for gi in g)
-        return torch.autograd.grad(loss, params)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        # the folded first block leaves out the conv bias, which instance norm cancels: its gradient is 0
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
     grads = grads_at_current()
     if recipe.rho:  # SAM: the gradient at the worst point within rho of theta, applied at theta
@@ -172,6 +174,8 @@ def train_expert(dataset: Dataset, recipe: ExpertRecipe, seed: int, *, device=No
     g = torch.Generator().manual_seed(seed)
     augment = dsa_for(dataset) if recipe.dsa else None
     snapshots, accuracy = [flat_params(net)], [test_accuracy(net, dataset, device)]
+    # SeT's gradient penalty differentiates twice: through the plain forward (fast_forward is first-order)
+    forward = net if recipe.grad_penalty else fast_forward(net)
     n = len(dataset.x_train)
     net.train()
     for epoch in range(recipe.epochs):
@@ -182,7 +186,7 @@ def train_expert(dataset: Dataset, recipe: ExpertRecipe, seed: int, *, device=No
             x, y = dataset.x_train[idx].to(device), dataset.y_train[idx].to(device)
             if augment is not None:
                 x = augment.apply(x, augment.sample_batch(len(idx), g), torch.arange(len(idx)))
-            grads = _gradients(net, lambda: F.cross_entropy(net(x), y), recipe)
+            grads = _gradients(net, lambda: F.cross_entropy(forward(x), y), recipe)
             for p, gr in zip(net.parameters(), grads):
                 p.grad = gr
             opt.step()

@@ -137,6 +137,20 @@ def test_the_students_fast_forward_gives_the_plain_networks_unrolled_gradient():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+def test_an_expert_step_through_the_fast_forward_takes_the_plain_networks_gradient():
+    # Experts train through ConvNet's folded CPU forward, which leaves out the first conv's bias (instance
+    # norm cancels it): every gradient must be the plain forward's, the bias's zero, in float64.
+    torch.manual_seed(0)
+    net = build_model("convnet", channels=3, num_classes=10, image_size=(32, 32), seed=0).double()
+    x, y = torch.randn(6, 3, 32, 32, dtype=torch.float64), torch.arange(6) % 10
+    assert fast_forward(net) == net.forward_fast
+    fast = experts._gradients(net, lambda: torch.nn.functional.cross_entropy(net.forward_fast(x), y), ExpertRecipe())
+    plain = torch.autograd.grad(torch.nn.functional.cross_entropy(net(x), y), list(net.parameters()))
+    assert len(fast) == len(plain) and fast[1].abs().max() == 0 and plain[1].abs().max() < 1e-12
+    for a, b in zip(fast, plain):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
 def test_set_balanced_inner_loss_weights_late_starts_more_and_equals_a_scaled_student_loss():
     import math
 
