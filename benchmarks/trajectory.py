@@ -39,7 +39,7 @@ from dd_core.data import load_dataset
 from dd_core.distill import distill
 from dd_core.evaluate import evaluate_synthetic, protocol
 from dd_core.methods import METHODS, make_method
-from dd_core.methods.trajectory import matching_loss
+from dd_core.methods.unroll import matching_loss
 from dd_core.synthetic import init_synthetic
 
 from .reproduce import allocator, code_version

@@ -202,6 +202,13 @@ def test_convnet_blocks_fused_with_their_relu_and_pool_keep_the_hook_references_
     torch.testing.assert_close(torch.autograd.grad(both, x)[0], half_grads[0] + half_grads[1], rtol=1e-4, atol=1e-6)
 
 
+def test_a_teacher_without_batch_norm_is_refused_with_the_recipes_to_use_instead():
+    net = build_model("convnet", channels=1, num_classes=10, image_size=(8, 8), seed=0)  # instance norm, no BN
+    with pytest.raises(ValueError, match="no BatchNorm2d layer; use a batch-norm teacher recipe") as err:
+        tapped(net)
+    assert all(name in str(err.value) for name in teachers.TEACHERS.names())
+
+
 def test_winograd_convolution_equals_conv2d_and_its_input_gradient():
     # float64 so that a wrong transform shows (float32 agrees to rounding); odd channel counts, a non-square image
     x = torch.randn(2, 3, 6, 4, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_(True)

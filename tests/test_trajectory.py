@@ -12,8 +12,8 @@ from dd_core import experts, load_dataset
 from dd_core.distill import run_to_end
 from dd_core.experts import ExpertFileError, ExpertRecipe, get_experts, read_experts
 from dd_core.methods import make_method
-from dd_core.methods.trajectory import (Draws, FlatNet, inner_loss, matching_loss, unroll_adjoint, unroll_autograd,
-                                        unroll_truncated)
+from dd_core.methods.unroll import (Draws, FlatNet, inner_loss, matching_loss, unroll_adjoint, unroll_autograd,
+                                    unroll_truncated)
 from dd_core.augment import dsa_for
 from dd_core.models import build_model, fast_forward
 from dd_core.synthetic import SyntheticSet, init_synthetic

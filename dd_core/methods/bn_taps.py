@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import teachers as teacher_registry
 from ..models import _plain_conv, _pool2, fast_forward, on_cpu
 from ..resnet import BasicBlock
 from . import tap_kernels

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from .base import METHODS, hp
-from .trajectory import TrajectoryMethod, backward_to, matching_loss, unroll_autograd
+from .trajectory import TrajectoryMethod
+from .unroll import backward_to, matching_loss, unroll_autograd
 
 
 @METHODS.register("set")
