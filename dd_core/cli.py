@@ -330,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "grad_penalty (SeT)")
     ex.add_argument("--fp16", action="store_true", help="store the checkpoints as float16 (half the bytes)")
     ex.add_argument("--out", required=True, help="folder for expert_NNN.safetensors and index.json")
+    ex.add_argument("--resume", action="store_true",
+                    help="keep the expert files an interrupted run of the same command left in --out (same dataset, "
+                         "recipe, seed and dtype; each is checked) and train only the rest")
     ex.add_argument("--quiet", action="store_true")
     ex.set_defaults(func=cmd_experts)
 

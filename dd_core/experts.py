@@ -5,8 +5,10 @@ start a student at one checkpoint and match a later one.
 On disk an expert set is a folder: one `expert_NNN.safetensors` per expert, holding `params`
 (epochs + 1, P) in float32 or float16 and `test_accuracy` (epochs + 1,), and an `index.json` that
 records the dataset, network, recipe, seeds, per-epoch test accuracies, bytes and code version.
-The index is written last, so a folder with an index is complete. Under `torchrun` each rank trains
-its share of the experts and rank 0 writes the index. The app and methods find experts by a key of
+The index is written last, so a folder with an index is complete. `building.json`, written first,
+names the dataset, recipe, seed and dtype, so that a build that was interrupted can be resumed: the
+expert files it finished are checked and kept, and only the rest are trained. Under `torchrun` each
+rank trains its share of the experts and rank 0 writes the index. The app and methods find experts by a key of
 dataset, network and recipe in the one cache (cache.py); an unusable file is rebuilt with a note.
 """
 from __future__ import annotations
@@ -36,6 +38,7 @@ from .models import fast_forward, model_for, resolve_model
 from .zca import whitened
 
 INDEX = "index.json"
+BUILDING = "building.json"  # what a build in progress is building: the check before resuming it
 FORMAT_VERSION = "1"
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -215,6 +218,31 @@ def write_expert(path: Path, params: torch.Tensor, accuracy: list[float], *, see
     return path.stat().st_size
 
 
+def expert_usable(path: Path, *, seed: int, shape: tuple[int, int], dtype: str) -> bool:
+    """Whether an expert file left by an earlier build can be kept: it reads, and holds finite params
+    of the expected shape and dtype, trained with this seed."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            params, _ = f.get_tensor("params"), f.get_tensor("test_accuracy")
+    except Exception:  # noqa: BLE001  missing, truncated or not safetensors: train it again
+        return False
+    return (meta.get("seed") == str(seed) and meta.get("format") == FORMAT_VERSION and tuple(params.shape) == shape
+            and params.dtype == DTYPES[dtype] and bool(torch.isfinite(params).all()))
+
+
+def images_digest(dataset: Dataset) -> str:
+    """A short digest of a sample of the training images: folder datasets can share a name."""
+    return hashlib.sha1(dataset.x_train[:: max(1, len(dataset.x_train) // 512)].numpy().tobytes()).hexdigest()[:10]
+
+
+def building_record(dataset: Dataset, recipe: ExpertRecipe, seed: int, dtype: str) -> dict:
+    return {"format": FORMAT_VERSION, "dataset": dataset.name, "images": images_digest(dataset),
+            "recipe": dataclasses.asdict(recipe), "seed": seed, "dtype": dtype}
+
+
 def index_record(dataset: Dataset, recipe: ExpertRecipe, folder: Path, seeds: list[int], *, dtype: str,
                  seconds: float) -> dict:
     """What index.json holds: enough to rebuild the experts, and each one's accuracy per epoch."""
@@ -275,10 +303,13 @@ def read_experts(folder: str | Path) -> Trajectories:
 
 def build_experts(dataset: Dataset, recipe: ExpertRecipe, num_experts: int, folder: str | Path, *, seed: int = 0,
                   dtype: str = "float32", device=None, stop: threading.Event | None = None,
-                  progress: Callable[[float, str], None] | None = None, write_index: bool = True) -> list[int]:
+                  progress: Callable[[float, str], None] | None = None, write_index: bool = True,
+                  resume: bool = False) -> list[int]:
     """Train `num_experts` experts into `folder` (expert i has seed `seed + i`). Under
     torch.distributed each rank trains experts rank, rank + world, ... and rank 0 writes the index
-    after a barrier, so K processes write the same experts as one. Returns the seeds."""
+    after a barrier, so K processes write the same experts as one. With `resume`, expert files that
+    an interrupted build of the same dataset, recipe, seed and dtype left in `folder` are kept
+    (checked first) and only the others are trained. Returns the seeds."""
     import torch.distributed as dist
 
     if num_experts < 1:
@@ -289,8 +320,17 @@ def build_experts(dataset: Dataset, recipe: ExpertRecipe, num_experts: int, fold
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     mine = share(num_experts, rank, world)
+    wanted = building_record(dataset, recipe, seed, dtype)
+    reusable = resume and _same_build(folder, wanted)
+    if rank == 0:
+        atomic_write(folder / BUILDING, lambda tmp: tmp.write_text(json.dumps(wanted, indent=1)))
+    shape = (recipe.epochs + 1, sum(p.numel() for p in model_for(dataset, recipe.model).parameters()))
     t0 = time.perf_counter()
     for done, i in enumerate(mine):
+        if reusable and expert_usable(folder / expert_file(i), seed=seed + i, shape=shape, dtype=dtype):
+            if progress:
+                progress((done + 1) / len(mine), f"expert {i + 1}/{num_experts} kept from the interrupted build")
+            continue
         def on_epoch(e, done=done, i=i):
             if progress:
                 frac = (done + e / recipe.epochs) / len(mine)
@@ -308,6 +348,20 @@ def build_experts(dataset: Dataset, recipe: ExpertRecipe, num_experts: int, fold
     return seeds
 
 
+def _same_build(folder: Path, wanted: dict) -> bool:
+    """Whether `folder` holds (part of) a build of what `wanted` describes; a different one is an error,
+    since resuming it would mix experts of two recipes."""
+    try:
+        found = json.loads((folder / BUILDING).read_text())
+    except (OSError, ValueError):
+        return False  # nothing recorded (a fresh folder, or one from before resuming existed): train everything
+    if found != wanted:
+        differ = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+        raise ValueError(f"{folder} holds part of another expert build ({', '.join(differ)} not as in this one); "
+                         f"resume it with the same settings, or use another folder")
+    return True
+
+
 # -- the cache -----------------------------------------------------------------------------------------
 
 _memory: dict[str, Trajectories] = {}
@@ -316,7 +370,7 @@ _memory: dict[str, Trajectories] = {}
 def cache_key(dataset: Dataset, recipe: ExpertRecipe, num_experts: int, seed: int, dtype: str) -> str:
     """dataset (and a digest of its images: folder datasets share names), network, recipe, count, seed."""
     recipe = recipe.resolved(dataset)
-    digest = hashlib.sha1(dataset.x_train[:: max(1, len(dataset.x_train) // 512)].numpy().tobytes()).hexdigest()[:10]
+    digest = images_digest(dataset)
     spec = json.dumps(dataclasses.asdict(recipe), sort_keys=True)
     recipe_id = hashlib.sha1(spec.encode()).hexdigest()[:10]
     name = dataset.name.replace(":", "_").replace("/", "_")
@@ -339,7 +393,7 @@ def get_experts(dataset: Dataset, recipe: ExpertRecipe, num_experts: int, *, see
     def build():
         t0 = time.perf_counter()
         seeds = build_experts(dataset, recipe, num_experts, folder, seed=seed, dtype=dtype, device=device, stop=stop,
-                              progress=progress, write_index=False)
+                              progress=progress, write_index=False, resume=True)  # a stopped warm-up goes on
         return seeds, time.perf_counter() - t0
 
     def save(built, tmp):
@@ -377,7 +431,8 @@ def experts_command(args) -> int:
                 print(f"[rank {place.rank}] {100 * frac:5.1f}% {text}", file=sys.stderr, flush=True)
 
         build_experts(dataset, recipe, args.experts, args.out, seed=args.seed,
-                      dtype="float16" if args.fp16 else "float32", device=place.device, progress=progress)
+                      dtype="float16" if args.fp16 else "float32", device=place.device, progress=progress,
+                      resume=args.resume)
     if place.is_main:
         traj = read_experts(args.out)
         print(json.dumps({"out": str(args.out), "experts": traj.num_experts, "epochs": traj.epochs,

@@ -60,6 +60,33 @@ def test_missing_or_corrupt_expert_file_is_reported_and_rebuilt(digits, caplog):
     assert get_experts(digits, ONE_EPOCH, 2).num_experts == 2
 
 
+def test_an_interrupted_build_resumes_keeping_the_experts_it_finished(digits, tmp_path, monkeypatch, capsys):
+    from dd_core.cli import main
+
+    args = ["experts", "--dataset", "digits", "--model", "convnet_d2", "--experts", "3", "--epochs", "1", "--quiet",
+            "--out", str(tmp_path)]
+    assert main(args) == 0
+    whole = read_experts(tmp_path)
+    # as a build stopped while training expert 2 leaves it: no index, expert 2 half-written, 0 and 1 done
+    (tmp_path / "index.json").unlink()
+    (tmp_path / "expert_002.safetensors").write_bytes(b"cut short")
+    trained = []
+    real_train = experts.train_expert
+    monkeypatch.setattr(experts, "train_expert", lambda *a, **k: trained.append(a[2]) or real_train(*a, **k))
+    assert main(args + ["--resume"]) == 0
+    assert trained == [2]  # the seed of expert 2 only; experts 0 and 1 were checked and kept
+    again = read_experts(tmp_path)
+    for a, b in zip(whole.params, again.params):
+        assert torch.equal(a, b)
+    # a folder of another recipe is not mixed in: the message says what differs
+    capsys.readouterr()
+    assert main(args[:-2] + ["--set", "lr=0.02", "--out", str(tmp_path), "--resume"]) == 2
+    assert "holds part of another expert build (recipe not as in this one)" in capsys.readouterr().err
+    assert trained == [2]  # nothing trained for it
+    trained.clear()
+    assert main(args) == 0 and trained == [0, 1, 2]  # without --resume everything is trained again
+
+
 def _small_case(seed=0, soft=False):
     torch.manual_seed(seed)
     net = build_model("convnet_d2", channels=1, num_classes=3, image_size=(8, 8), seed=seed).double()
