@@ -22,5 +22,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
   echo "Packages installed."
 fi
-echo "Starting Distillery at http://127.0.0.1:7860 (the first start compiles a few things: about half a minute)…"
+# Gradio reads GRADIO_SERVER_NAME and GRADIO_SERVER_PORT; without a port it takes the first free one from 7860.
+where="http://${GRADIO_SERVER_NAME:-127.0.0.1}:${GRADIO_SERVER_PORT:-7860}"
+[ -n "${GRADIO_SERVER_PORT:-}" ] || where="$where (or the next free port)"
+echo "Starting Distillery at $where; it prints its address when ready (the first start compiles a few things: about half a minute)…"
 exec .venv/bin/python app.py "$@"
