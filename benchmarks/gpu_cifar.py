@@ -54,7 +54,8 @@ from dd_core.cache import atomic_write
 from dd_core.data import data_root, load_dataset
 from dd_core.distill import run_to_end
 from dd_core.evaluate import dataset_for, evaluate, for_set, protocol
-from dd_core.experts import INDEX, expert_file, index_record, read_experts, train_expert, write_expert
+from dd_core.expert_files import INDEX, expert_file, write_expert
+from dd_core.experts import index_record, read_experts, train_expert
 from dd_core.interrupt import Interrupted
 from dd_core.labels import load_store, same_kind
 from dd_core.methods import METHODS, make_method

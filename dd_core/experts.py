@@ -36,15 +36,9 @@ from .version import code_version
 from .interrupt import check
 from .models import fast_forward, model_for, resolve_model
 from .zca import whitened
+from .expert_files import (BUILDING, FORMAT_VERSION, INDEX, ExpertFileError, building_record, expert_file, expert_usable,
+                           images_digest, same_build, write_expert)
 
-INDEX = "index.json"
-BUILDING = "building.json"  # what a build in progress is building: the check before resuming it
-FORMAT_VERSION = "1"
-DTYPES = {"float32": torch.float32, "float16": torch.float16}
-
-
-class ExpertFileError(ValueError):
-    """An expert folder or file that cannot be used; the message says which and what to do."""
 
 
 @dataclass(frozen=True)
@@ -203,46 +197,6 @@ def train_expert(dataset: Dataset, recipe: ExpertRecipe, seed: int, *, device=No
 # -- files -------------------------------------------------------------------------------------------
 
 
-def expert_file(i: int) -> str:
-    return f"expert_{i:03d}.safetensors"
-
-
-def write_expert(path: Path, params: torch.Tensor, accuracy: list[float], *, seed: int, dtype: str) -> int:
-    """One expert's file, written atomically; returns its size in bytes."""
-    from safetensors.torch import save_file
-
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown expert dtype {dtype!r}; valid dtypes are: {', '.join(DTYPES)}")
-    tensors = {"params": params.to(DTYPES[dtype]).contiguous(), "test_accuracy": torch.tensor(accuracy, dtype=torch.float32)}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"seed": str(seed), "format": FORMAT_VERSION}))
-    return path.stat().st_size
-
-
-def expert_usable(path: Path, *, seed: int, shape: tuple[int, int], dtype: str) -> bool:
-    """Whether an expert file left by an earlier build can be kept: it reads, and holds finite params
-    of the expected shape and dtype, trained with this seed."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            params, _ = f.get_tensor("params"), f.get_tensor("test_accuracy")
-    except Exception:  # noqa: BLE001  missing, truncated or not safetensors: train it again
-        return False
-    return (meta.get("seed") == str(seed) and meta.get("format") == FORMAT_VERSION and tuple(params.shape) == shape
-            and params.dtype == DTYPES[dtype] and bool(torch.isfinite(params).all()))
-
-
-def images_digest(dataset: Dataset) -> str:
-    """A short digest of a sample of the training images: folder datasets can share a name."""
-    return hashlib.sha1(dataset.x_train[:: max(1, len(dataset.x_train) // 512)].numpy().tobytes()).hexdigest()[:10]
-
-
-def building_record(dataset: Dataset, recipe: ExpertRecipe, seed: int, dtype: str) -> dict:
-    return {"format": FORMAT_VERSION, "dataset": dataset.name, "images": images_digest(dataset),
-            "recipe": dataclasses.asdict(recipe), "seed": seed, "dtype": dtype}
-
-
 def index_record(dataset: Dataset, recipe: ExpertRecipe, folder: Path, seeds: list[int], *, dtype: str,
                  seconds: float) -> dict:
     """What index.json holds: enough to rebuild the experts, and each one's accuracy per epoch."""
@@ -321,10 +275,12 @@ def build_experts(dataset: Dataset, recipe: ExpertRecipe, num_experts: int, fold
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     mine = share(num_experts, rank, world)
     wanted = building_record(dataset, recipe, seed, dtype)
-    reusable = resume and _same_build(folder, wanted)
+    reusable = resume and same_build(folder, wanted)
     if rank == 0:
         atomic_write(folder / BUILDING, lambda tmp: tmp.write_text(json.dumps(wanted, indent=1)))
-    shape = (recipe.epochs + 1, sum(p.numel() for p in model_for(dataset, recipe.model).parameters()))
+    shape = None  # what a kept expert file must hold: only a resumed build builds the network to count
+    if reusable:
+        shape = (recipe.epochs + 1, sum(p.numel() for p in model_for(dataset, recipe.model).parameters()))
     t0 = time.perf_counter()
     for done, i in enumerate(mine):
         if reusable and expert_usable(folder / expert_file(i), seed=seed + i, shape=shape, dtype=dtype):
@@ -346,20 +302,6 @@ def build_experts(dataset: Dataset, recipe: ExpertRecipe, num_experts: int, fold
         record = index_record(dataset, recipe, folder, seeds, dtype=dtype, seconds=time.perf_counter() - t0)
         atomic_write(folder / INDEX, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
     return seeds
-
-
-def _same_build(folder: Path, wanted: dict) -> bool:
-    """Whether `folder` holds (part of) a build of what `wanted` describes; a different one is an error,
-    since resuming it would mix experts of two recipes."""
-    try:
-        found = json.loads((folder / BUILDING).read_text())
-    except (OSError, ValueError):
-        return False  # nothing recorded (a fresh folder, or one from before resuming existed): train everything
-    if found != wanted:
-        differ = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
-        raise ValueError(f"{folder} holds part of another expert build ({', '.join(differ)} not as in this one); "
-                         f"resume it with the same settings, or use another folder")
-    return True
 
 
 # -- the cache -----------------------------------------------------------------------------------------
