@@ -77,9 +77,11 @@ def cmd_compare(args) -> None:
                 t0, c0 = time.perf_counter(), time.process_time()
                 kept, cpu_at = {}, {}
                 for snap in distill(dataset, method, method_name=name, ipc=ipc, steps=steps, seed=seed,
-                                    snapshot_every=math.gcd(*wanted)):
+                                    snapshot_every=math.gcd(*wanted), snapshot_seconds=300):
                     if snap.step in wanted or snap.finished:
                         kept[snap.step], cpu_at[snap.step] = snap, time.process_time() - c0
+                    print(f"{name} ipc {ipc} seed {seed}: step {snap.step}/{steps}, {snap.elapsed:.0f} s, "
+                          f"{time.process_time() - c0:.0f} CPU s", file=sys.stderr, flush=True)
                 distill_s = time.perf_counter() - t0
                 for at, snap in sorted(kept.items()):
                     e0 = time.process_time()
