@@ -51,7 +51,8 @@ class ZCA:
 
 def fitted(dataset, eps: float = EPS) -> ZCA:
     """The transform fitted on a dataset's training images (computed once per dataset and eps)."""
-    key = (dataset.name, dataset.x_train.data_ptr(), eps)
+    # the shape too: a slice from the start (x_train[:k]) shares the full set's data pointer
+    key = (dataset.name, dataset.x_train.data_ptr(), tuple(dataset.x_train.shape), eps)
     with _lock:
         if key not in _fitted:
             _fitted[key] = ZCA.fit(dataset.x_train, eps)

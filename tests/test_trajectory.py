@@ -368,6 +368,18 @@ def test_zca_run_records_the_transform_and_shows_the_images_unwhitened(digits, t
     assert 0.0 <= result.mean <= 1.0
 
 
+def test_zca_fits_a_slice_from_the_start_on_the_slice_not_the_whole_set(digits):
+    import dataclasses
+
+    from dd_core.zca import fitted
+
+    part = dataclasses.replace(digits, x_train=digits.x_train[:100])  # same data pointer as the whole set
+    whole, first = fitted(digits), fitted(part)
+    assert part.x_train.data_ptr() == digits.x_train.data_ptr()
+    assert first is not whole
+    torch.testing.assert_close(first.mean, digits.x_train[:100].flatten(1).mean(0))
+
+
 def test_a_folder_from_the_experts_command_can_be_used(digits, tmp_path):
     get_experts(digits, TINY_RECIPE, 2)  # a complete expert folder (the cache's, shared with other tests)
     folder = str(experts.expert_folder(digits, TINY_RECIPE, 2))
@@ -402,3 +414,14 @@ def test_the_benchmark_table_pools_seeds_and_networks(tmp_path, capsys):
     assert cells[7:11] == ["91.0, 94.0", "1.5", "0.5", "92.5 ± 1.7 (4)"]
     assert cells[11:] == ["81.0, 84.0", "82.5 ± 1.7 (4)"]  # the learned_lr evaluation
     assert [c.strip() for c in table[1].strip("|").split("|")][7:] == ["60.0", "-", "0.0", "60.0 ± 0.0 (2)", "-", "-"]
+
+
+def test_expert_speed_times_the_batches_of_a_zca_recipe_and_records_the_recipe_it_timed(tmp_path):
+    from benchmarks.trajectory import main
+
+    out = tmp_path / "speed.jsonl"
+    main(["expert-speed", "--dataset", "digits", "--batches", "2", "--set", "zca=true", "--out", str(out)])
+    row = json.loads(out.read_text().splitlines()[-1])
+    assert row["recipe"]["zca"] == 0.1 and row["batches_timed"] == 2  # whitened outside the timing, still recorded
+    assert 0 < row["cpu_seconds"] and row["cpu_seconds_per_epoch"] == pytest.approx(
+        row["cpu_seconds"] * 1437 / 512, abs=0.06)  # 1,437 training digits, 512 timed; rounded to 0.1 s
