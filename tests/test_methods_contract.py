@@ -23,7 +23,7 @@ from dd_core.synthetic import SyntheticSet, init_synthetic
 # class, few frequencies, a pool of one network trained 2 epochs. Everything else stays at the
 # method's fast preset.
 TINY = {"model": "convnet_d2", "batch_real": 16, "num_freqs": 64, "inner_loop": 1,
-        "num_experts": 1, "expert_epochs": 1, "max_start_epoch": 1, "syn_steps": 5,  # trajectory matching
+        "num_experts": 1, "expert_epochs": 1, "max_start_epoch": 1, "syn_steps": 5, "label_epochs": 1,  # trajectory
         "pool_size": 1, "pool_epochs": 2,  # NCFM
         # the decoupled family: a teacher trained in seconds, a committee of two such teachers, few candidates
         "teacher": "convnet_bn_quick", "committee": "seeds", "candidates": 16, "subset": 32}

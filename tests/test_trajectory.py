@@ -221,8 +221,14 @@ def test_bad_settings_name_their_limits(digits):
                          expert_epochs=1)
     assert method.recipe(digits) == TINY_RECIPE  # the cached experts of the other tests: 2 epochs
     datm = make_method("datm", dataset="digits", ipc=1, model="convnet_d2", max_start_epoch=1, max_start_epoch_final=3,
-                       expert_epochs=2)
+                       expert_epochs=2, label_epochs=0)
     assert datm.recipe(digits).epochs == 4  # the grown window's last start (2) + M
+    # DATM labels with the first expert's last checkpoint: label_epochs trains the experts that far at least
+    labelled = make_method("datm", dataset="digits", ipc=1, model="convnet_d2", max_start_epoch=1,
+                           max_start_epoch_final=3, expert_epochs=2, label_epochs=10)
+    assert labelled.recipe(digits).epochs == 10 and labelled.epochs_needed() == 4
+    assert make_method("datm", preset="fast", dataset="digits", ipc=1).label_epochs == 30
+    assert make_method("datm", preset="paper", dataset="cifar10", ipc=10).recipe(digits).epochs == 100
     too_far = make_method("mtt", dataset="digits", ipc=1, model="convnet_d2", num_experts=2, max_start_epoch=5,
                           expert_epochs=1)
     too_far.recipe = lambda dataset: method.recipe(dataset)  # pretend they are the stored experts

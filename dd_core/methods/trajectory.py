@@ -89,9 +89,14 @@ class TrajectoryMethod(Method):
         buffer holds the start and every epoch after it)."""
         return self.window_end() - 1 + self.expert_epochs
 
+    def labeller_epochs(self) -> int:
+        """Epochs the experts must reach for the checkpoint whose logits label the images (0: none is used)."""
+        return 0
+
     def recipe(self, dataset) -> ExpertRecipe:
-        """The expert recipe this method needs: MTT's, trained only as far as the start window reaches."""
-        return ExpertRecipe(model=self.model, epochs=self.epochs_needed(), dsa=self.dsa,
+        """The expert recipe this method needs: MTT's, trained as far as the start window reaches (and as
+        far as the labelling checkpoint, for methods whose labels come from the experts)."""
+        return ExpertRecipe(model=self.model, epochs=max(self.epochs_needed(), self.labeller_epochs()), dsa=self.dsa,
                             rho=self.expert_rho, zca=ZCA_EPS if self.zca else 0.0)
 
     def load_experts(self, real, device) -> Trajectories:
@@ -173,7 +178,8 @@ class TrajectoryMethod(Method):
 
     @torch.no_grad()
     def expert_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (n, classes) of the first expert at its last stored epoch."""
+        """Logits (n, classes) of the first expert at its last stored epoch (DATM's code labels with the
+        first expert's last checkpoint; `label_epochs` is how far the recipe trains it)."""
         theta = self.experts_.checkpoint(0, self.experts_.epochs).to(self.device_)
         return torch.cat([self.flat_(theta, x[i:i + 256]) for i in range(0, len(x), 256)])
 
