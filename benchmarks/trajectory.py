@@ -64,7 +64,9 @@ def _overrides(items: list[str], method: str) -> dict:
 
 def cmd_compare(args) -> None:
     """Distil each method (per seed) and evaluate every set under one protocol with its own labels;
-    with --eval-at, also the snapshots at those steps of the same run (one line each)."""
+    with --eval-at, also the snapshots at those steps of the same run (one line each). Each snapshot is
+    evaluated as it comes, so its line is written while the run goes on; the time spent evaluating is
+    left out of the run's distill seconds."""
     dataset = load_dataset(args.dataset)
     config = protocol(args.protocol, num_models=args.models)
     for seed in args.seeds:
@@ -75,30 +77,35 @@ def cmd_compare(args) -> None:
                 steps = args.steps if METHODS.get(name).learns_images else 1
                 wanted = sorted({s for s in args.eval_at if 0 < s < steps} | {steps})
                 t0, c0 = time.perf_counter(), time.process_time()
-                kept, cpu_at = {}, {}
+                eval_wall = eval_cpu = 0.0  # spent evaluating snapshots so far, not distilling
                 for snap in distill(dataset, method, method_name=name, ipc=ipc, steps=steps, seed=seed,
                                     snapshot_every=math.gcd(*wanted), snapshot_seconds=300):
-                    if snap.step in wanted or snap.finished:
-                        kept[snap.step], cpu_at[snap.step] = snap, time.process_time() - c0
-                    print(f"{name} ipc {ipc} seed {seed}: step {snap.step}/{steps}, {snap.elapsed:.0f} s, "
-                          f"{time.process_time() - c0:.0f} CPU s", file=sys.stderr, flush=True)
-                distill_s = time.perf_counter() - t0
-                for at, snap in sorted(kept.items()):
-                    e0 = time.process_time()
-                    result = evaluate_synthetic(snap.synthetic, dataset, config)  # each set with its own labels
-                    row = {"bench": "compare", "dataset": dataset.name, "method": name, "ipc": ipc,
-                           "preset": args.preset, "seed": seed, "steps": snap.step, "status": snap.status,
-                           "hyperparameters": method.config(),
-                           "distill_seconds": round(distill_s if snap.finished else snap.elapsed, 1),
-                           "distill_cpu_seconds": round(cpu_at[at], 1), "eval": result.as_dict(),
-                           "learned_lr": snap.synthetic.extra_meta.get("learned_lr"),
-                           "experts": snap.synthetic.extra_meta.get("experts"), **_machine()}
-                    if args.learned_lr and "learned_lr" in snap.synthetic.extra_meta:
-                        row["eval_learned_lr"] = evaluate_synthetic(snap.synthetic, dataset,
-                                                                    protocol("learned_lr", num_models=args.models,
-                                                                             epochs=config.epochs)).as_dict()
-                    row["eval_cpu_seconds"] = round(time.process_time() - e0, 1)
-                    _emit(row, args.out)
+                    distill_wall = time.perf_counter() - t0 - eval_wall
+                    distill_cpu = time.process_time() - c0 - eval_cpu
+                    print(f"{name} ipc {ipc} seed {seed}: step {snap.step}/{steps}, {distill_wall:.0f} s, "
+                          f"{distill_cpu:.0f} CPU s", file=sys.stderr, flush=True)
+                    if snap.step not in wanted and not snap.finished:
+                        continue
+                    w0, e0 = time.perf_counter(), time.process_time()
+                    _emit(_compare_row(args, dataset, config, method, name, ipc, seed, snap, distill_wall, distill_cpu),
+                          args.out)
+                    eval_wall, eval_cpu = eval_wall + time.perf_counter() - w0, eval_cpu + time.process_time() - e0
+
+
+def _compare_row(args, dataset, config, method, name, ipc, seed, snap, distill_wall, distill_cpu) -> dict:
+    e0 = time.process_time()
+    result = evaluate_synthetic(snap.synthetic, dataset, config)  # each set with its own labels
+    row = {"bench": "compare", "dataset": dataset.name, "method": name, "ipc": ipc, "preset": args.preset,
+           "seed": seed, "steps": snap.step, "status": snap.status, "hyperparameters": method.config(),
+           "distill_seconds": round(distill_wall, 1), "distill_cpu_seconds": round(distill_cpu, 1),
+           "eval": result.as_dict(), "learned_lr": snap.synthetic.extra_meta.get("learned_lr"),
+           "experts": snap.synthetic.extra_meta.get("experts"), **_machine()}
+    if args.learned_lr and "learned_lr" in snap.synthetic.extra_meta:
+        row["eval_learned_lr"] = evaluate_synthetic(snap.synthetic, dataset,
+                                                    protocol("learned_lr", num_models=args.models,
+                                                             epochs=config.epochs)).as_dict()
+    row["eval_cpu_seconds"] = round(time.process_time() - e0, 1)
+    return row
 
 
 def cmd_table(args) -> None:

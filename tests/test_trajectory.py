@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 
 import pytest
 import torch
@@ -431,3 +432,38 @@ def test_expert_speed_times_the_batches_of_a_zca_recipe_and_records_the_recipe_i
     assert row["recipe"]["zca"] == 0.1 and row["batches_timed"] == 2  # whitened outside the timing, still recorded
     assert 0 < row["cpu_seconds"] and row["cpu_seconds_per_epoch"] == pytest.approx(
         row["cpu_seconds"] * 1437 / 512, abs=0.06)  # 1,437 training digits, 512 timed; rounded to 0.1 s
+
+
+def test_compare_writes_each_snapshot_line_as_the_run_goes_and_leaves_evaluation_out_of_its_time(tmp_path):
+    from benchmarks import trajectory
+
+    out = tmp_path / "rows.jsonl"
+    yielded, reached_at_emit = [], []
+    real_distill, real_emit, real_evaluate = trajectory.distill, trajectory._emit, trajectory.evaluate_synthetic
+
+    def distill(*a, **kw):
+        for snap in real_distill(*a, **kw):
+            yielded.append(snap.step)
+            yield snap
+
+    def emit(row, path):  # how far the run had got when each line was written
+        reached_at_emit.append(yielded[-1])
+        real_emit(row, path)
+
+    def slow_evaluate(*a, **kw):  # an evaluation that takes clearly longer than the tiny run's steps
+        time.sleep(2.0)
+        return real_evaluate(*a, **kw)
+
+    trajectory.distill, trajectory._emit, trajectory.evaluate_synthetic = distill, emit, slow_evaluate
+    try:
+        trajectory.main(["compare", "--dataset", "digits", "--ipcs", "1", "--methods", "mtt", "--steps", "4",
+                         "--eval-at", "2", "--models", "1", "--protocol", "fast", "--set", "model=\"convnet_d2\"",
+                         "--set", "num_experts=2", "--set", "expert_epochs=1", "--set", "max_start_epoch=2",
+                         "--set", "syn_steps=2", "--out", str(out)])
+    finally:
+        trajectory.distill, trajectory._emit, trajectory.evaluate_synthetic = real_distill, real_emit, real_evaluate
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["steps"] for r in rows] == [2, 4] and [r["status"] for r in rows] == ["running", "done"]
+    assert reached_at_emit == [2, 4]  # step 2's line was written before step 3 ran
+    # the 2 s evaluation of step 2 is not in step 4's distill time (two tiny steps take well under that)
+    assert rows[1]["distill_seconds"] - rows[0]["distill_seconds"] < 2.0
