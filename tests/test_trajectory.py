@@ -224,12 +224,8 @@ def test_bad_settings_name_their_limits(digits):
     datm = make_method("datm", dataset="digits", ipc=1, model="convnet_d2", max_start_epoch=1, max_start_epoch_final=3,
                        expert_epochs=2, label_epochs=0)
     assert datm.recipe(digits).epochs == 4  # the grown window's last start (2) + M
-    # DATM labels with the first expert's last checkpoint: label_epochs trains the experts that far at least
-    labelled = make_method("datm", dataset="digits", ipc=1, model="convnet_d2", max_start_epoch=1,
-                           max_start_epoch_final=3, expert_epochs=2, label_epochs=10)
-    assert labelled.recipe(digits).epochs == 10 and labelled.epochs_needed() == 4
     assert make_method("datm", preset="fast", dataset="digits", ipc=1).label_epochs == 30
-    assert make_method("datm", preset="paper", dataset="cifar10", ipc=10).recipe(digits).epochs == 100
+    assert make_method("datm", preset="paper", dataset="cifar10", ipc=10).label_epochs == 100
     too_far = make_method("mtt", dataset="digits", ipc=1, model="convnet_d2", num_experts=2, max_start_epoch=5,
                           expert_epochs=1)
     too_far.recipe = lambda dataset: method.recipe(dataset)  # pretend they are the stored experts
@@ -275,6 +271,24 @@ def test_learned_labels_become_the_label_store(digits, tmp_path):
     assert store.name == "learned" and store.nbytes() == 10 * 10 * 4
     rows = store.targets(torch.arange(10))
     assert torch.allclose(rows.sum(1), torch.ones(10)) and not torch.equal(rows, torch.eye(10))
+
+
+def test_datm_labels_with_the_first_expert_trained_on_to_label_epochs(digits):
+    import dataclasses
+
+    method = make_method("datm", dataset="digits", ipc=1, model="convnet_d2", num_experts=2, expert_epochs=1,
+                         max_start_epoch=2, max_start_epoch_final=0, label_epochs=3)
+    assert method.recipe(digits) == TINY_RECIPE  # the window's experts: the shared 2-epoch ones
+    method.setup(digits, init_synthetic(digits, 1, seed=0), seed=0, device=torch.device("cpu"))
+    assert method.experts_.epochs == 2
+    longer = get_experts(digits, dataclasses.replace(TINY_RECIPE, epochs=3), 1)
+    torch.testing.assert_close(method.labeller_, longer.checkpoint(0, 3))
+    # it is the first expert trained on: the same seed and recipe give the same first two epochs
+    torch.testing.assert_close(longer.checkpoint(0, 2), method.experts_.checkpoint(0, 2))
+    start = make_method("datm", dataset="digits", ipc=1, model="convnet_d2", num_experts=2, expert_epochs=1,
+                        max_start_epoch=2, max_start_epoch_final=0, label_epochs=0)
+    start.setup(digits, init_synthetic(digits, 1, seed=0), seed=0, device=torch.device("cpu"))
+    torch.testing.assert_close(start.labeller_, start.experts_.checkpoint(0, 2))  # 0: the window's last
 
 
 def _experts_cli(tmp_path, name, launcher):

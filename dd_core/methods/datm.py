@@ -24,9 +24,9 @@ class DATM(TrajectoryMethod):
                                        "(DATM CIFAR-10: IPC 10 grows 10 -> 20, IPC 50 20 -> 40)", range=(0, 400))
     grow_steps: int = hp(1000, "outer iterations over which the window grows linearly", range=(1, 100000))
     lr_y: float = hp(5.0, "SGD lr (momentum 0.9) of the learned label logits (DATM CIFAR-10 IPC 1: 5)", range=(0.0, 1000.0))
-    label_epochs: int = hp(0, "epochs the experts train to, at least: the first expert's last checkpoint picks the "
-                              "initial images and gives the labels' starting logits (DATM's buffers: 100); "
-                              "0 = only as far as the start window reads", range=(0, 400))
+    label_epochs: int = hp(0, "epochs the first expert is trained to: its last checkpoint picks the initial images "
+                              "and gives the labels' starting logits (DATM's buffers: 100 epochs); 0 = as far as "
+                              "the start window reads", range=(0, 400))
 
     @classmethod
     def fast_preset(cls, dataset, ipc):
@@ -65,8 +65,9 @@ class DATM(TrajectoryMethod):
         self.learn_labels(self.lr_y)
 
     def init_images(self, real, syn):
-        """Per class, random real images that the first expert (last stored epoch) classifies correctly."""
-        net = self.flat_.module_at(self.experts_.checkpoint(0, self.experts_.epochs).to(self.device_))
+        """Per class, random real images that the labelling checkpoint (the first expert's last) classifies
+        correctly."""
+        net = self.flat_.module_at(self.labeller_.to(self.device_))
         picks = []
         for c in range(real.num_classes):
             idx = real.indices_of(c)

@@ -8,6 +8,7 @@ picks one (`constant_memory`, TESLA's `hessian_chain`) and this class does the r
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -90,14 +91,26 @@ class TrajectoryMethod(Method):
         return self.window_end() - 1 + self.expert_epochs
 
     def labeller_epochs(self) -> int:
-        """Epochs the experts must reach for the checkpoint whose logits label the images (0: none is used)."""
+        """How far the first expert must be trained for the checkpoint whose logits label the images
+        (0: as far as the window reads)."""
         return 0
 
     def recipe(self, dataset) -> ExpertRecipe:
-        """The expert recipe this method needs: MTT's, trained as far as the start window reaches (and as
-        far as the labelling checkpoint, for methods whose labels come from the experts)."""
-        return ExpertRecipe(model=self.model, epochs=max(self.epochs_needed(), self.labeller_epochs()), dsa=self.dsa,
+        """The expert recipe this method needs: MTT's, trained only as far as the start window reaches."""
+        return ExpertRecipe(model=self.model, epochs=self.epochs_needed(), dsa=self.dsa,
                             rho=self.expert_rho, zca=ZCA_EPS if self.zca else 0.0)
+
+    def load_labeller(self, real) -> torch.Tensor:
+        """The flat parameters that label the images: the first expert's last checkpoint, as in DATM's
+        code. Where `labeller_epochs` reaches past the stored epochs, that expert (same recipe and seed)
+        is trained on to there, cached as a one-expert set of its own, so the window's experts stay
+        shared with MTT. A folder from `experts_dir` decides by itself: its last checkpoint."""
+        wanted = self.labeller_epochs()
+        if self.experts_dir or wanted <= self.experts_.epochs:
+            return self.experts_.checkpoint(0, self.experts_.epochs)
+        recipe = dataclasses.replace(self.recipe(real), epochs=wanted)
+        one = get_experts(real, recipe, 1, seed=self.expert_seed, stop=self.stop_)
+        return one.checkpoint(0, one.epochs)
 
     def load_experts(self, real, device) -> Trajectories:
         if self.experts_dir:
@@ -122,6 +135,7 @@ class TrajectoryMethod(Method):
         self.gen_ = torch.Generator().manual_seed(seed)
         self.device_ = device
         self.experts_ = self.load_experts(real, device)
+        self.labeller_ = self.load_labeller(real)  # before whitening: a labeller to train whitens by itself
         self.check_stop()
         if self.zca:  # from here on everything lives in the whitened space (the experts were trained in it)
             transform = fitted(real)
@@ -178,9 +192,8 @@ class TrajectoryMethod(Method):
 
     @torch.no_grad()
     def expert_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (n, classes) of the first expert at its last stored epoch (DATM's code labels with the
-        first expert's last checkpoint; `label_epochs` is how far the recipe trains it)."""
-        theta = self.experts_.checkpoint(0, self.experts_.epochs).to(self.device_)
+        """Logits (n, classes) of the labelling checkpoint (`load_labeller`)."""
+        theta = self.labeller_.to(self.device_)
         return torch.cat([self.flat_(theta, x[i:i + 256]) for i in range(0, len(x), 256)])
 
     def learn_labels(self, lr_y: float) -> None:
