@@ -11,7 +11,7 @@ import json
 import math
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -76,6 +76,13 @@ def convnet_bn_128(dataset: Dataset) -> TeacherRecipe:
     return TeacherRecipe("convnet_bn_d2" if min(dataset.image_size) <= 16 else "convnet_bn", 50)
 
 
+@TEACHERS.register("convnet_bn_128_cpu")
+def convnet_bn_128_cpu(dataset: Dataset) -> TeacherRecipe:
+    """RDED's Conv3 observer on a CPU budget: the same network and recipe for 15 epochs (CIFAR-10: about
+    1.5 CPU-hours against 50 epochs' 5)."""
+    return replace(convnet_bn_128(dataset), epochs=15)
+
+
 @TEACHERS.register("resnet18")
 def resnet18(dataset: Dataset) -> TeacherRecipe:
     """ResNet-18 (3x3 stem, no max-pool), SRe2L's CIFAR squeeze: SGD lr 0.1, 200 epochs (GPU scale)."""
@@ -119,19 +126,22 @@ def train_teacher(dataset: Dataset, recipe: TeacherRecipe, *, seed: int, device,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     g = torch.Generator().manual_seed(seed)
     flips = dataset.flips
+    # channels-last: oneDNN's faster convolution layout on a CPU (1.5x a ConvNet-3 width 128 step); same arithmetic
+    layout = torch.channels_last if torch.device(device).type == "cpu" else torch.contiguous_format
+    net.to(memory_format=layout)
     net.train()
     for _ in range(recipe.epochs):
         perm = torch.randperm(n, generator=g)
         for i in range(0, n, recipe.batch_size):
             check(stop)
             idx = perm[i:i + recipe.batch_size]
-            x = _shift_flip(dataset.x_train[idx], recipe.shift, flips, g).to(device)
+            x = _shift_flip(dataset.x_train[idx], recipe.shift, flips, g).to(device).contiguous(memory_format=layout)
             loss = F.cross_entropy(net(x), dataset.y_train[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-    return net.eval()
+    return net.to(memory_format=torch.contiguous_format).eval()
 
 
 def _save(teacher: Teacher, path: Path, meta: dict[str, str]) -> None:
