@@ -20,6 +20,7 @@ from dd_core.distill import run_to_end
 from dd_core.evaluate import evaluate, for_set, protocol
 from dd_core.labels import load_store, same_kind
 from dd_core.methods import METHODS, make_method
+from dd_core.methods.base import method_overrides
 from dd_core.synthetic import random_subset
 from dd_core.teachers import teacher_of_set
 
@@ -37,6 +38,17 @@ def line(out, **row) -> dict:
     return row
 
 
+def overrides_for(method: str, items: list[str]) -> dict:
+    """The `--set` items that apply to `method`: unprefixed ones, and those prefixed `method.`."""
+    mine = []
+    for item in items:
+        key, _, value = item.partition("=")
+        only, dot, field = key.rpartition(".")
+        if not dot or only == method:
+            mine.append(f"{field}={value}")
+    return method_overrides(method, mine)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="digits")
@@ -47,6 +59,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="default: the soft protocol's 300")
     p.add_argument("--dm-steps", type=int, default=None)
     p.add_argument("--no-dm", action="store_true", help="leave DM out (the methods against the random subset only)")
+    p.add_argument("--set", action="append", default=[], metavar="[METHOD.]FIELD=VALUE",
+                   help="a hyperparameter for every method run, or for METHOD's only, e.g. rded.teacher=convnet_bn_128_cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -62,7 +76,7 @@ def main(argv=None) -> int:
         line(args.out, set="random", labels="hard", ipc=ipc, accuracy=hard.mean, accuracies=hard.accuracies, **common)
         teacher_seen, baselines_store = None, None
         for name in args.methods + ([] if args.no_dm else ["dm"]):
-            method = make_method(name, preset=args.preset, dataset=dataset.name, ipc=ipc)
+            method = make_method(name, preset=args.preset, dataset=dataset.name, ipc=ipc, **overrides_for(name, args.set))
             steps = args.dm_steps if name == "dm" and args.dm_steps else METHODS.get(name).default_steps(
                 args.preset, dataset=dataset.name, ipc=ipc)
             t0 = time.process_time()

@@ -365,3 +365,12 @@ def test_which_stores_label_the_view_and_which_are_mixed_by_area(digits, teacher
     for name, options in per_image.items():
         assert not build(name, syn, digits, teacher, config, **options).labels_views(), name
     assert not HardLabels(syn.labels, 10).labels_views()
+
+
+def test_benchmark_set_items_reach_only_the_methods_they_name():
+    from benchmarks.decoupled import overrides_for
+
+    items = ["rded.teacher=convnet_bn_quick", "sre2l.teacher=resnet18", "candidates=40"]
+    assert overrides_for("rded", items) == {"teacher": "convnet_bn_quick", "candidates": 40}  # typed by the default
+    assert overrides_for("sre2l", items[:2]) == {"teacher": "resnet18"}
+    assert overrides_for("dm", items[:2]) == {}
