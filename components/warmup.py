@@ -57,14 +57,20 @@ def baselines(digits=None, ipcs=(1, 10)) -> None:
 def experts() -> None:
     """The digits expert trajectories of the trajectory-matching methods' fast preset (MTT, TESLA
     and DATM's first window share them), trained once into the cache: about 15 s of CPU, so that
-    the first MTT run on digits starts at once instead of training them."""
+    the first MTT run on digits starts at once instead of training them; then DATM's labelling
+    expert (one expert trained on further, about 20 s)."""
     from dd_core import load_dataset, make_method
     from dd_core.experts import get_experts
 
     digits = load_dataset("digits")
-    method = make_method("mtt", dataset="digits", ipc=1)
     try:
-        get_experts(digits, method.recipe(digits), method.num_experts, seed=method.expert_seed)
+        for name in ("mtt", "datm"):
+            method = make_method(name, dataset="digits", ipc=1)
+            recipe = method.recipe(digits)
+            get_experts(digits, recipe, method.num_experts, seed=method.expert_seed)
+            labeller = method.labeller_recipe(digits, recipe.epochs)
+            if labeller is not None:
+                get_experts(digits, labeller, 1, seed=method.expert_seed)
     except Exception as err:  # noqa: BLE001 - a failed warm-up only means the first run trains them
         log.warning("expert warm-up failed: %s", err)
 

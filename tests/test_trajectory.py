@@ -288,6 +288,9 @@ def test_datm_labels_with_the_first_expert_trained_on_to_label_epochs(digits):
                         max_start_epoch=2, max_start_epoch_final=0, label_epochs=0)
     start.setup(digits, init_synthetic(digits, 1, seed=0), seed=0, device=torch.device("cpu"))
     torch.testing.assert_close(start.labeller_, start.experts_.checkpoint(0, 2))  # 0: the window's last
+    # what the app's warm-up trains ahead of the first DATM run on digits: this same labelling expert
+    assert method.labeller_recipe(digits, 2) == dataclasses.replace(TINY_RECIPE, epochs=3)
+    assert method.labeller_recipe(digits, 3) is None and start.labeller_recipe(digits, 2) is None
 
 
 def _experts_cli(tmp_path, name, launcher):

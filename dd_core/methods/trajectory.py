@@ -100,15 +100,21 @@ class TrajectoryMethod(Method):
         return ExpertRecipe(model=self.model, epochs=self.epochs_needed(), dsa=self.dsa,
                             rho=self.expert_rho, zca=ZCA_EPS if self.zca else 0.0)
 
+    def labeller_recipe(self, real, stored_epochs: int) -> ExpertRecipe | None:
+        """The recipe of the one expert trained on past the window's `stored_epochs` to label the images
+        (cached as a one-expert set of its own, so the window's experts stay shared with MTT); None
+        where the window's experts label: `labeller_epochs` within them, or a folder from `experts_dir`."""
+        wanted = self.labeller_epochs()
+        if self.experts_dir or wanted <= stored_epochs:
+            return None
+        return dataclasses.replace(self.recipe(real), epochs=wanted)
+
     def load_labeller(self, real) -> torch.Tensor:
         """The flat parameters that label the images: the first expert's last checkpoint, as in DATM's
-        code. Where `labeller_epochs` reaches past the stored epochs, that expert (same recipe and seed)
-        is trained on to there, cached as a one-expert set of its own, so the window's experts stay
-        shared with MTT. A folder from `experts_dir` decides by itself: its last checkpoint."""
-        wanted = self.labeller_epochs()
-        if self.experts_dir or wanted <= self.experts_.epochs:
+        code; where `labeller_recipe` asks for more epochs, that expert (same recipe and seed) trained on."""
+        recipe = self.labeller_recipe(real, self.experts_.epochs)
+        if recipe is None:
             return self.experts_.checkpoint(0, self.experts_.epochs)
-        recipe = dataclasses.replace(self.recipe(real), epochs=wanted)
         one = get_experts(real, recipe, 1, seed=self.expert_seed, stop=self.stop_)
         return one.checkpoint(0, one.epochs)
 
