@@ -59,11 +59,15 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="default: the soft protocol's 300")
     p.add_argument("--dm-steps", type=int, default=None)
     p.add_argument("--no-dm", action="store_true", help="leave DM out (the methods against the random subset only)")
+    p.add_argument("--no-hard", action="store_true",
+                   help="leave out the random subset with hard labels (context only: no IOR is taken against it)")
     p.add_argument("--set", action="append", default=[], metavar="[METHOD.]FIELD=VALUE",
                    help="a hyperparameter for every method run, or for METHOD's only, e.g. rded.teacher=convnet_bn_128_cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if args.no_hard and not args.no_dm:
+        p.error("DM's set (hard labels) is compared with the random subset's hard labels: add --no-dm to --no-hard")
     torch.set_num_threads(args.threads)
     dataset = load_dataset(args.dataset)
     cpu = torch.device("cpu")
@@ -72,8 +76,10 @@ def main(argv=None) -> int:
     for ipc in args.ipc:
         baselines: dict[tuple[str, float], float] = {}  # by label kind and the crop floor they were measured at
         rnd = random_subset(dataset, ipc)
-        hard = evaluate(rnd.images, rnd.labels, dataset, config, device=cpu)
-        line(args.out, set="random", labels="hard", ipc=ipc, accuracy=hard.mean, accuracies=hard.accuracies, **common)
+        if not args.no_hard:
+            hard = evaluate(rnd.images, rnd.labels, dataset, config, device=cpu)
+            line(args.out, set="random", labels="hard", ipc=ipc, accuracy=hard.mean, accuracies=hard.accuracies,
+                 **common)
         teacher_seen, baselines_store = None, None
         for name in args.methods + ([] if args.no_dm else ["dm"]):
             method = make_method(name, preset=args.preset, dataset=dataset.name, ipc=ipc, **overrides_for(name, args.set))
@@ -105,7 +111,7 @@ def main(argv=None) -> int:
                          teacher=labels.teacher_note, **common_here)
                     if spec.startswith("teacher"):
                         baselines_store = labels
-                reference = baselines.get(key, hard.mean)
+                reference = baselines.get(key, hard.mean if labels is None else None)
                 line(args.out, set=name, labels=spec, ipc=ipc, steps=snap.step, status=snap.status,
                      distill_cpu_s=round(distill_cpu, 1), accuracy=result.mean, accuracies=result.accuracies,
                      random_same_labels=reference, IOR=result.mean - reference,
