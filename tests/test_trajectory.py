@@ -225,6 +225,11 @@ def test_bad_settings_name_their_limits(digits):
     assert datm.recipe(digits).epochs == 4  # the grown window's last start (2) + M
     assert make_method("datm", preset="fast", dataset="digits", ipc=1).label_epochs == 30
     assert make_method("datm", preset="paper", dataset="cifar10", ipc=10).label_epochs == 100
+    for name in ("mtt", "tesla", "ftd", "datm", "set"):  # MTT whitens CIFAR-10 at IPC 1 and 10, not at 50
+        zca = {(d, ipc): make_method(name, preset="paper", dataset=d, ipc=ipc).zca
+               for d in ("cifar10", "mnist") for ipc in (1, 10, 50)}
+        assert zca == {("cifar10", 1): True, ("cifar10", 10): True, ("cifar10", 50): False,
+                       ("mnist", 1): False, ("mnist", 10): False, ("mnist", 50): False}, name
     too_far = make_method("mtt", dataset="digits", ipc=1, model="convnet_d2", num_experts=2, max_start_epoch=5,
                           expert_epochs=1)
     too_far.recipe = lambda dataset: method.recipe(dataset)  # pretend they are the stored experts
