@@ -78,8 +78,8 @@ def convnet_bn_128(dataset: Dataset) -> TeacherRecipe:
 
 @TEACHERS.register("convnet_bn_128_cpu")
 def convnet_bn_128_cpu(dataset: Dataset) -> TeacherRecipe:
-    """RDED's Conv3 observer on a CPU budget: the same network and recipe for 15 epochs (CIFAR-10: about
-    1.5 CPU-hours against 50 epochs' 5)."""
+    """RDED's Conv3 observer on a CPU budget: the same network and recipe for 15 epochs. On CIFAR-10 it
+    reaches the paper's observer accuracy (82.5 % against RDED's 82.2 %) in 1.6 CPU-hours (BENCHMARKS 15h)."""
     return replace(convnet_bn_128(dataset), epochs=15)
 
 
