@@ -63,14 +63,17 @@ def experts() -> None:
     from dd_core.experts import get_experts
 
     digits = load_dataset("digits")
+    wanted = []  # (recipe, experts, seed), each built or read once: MTT's and DATM's windows share theirs
+    for name in ("mtt", "datm"):
+        method = make_method(name, dataset="digits", ipc=1)
+        recipe = method.recipe(digits)
+        wanted.append((recipe, method.num_experts, method.expert_seed))
+        labeller = method.labeller_recipe(digits, recipe.epochs)
+        if labeller is not None:
+            wanted.append((labeller, 1, method.expert_seed))
     try:
-        for name in ("mtt", "datm"):
-            method = make_method(name, dataset="digits", ipc=1)
-            recipe = method.recipe(digits)
-            get_experts(digits, recipe, method.num_experts, seed=method.expert_seed)
-            labeller = method.labeller_recipe(digits, recipe.epochs)
-            if labeller is not None:
-                get_experts(digits, labeller, 1, seed=method.expert_seed)
+        for recipe, count, seed in dict.fromkeys(wanted):
+            get_experts(digits, recipe, count, seed=seed)
     except Exception as err:  # noqa: BLE001 - a failed warm-up only means the first run trains them
         log.warning("expert warm-up failed: %s", err)
 
