@@ -124,6 +124,16 @@ def on_cpu(net: nn.Module) -> bool:
     return first is None or first.device.type == "cpu"
 
 
+def inference_layout(net: nn.Module, device) -> nn.Module:
+    """Move a frozen network to `device` with its weights in the layout its inference runs fastest in:
+    channels-last on a CPU, where oneDNN's convolutions then skip their NCHW reorders (a teacher's
+    forward on 50 views: 1.5-1.7x for a BN ConvNet-3 width 128 at 32 px, about 2x for width 32 on
+    28 px, 1.15x for ResNet-18 width 16; BENCHMARKS 15i), NCHW elsewhere (not measured on a GPU).
+    The same function: only the memory order of the weights changes."""
+    device = torch.device(device)
+    return net.to(device, memory_format=torch.channels_last if device.type == "cpu" else torch.contiguous_format)
+
+
 def fast_forward(net: nn.Module):
     """The network's forward through its faster CPU path where it has one (ConvNet.forward_fast), for
     training and testing; not for anything differentiated twice. On a GPU the plain forward: the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -346,3 +347,24 @@ def test_a_cached_teacher_is_validated_and_a_broken_file_rebuilt(digits, caplog)
     with caplog.at_level("WARNING", logger="distillery.cache"):
         rebuilt = teacher_module.get_teacher(digits, arch="mlp", epochs=1, seed=5, device="cpu")
     assert "unusable" in caplog.text and rebuilt.test_accuracy == first.test_accuracy  # same seed, same network
+
+
+def test_the_online_teacher_labels_in_channels_last_what_nchw_labels():
+    """The store keeps its teacher's weights in channels-last on a CPU (faster convolutions); the labels
+    are the plain NCHW network's, to float rounding, and the file keeps them as they were."""
+    from dd_core.label_stores.online import OnlineTeacher, network_for
+
+    syn32 = SimpleNamespace(images=torch.rand(6, 3, 32, 32), num_classes=3)  # what network_for reads
+    net = network_for(syn32, "convnet_bn", seed=0).eval()
+    reference = {k: v.clone() for k, v in net.state_dict().items()}
+    store = OnlineTeacher(net, arch="convnet_bn", dtype="float32", temperature=2.0)
+    assert store.net.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    plain = network_for(syn32, "convnet_bn").eval()
+    plain.load_state_dict(reference)
+    views = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        expected = F.softmax(plain(views) / 2.0, dim=1)
+    torch.testing.assert_close(store.targets(torch.arange(6), views), expected, rtol=1e-5, atol=1e-6)
+    tensors, meta = store.state()
+    again = OnlineTeacher.from_state({k: v.contiguous() for k, v in tensors.items()}, meta, syn32)
+    torch.testing.assert_close(again.targets(torch.arange(6), views), expected, rtol=1e-5, atol=1e-6)

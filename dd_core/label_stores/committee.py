@@ -8,7 +8,7 @@ import json
 import torch
 import torch.nn.functional as F
 
-from ..models import num_parameters
+from ..models import inference_layout, num_parameters
 from ..committee import Committee
 from .base import LABEL_STORES, LabelStore
 from .online import network_for
@@ -26,11 +26,12 @@ class CommitteeLabels(LabelStore):
     def __init__(self, net: Committee, *, archs: list[str], temperature: float):
         super().__init__(net.members[0].classifier.out_features)
         self.net, self.archs, self.temperature = net.eval(), archs, temperature
+        inference_layout(self.net, next(net.parameters()).device)
 
     @torch.no_grad()
     def targets(self, idx, views, epoch=0):
         if next(self.net.parameters()).device != views.device:
-            self.net.to(views.device)
+            inference_layout(self.net, views.device)
         return F.softmax(self.net(views) / self.temperature, dim=1)
 
     def nbytes(self):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..models import build_model, num_parameters
+from ..models import build_model, inference_layout, num_parameters
 from .base import LABEL_STORES, LabelStore
 from .soft import SOFTEN, teacher_temperature
 
@@ -34,11 +34,12 @@ class OnlineTeacher(LabelStore):
         if dtype not in WEIGHT_DTYPES:
             raise ValueError(f"unknown weight dtype {dtype!r}; valid dtypes are: {', '.join(WEIGHT_DTYPES)}")
         self.net, self.arch, self.dtype, self.temperature = net.eval(), arch, dtype, temperature
+        inference_layout(self.net, next(net.parameters()).device)
 
     @torch.no_grad()
     def targets(self, idx, views, epoch=0):
         if next(self.net.parameters()).device != views.device:
-            self.net.to(views.device)
+            inference_layout(self.net, views.device)
         return F.softmax(self.net(views) / self.temperature, dim=1)
 
     def stored(self) -> dict[str, torch.Tensor]:
