@@ -374,3 +374,13 @@ def test_benchmark_set_items_reach_only_the_methods_they_name():
     assert overrides_for("rded", items) == {"teacher": "convnet_bn_quick", "candidates": 40}  # typed by the default
     assert overrides_for("sre2l", items[:2]) == {"teacher": "resnet18"}
     assert overrides_for("dm", items[:2]) == {}
+
+
+def test_rded_paper_preset_observes_with_its_papers_conv3_on_cifar():
+    """RDED's paper preset on CIFAR takes the paper's observer (a BN ConvNet-3 width 128 at its accuracy),
+    not the CPU-sized default teacher; where the paper names none (digits) the default stays."""
+    cifar = make_method("rded", preset="paper", dataset="cifar10", ipc=10)
+    assert cifar.teacher == "convnet_bn_128_cpu"
+    assert teachers.TEACHERS.get(cifar.teacher)  # a registered recipe
+    assert make_method("rded", preset="paper", dataset="digits", ipc=10).teacher == "convnet_bn"
+    assert make_method("rded", preset="fast", dataset="cifar10", ipc=10).teacher == "convnet_bn"

@@ -108,10 +108,15 @@ class RDED(Method):
     classes_per_step: int = hp(1000, "classes handled per step (1: watch one class at a time)", range=(1, 1000))
     label_temperature: float = label_temperature_field()
 
+    # The observer RDED's paper uses where it names one: its Conv3 at 82.2 % on CIFAR-10. The _cpu recipe
+    # trains that network to that accuracy (82.5 %) in a third of the 50 epochs (BENCHMARKS 15h). Elsewhere
+    # the paper preset keeps the CPU-sized default teacher.
+    PAPER_OBSERVER = {"cifar10": "convnet_bn_128_cpu", "cifar100": "convnet_bn_128_cpu"}
+
     @classmethod
     def preset(cls, name, *, dataset, ipc):
         if name == "paper":
-            return {}
+            return {"teacher": cls.PAPER_OBSERVER[dataset]} if dataset in cls.PAPER_OBSERVER else {}
         # a CPU visitor watches one class a step, 30 candidates at a time (10 rounds = RDED's 300)
         return {"candidates": 30, "classes_per_step": 1, "crop_min": 0.5 if is_small(dataset) else 0.25}
 
