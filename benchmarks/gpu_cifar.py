@@ -5,6 +5,8 @@ runs the steps in priority order under `timeout`, and a step killed there keeps 
     python -m benchmarks.gpu_cifar prepare --pack DIR   # decode once into the engine's cache; pixels vs the manifest
     python -m benchmarks.gpu_cifar rded  --seconds 150  # (a) issue 15: RDED IPC 10, Conv3 observer, soft protocol
     python -m benchmarks.gpu_cifar mtt   --seconds 225  # (b) issue 20: MTT IPC 1 against DM and random, paper protocol
+    python -m benchmarks.gpu_cifar speed --seconds 45   # (b') issue 20: one MTT iteration against the official-style
+                                                        #      loop, and TESLA's, on the GPU (IPC 1, then IPC 10)
     python -m benchmarks.gpu_cifar sre2l --seconds 60   # (c) issue 15: SRe2L IPC 10, soft protocol
     python -m benchmarks.gpu_cifar whole --seconds 60   # (d) ConvNet-3 on the whole training set, epochs that fit
     python -m benchmarks.gpu_cifar coresets --seconds 60  # (e) issue 18: DQ, random, herding, k-center, dc protocol
@@ -27,6 +29,10 @@ expert epoch 788 CPU s, MTT IPC 1 iteration 9.5 CPU s, soft-protocol epoch at IP
   of the step buys several hundred of the paper's 5,000 iterations; DM 8 % (a few thousand of its
   20,000 steps); the paper protocol (1000 epochs of one 10-image batch, 1-3 s a network) the rest.
   Limit 240 s (225 inside).
+- (b') The speed targets (MTT at least 1.5x the official-style loop, TESLA within 1.2x of MTT) where the
+  papers timed them, with stand-in experts (an iteration's seconds do not depend on the weights): four
+  kinds of iteration, alternated, at 0.1-0.3 s each; IPC 1 then IPC 10 (N 30 on 100 images) while it fits.
+  Limit 60 s (45 inside).
 - (c) Recovery is 1,000 steps on 100 images (about 5-10 s); the paper preset's own teacher (the
   CPU-sized `convnet_bn`) takes seconds, the Conv3 observer comes from (a)'s cache. Limit 75 s (60
   inside); recovery stops 30 s before the end, the networks take the rest.
@@ -266,6 +272,25 @@ def mtt(args) -> None:
     rounds("mtt_c10_ipc1", evals, tiny(5, 2), budget, common, emit=emit, device=DEVICE)
 
 
+def speed(args) -> None:
+    """Issue 20's speed targets on this device: benchmarks.trajectory's side-by-side timing (ours, the
+    official-style loop, TESLA exact and as published), MTT's paper preset at IPC 1, then 10."""
+    from . import trajectory
+
+    budget = Budget(args.seconds)
+    for ipc in (1, 10):
+        if ipc == 10 and budget.left() < 0.5 * budget.seconds:
+            emit({"check": "trajectory_speed_c10", "status": "skipped", "ipc": ipc, "detail": "no time left",
+                  "budget_s": budget.seconds})
+            return
+        ns = argparse.Namespace(dataset="cifar10", method="mtt", ipc=ipc, preset="paper",
+                                set=tiny([], ["syn_steps=2"]), repeats=tiny(3, 1), untrained_experts=True,
+                                with_tesla=True, device=str(DEVICE))
+        row = trajectory.speed_row(ns)
+        emit({"check": "trajectory_speed_c10", **{k: v for k, v in row.items() if k not in ("seconds", "cpu_seconds")},
+              "budget_s": budget.seconds, "elapsed_s": budget.elapsed()})
+
+
 def whole(args) -> None:
     """ConvNet-3 (instance norm) on all 50,000 training images with the evaluator's recipe (SGD lr 0.01,
     momentum 0.9, DSA, lr x0.1 at half, final epoch): a one-epoch probe, then the epochs that fit."""
@@ -313,7 +338,7 @@ def coresets(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("step", choices=["prepare", "rded", "mtt", "sre2l", "whole", "coresets"])
+    p.add_argument("step", choices=["prepare", "rded", "mtt", "speed", "sre2l", "whole", "coresets"])
     p.add_argument("--seconds", type=float, default=60.0, help="this step's wall-clock budget (setup included)")
     p.add_argument("--device", default="cuda", help="cpu: a smoke run of this flow (with --tiny)")
     p.add_argument("--tiny", action="store_true", help="every step at smoke-test size")
@@ -330,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         emit({"check": args.step, "status": "skipped", "reason": "no CUDA GPU"})
         return 0
     dd_device.prefer(DEVICE)  # teachers, experts and label stores that pick the default device pick this one
-    {"prepare": prepare, "rded": rded, "mtt": mtt, "sre2l": sre2l, "whole": whole, "coresets": coresets}[args.step](args)
+    {"prepare": prepare, "rded": rded, "mtt": mtt, "speed": speed, "sre2l": sre2l, "whole": whole,
+     "coresets": coresets}[args.step](args)
     return 0
 
 

@@ -203,14 +203,22 @@ def _untrained_experts(method, dataset) -> None:
 
 
 def cmd_speed(args) -> None:
+    _emit(speed_row(args), args.out)
+
+
+def speed_row(args) -> dict:
     """Time one outer iteration of ours (method.match) and of the official-style loop, alternated, from
-    the same expert, start, batches and DSA draws; CPU seconds of this process (one thread) and wall."""
+    the same expert, start, batches and DSA draws; CPU seconds of this process (one thread) and wall.
+    On a GPU (`args.device`) each timing waits for the device's queue, and the wall seconds are the ones
+    to read (the CPU seconds are the host's)."""
     dataset = load_dataset(args.dataset)
+    device = torch.device(getattr(args, "device", "cpu"))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     method = make_method(args.method, preset=args.preset, dataset=dataset.name, ipc=args.ipc,
                          **_overrides(args.set, args.method))
     if args.untrained_experts:
         _untrained_experts(method, dataset)
-    method.setup(dataset, init_synthetic(dataset, args.ipc, seed=0), seed=0, device=torch.device("cpu"))
+    method.setup(dataset, init_synthetic(dataset, args.ipc, seed=0), seed=0, device=device)
     import copy
 
     ref = ReparamNet(copy.deepcopy(method.flat_.net))
@@ -224,6 +232,7 @@ def cmd_speed(args) -> None:
         draws = method.draws()
         for kind in (kinds if r % 2 == 0 else kinds[::-1]):  # alternate which goes first
             method.images_.grad, method.syn_lr_.grad = None, None
+            sync()
             t0, c0 = time.perf_counter(), time.process_time()
             if kind in ("ours", "tesla", "tesla_truncated"):  # tesla: the same method's gradient by the constant-memory
                 method.constant_memory = kind != "ours"           # adjoint; tesla_truncated: TESLA's public code's gradient
@@ -233,14 +242,15 @@ def cmd_speed(args) -> None:
             else:
                 loss = reference_iteration(ref, start, target, method.images_, method.labels_, method.syn_lr_, draws,
                                            method.augmenter_)
+            sync()
             if r:
                 times[kind].append(time.perf_counter() - t0)
                 cpu[kind].append(time.process_time() - c0)
                 losses[kind].append(float(loss))
     med = {k: statistics.median(v) for k, v in times.items()}
     cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
-    _emit({"bench": "speed", "dataset": dataset.name, "method": args.method, "ipc": args.ipc, "preset": args.preset,
-           "hyperparameters": method.config(), "model": method.flat_.net.__class__.__name__,
+    return {"bench": "speed", "dataset": dataset.name, "method": args.method, "ipc": args.ipc, "preset": args.preset,
+           "device": str(device), "hyperparameters": method.config(), "model": method.flat_.net.__class__.__name__,
            "untrained_experts": args.untrained_experts, "seconds_median": med, "seconds": times,
            "cpu_seconds_median": cpu_med, "cpu_seconds": cpu,
            "reference_over_ours": round(med["reference"] / med["ours"], 3),
@@ -250,7 +260,7 @@ def cmd_speed(args) -> None:
                "tesla_over_ours": round(med["tesla"] / med["ours"], 3),
                "tesla_truncated_over_ours_cpu": round(cpu_med["tesla_truncated"] / cpu_med["ours"], 3),
                "tesla_truncated_over_ours": round(med["tesla_truncated"] / med["ours"], 3)} if args.with_tesla else {}),
-           "load_average": os.getloadavg()[0], **_machine()}, args.out)
+           "load_average": os.getloadavg()[0], **_machine()}
 
 
 def cmd_expert_speed(args) -> None:
@@ -359,6 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--preset", default="fast", choices=["fast", "paper"])
     s.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     s.add_argument("--repeats", type=int, default=5)
+    s.add_argument("--device", default="cpu", help="cuda: time on a GPU (wall seconds; each timing waits for the GPU)")
     s.add_argument("--untrained-experts", action="store_true",
                    help="time with stand-in experts (random walks) instead of training them first")
     s.add_argument("--with-tesla", action="store_true",

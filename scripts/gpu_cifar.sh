@@ -8,6 +8,7 @@
 #      against the random subset with the same teacher's labels (published 50.2; observer 82.2);
 #   b. issue 20: MTT IPC 1 (budgeted experts, then iterations until its share of the step) against DM and
 #      random IPC 1 under the paper protocol, and MTT at its learned lr (published 46.3, DM 26.0);
+#   b'. issue 20: one MTT iteration against the official-style loop, and TESLA's, timed on the GPU;
 #   c. issue 15: SRe2L IPC 10, soft protocol, against the random subset with the same labels;
 #   d. the whole training set on ConvNet-3 for the epochs that fit (published 84.8);
 #   e. issue 18, if time is left: DQ beside random, herding and k-center, IPC 10, 1, 50, dc protocol.
@@ -28,7 +29,7 @@ while [ $# -gt 0 ]; do
     *) STEPS="$STEPS $1"; shift ;;
   esac
 done
-STEPS=${STEPS:-rded mtt sre2l whole coresets}
+STEPS=${STEPS:-rded mtt speed sre2l whole coresets}
 RESULTS=${OUT:-benchmarks/results}
 mkdir -p "$RESULTS"
 LOG=$RESULTS/gpu_cifar${TINY:+_smoke}.jsonl
@@ -87,10 +88,11 @@ for name in $STEPS; do
   case $name in  # caps in seconds: the GPU's, and the smoke run's (where MTT and DM stop at their shares)
     rded) step rded "${!cap_var:-$([ -n "$TINY" ] && echo 60 || echo 165)}" ;;
     mtt) step mtt "${!cap_var:-$([ -n "$TINY" ] && echo 75 || echo 240)}" ;;
+    speed) step speed "${!cap_var:-60}" ;;
     sre2l) step sre2l "${!cap_var:-$([ -n "$TINY" ] && echo 90 || echo 75)}" ;;
     whole) step whole "${!cap_var:-$([ -n "$TINY" ] && echo 45 || echo 120)}" ;;
     coresets) step coresets "${!cap_var:-$([ -n "$TINY" ] && echo 60 || echo 120)}" ;;
-    *) note "$name" "unknown" "steps are: rded mtt sre2l whole coresets" ;;
+    *) note "$name" "unknown" "steps are: rded mtt speed sre2l whole coresets" ;;
   esac
 done
 echo "results: $LOG ($((SECONDS - START)) s)"

@@ -75,3 +75,18 @@ def test_compare_writes_each_snapshot_line_as_the_run_goes_and_leaves_evaluation
     assert reached_at_emit == [2, 4]  # step 2's line was written before step 3 ran
     # the 2 s evaluation of step 2 is not in step 4's distill time (two tiny steps take well under that)
     assert rows[1]["distill_seconds"] - rows[0]["distill_seconds"] < 2.0
+
+
+def test_speed_times_ours_and_the_official_style_loop_on_the_same_draws():
+    """`speed` (also the GPU script's step, with a device) times four kinds of iteration from the same
+    start, batches and DSA draws: ours and the official-style loop must compute the same loss."""
+    import argparse
+
+    from benchmarks.trajectory import speed_row
+
+    row = speed_row(argparse.Namespace(dataset="digits", method="mtt", ipc=1, preset="fast", set=["syn_steps=2"],
+                                       repeats=1, untrained_experts=True, with_tesla=True, device="cpu"))
+    assert row["device"] == "cpu" and row["hyperparameters"]["syn_steps"] == 2
+    assert set(row["seconds_median"]) == {"ours", "reference", "tesla", "tesla_truncated"}
+    assert all(len(v) == 1 and v[0] > 0 for v in row["seconds"].values())  # the warm-up round is not counted
+    assert row["max_loss_difference"] < 1e-4
