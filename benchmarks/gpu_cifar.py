@@ -10,6 +10,7 @@ runs the steps in priority order under `timeout`, and a step killed there keeps 
     python -m benchmarks.gpu_cifar sre2l --seconds 60   # (c) issue 15: SRe2L IPC 10, soft protocol
     python -m benchmarks.gpu_cifar whole --seconds 60   # (d) ConvNet-3 on the whole training set, epochs that fit
     python -m benchmarks.gpu_cifar coresets --seconds 60  # (e) issue 18: DQ, random, herding, k-center, dc protocol
+    python -m benchmarks.gpu_cifar more --seconds 500   # (f) a second call: issue 15's CDA IPC 10 and IPC 50 rows
     ... --device cpu --tiny                             # the same flow on a CPU with tiny settings (smoke run)
 
 Sizing (nothing here was timed on a GPU; the rows time themselves, so the next call can be sized
@@ -120,18 +121,19 @@ def observer(dataset, recipe: str, budget: Budget, reserve: float, check: str, p
     return teacher
 
 
-def decoupled(dataset, method_name: str, teacher_recipe: str, budget: Budget, check: str, published: dict) -> None:
-    """Distil one decoupled set at IPC 10 (paper preset, this teacher), then evaluate it and the random
+def decoupled(dataset, method_name: str, teacher_recipe: str, budget: Budget, check: str, published: dict,
+              ipc: int = 10) -> None:
+    """Distil one decoupled set at `ipc` (paper preset, this teacher), then evaluate it and the random
     subset given the same teacher's labels under the soft protocol with the BN ConvNet-3 evaluator."""
     overrides = {"teacher": teacher_recipe, **tiny({}, {"candidates": 20} if method_name == "rded" else {})}
-    method = make_method(method_name, preset="paper", dataset="cifar10", ipc=10, **overrides)
-    steps = tiny(METHODS.get(method_name).default_steps("paper", dataset="cifar10", ipc=10), 3)
+    method = make_method(method_name, preset="paper", dataset="cifar10", ipc=ipc, **overrides)
+    steps = tiny(METHODS.get(method_name).default_steps("paper", dataset="cifar10", ipc=ipc), 3)
     stop, timer = budget.stop(reserve=tiny(30, 0))
-    snap = run_to_end(dataset, method, method_name=method_name, ipc=10, steps=steps, seed=0, device=DEVICE, stop=stop)
+    snap = run_to_end(dataset, method, method_name=method_name, ipc=ipc, steps=steps, seed=0, device=DEVICE, stop=stop)
     if timer:
         timer.cancel()
     syn = snap.synthetic
-    common = {"method": method_name, "dataset": "cifar10", "ipc": 10, "preset": "paper", "teacher": teacher_recipe,
+    common = {"method": method_name, "dataset": "cifar10", "ipc": ipc, "preset": "paper", "teacher": teacher_recipe,
               "budget_s": budget.seconds, **published}
     emit({"check": check, "set": method_name, "distill": True, "status": snap.status, "steps": snap.step,
           "distill_seconds": round(snap.elapsed, 1), "message": snap.message, **common})
@@ -140,7 +142,7 @@ def decoupled(dataset, method_name: str, teacher_recipe: str, budget: Budget, ch
     config = for_set(protocol("soft", model="convnet_bn", **tiny({}, {"epochs": 3})), syn)
     store = load_store(syn)
     teacher = teacher_of_set(syn, dataset, device=DEVICE)
-    rnd = random_subset(dataset, 10)
+    rnd = random_subset(dataset, ipc)
     sets = [(method_name, syn.images, store, dataset, config),
             ("random", rnd.images, same_kind(store, rnd, dataset, teacher, config), dataset, config)]
     accs = rounds(check, sets, tiny(5, 2), budget, common, emit=emit, device=DEVICE)
@@ -194,6 +196,26 @@ def sre2l(args) -> None:
             return
         decoupled(dataset, "sre2l", recipe, budget, "sre2l_c10_ipc10",
                   {"published_sre2l_pp_resnet18": 0.425, "target": "above random with the same labels"})
+
+
+def more(args) -> None:
+    """Issue 15's other CIFAR-10 rows, for a second call: CDA at IPC 10, then RDED, SRe2L and CDA at IPC 50,
+    all over the Conv3 observer (from `rded`'s cache when the same machine ran it, else trained first),
+    each against the random subset with the same observer's labels, each given an equal share of what is left."""
+    budget = Budget(args.seconds)
+    dataset = load_dataset("cifar10")
+    recipe = tiny("convnet_bn_128", "convnet_bn_quick")
+    if observer(dataset, recipe, budget, reserve=tiny(60, 0), check="more_observer", published=tiny(0.822, None)) is None:
+        return
+    published = {"rded": {"published_rded_resnet18": 0.621}, "sre2l": {"published_sre2l_pp_resnet18": 0.630}, "cda": {}}
+    runs = [("cda", 10), ("rded", 50), ("sre2l", 50), ("cda", 50)]
+    for i, (name, ipc) in enumerate(runs):
+        share = budget.left() / (len(runs) - i)
+        if share < tiny(30, 0):
+            emit({"check": f"{name}_c10_ipc{ipc}", "status": "skipped", "detail": "no time left", "budget_s": budget.seconds})
+            continue
+        decoupled(dataset, name, recipe, Budget(share), f"{name}_c10_ipc{ipc}",
+                  {**published[name], "target": "above random with the same labels"}, ipc=ipc)
 
 
 def experts_within(dataset, recipe, folder: Path, budget: Budget, until: float, most: int) -> dict:
@@ -338,7 +360,7 @@ def coresets(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("step", choices=["prepare", "rded", "mtt", "speed", "sre2l", "whole", "coresets"])
+    p.add_argument("step", choices=["prepare", "rded", "mtt", "speed", "sre2l", "whole", "coresets", "more"])
     p.add_argument("--seconds", type=float, default=60.0, help="this step's wall-clock budget (setup included)")
     p.add_argument("--device", default="cuda", help="cpu: a smoke run of this flow (with --tiny)")
     p.add_argument("--tiny", action="store_true", help="every step at smoke-test size")
@@ -356,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     dd_device.prefer(DEVICE)  # teachers, experts and label stores that pick the default device pick this one
     {"prepare": prepare, "rded": rded, "mtt": mtt, "speed": speed, "sre2l": sre2l, "whole": whole,
-     "coresets": coresets}[args.step](args)
+     "coresets": coresets, "more": more}[args.step](args)
     return 0
 
 

@@ -11,7 +11,8 @@
 #   b'. issue 20: one MTT iteration against the official-style loop, and TESLA's, timed on the GPU;
 #   c. issue 15: SRe2L IPC 10, soft protocol, against the random subset with the same labels;
 #   d. the whole training set on ConvNet-3 for the epochs that fit (published 84.8);
-#   e. issue 18, if time is left: DQ beside random, herding and k-center, IPC 10, 1, 50, dc protocol.
+#   e. issue 18, if time is left: DQ beside random, herding and k-center, IPC 10, 1, 50, dc protocol;
+#   more (named only: a second call): issue 15's CDA at IPC 10, RDED, SRe2L and CDA at IPC 50, over the observer.
 # Each step runs under `timeout` at min(its cap, what is left of the total); it is told 15 s less,
 # and ends itself inside that. Sizing: benchmarks/gpu_cifar.py's docstring.
 #   bash scripts/gpu_cifar.sh                        # all steps (on the GPU machine)
@@ -91,8 +92,9 @@ for name in $STEPS; do
     speed) step speed "${!cap_var:-60}" ;;
     sre2l) step sre2l "${!cap_var:-$([ -n "$TINY" ] && echo 90 || echo 75)}" ;;
     whole) step whole "${!cap_var:-$([ -n "$TINY" ] && echo 45 || echo 120)}" ;;
+    more) step more "${!cap_var:-500}" ;;  # not in the default list: a second call names it
     coresets) step coresets "${!cap_var:-$([ -n "$TINY" ] && echo 60 || echo 120)}" ;;
-    *) note "$name" "unknown" "steps are: rded mtt speed sre2l whole coresets" ;;
+    *) note "$name" "unknown" "steps are: rded mtt speed sre2l whole coresets more" ;;
   esac
 done
 echo "results: $LOG ($((SECONDS - START)) s)"
