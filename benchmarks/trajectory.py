@@ -212,7 +212,7 @@ def speed_row(args) -> dict:
     On a GPU (`args.device`) each timing waits for the device's queue, and the wall seconds are the ones
     to read (the CPU seconds are the host's)."""
     dataset = load_dataset(args.dataset)
-    device = torch.device(getattr(args, "device", "cpu"))
+    device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     method = make_method(args.method, preset=args.preset, dataset=dataset.name, ipc=args.ipc,
                          **_overrides(args.set, args.method))

@@ -18,7 +18,6 @@ import time
 import torch
 
 from dd_core.data import load_dataset
-from dd_core.models import model_for
 from dd_core.teachers import TeacherRecipe, train_teacher
 from dd_core.training import test_accuracy
 
@@ -37,11 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     dataset = load_dataset(args.dataset)
     recipe = TeacherRecipe(args.arch, args.epochs)
-    arch = type(model_for(dataset, args.arch, seed=0)).__name__
     w0, c0 = time.perf_counter(), time.process_time()
     net = train_teacher(dataset, recipe, seed=args.seed, device=torch.device("cpu"))
     train_wall, train_cpu = time.perf_counter() - w0, time.process_time() - c0
-    row = {"bench": "whole_set", "dataset": dataset.name, "network": f"{args.arch} ({arch})", "recipe": recipe.describe(),
+    row = {"bench": "whole_set", "dataset": dataset.name, "network": f"{args.arch} ({type(net).__name__})", "recipe": recipe.describe(),
            "train_images": len(dataset.x_train), "test_images": len(dataset.x_test), "seed": args.seed,
            "test_accuracy": test_accuracy(net, dataset, torch.device("cpu")), "report": "final epoch",
            "published_whole": dataset.published_whole, "train_seconds": round(train_wall, 1),
