@@ -72,6 +72,20 @@ def test_steps_give_finite_stats_and_learn_or_select(name, ipc, digits):
         assert torch.equal(getattr(digits, key), tensor), f"distilling changed the dataset's {key}"
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_runs_on_cuda(name, digits):
+    """The same tiny run on the GPU: every tensor a step touches must live where the run does (RDED's
+    first GPU run indexed its CPU-side sources with the GPU's ranking)."""
+    snap = run_to_end(digits, tiny_method(name, 2), method_name=name, ipc=2, steps=3, seed=0,
+                      device=torch.device("cuda"))
+    assert snap.status == "done", snap.message
+    assert snap.step == 3
+    for stats in snap.history:
+        assert all(math.isfinite(v) for v in stats.values()), stats
+    assert torch.isfinite(snap.synthetic.images).all()
+
+
 @pytest.mark.parametrize("name", METHODS.names())
 def test_same_seed_gives_the_same_images(name):
     first = distilled(name, 1, 3).synthetic.images

@@ -139,7 +139,8 @@ class RDED(Method):
         small = small.view(real.num_classes, self.ipc_, *small.shape[1:]).repeat(1, self.factor ** 2, 1, 1, 1)
         self.pool_ = small[:, :keep].clone()  # (classes, keep, c, ph, pw)
         # The training image each kept crop came from (a starting image found among them), else -1 - slot.
-        self.sources_ = start_sources(start, real, self.by_class_).repeat(1, self.factor ** 2)[:, :keep]  # (classes, keep)
+        sources = start_sources(start, real, self.by_class_).to(device)  # beside the scores that order them
+        self.sources_ = sources.repeat(1, self.factor ** 2)[:, :keep]  # (classes, keep)
         self.scores_ = torch.stack([self.score(self.pool_[c], c) for c in range(real.num_classes)])  # (classes, keep)
         self.images_ = torch.cat([stitch(self.pool_[c], self.factor, self.size_) for c in range(real.num_classes)])
         self.next_class_ = 0
