@@ -81,9 +81,14 @@ OUT: str | None = None
 
 @functools.lru_cache(maxsize=1)
 def version() -> str:
-    """The git version here; on a GPU machine (no git history) the stamp that travelled with the pack."""
+    """The stamp that travelled with the pack while the code is still what was stamped, else the git
+    version. The GPU machine's copy of the tree can carry a git folder of its own at an older commit (the
+    first call recorded '4651698-dirty' for code at 8f5401e), so the stamp comes first."""
+    stamped = gpu_pack.stamped_version()
+    if stamped != "unknown" and not stamped.endswith(gpu_pack.CHANGED):
+        return stamped
     found = code_version()
-    return found if found != "unknown" else gpu_pack.stamped_version()
+    return found if found != "unknown" else stamped
 
 
 def emit(row: dict) -> dict:
@@ -282,7 +287,8 @@ def mtt(args) -> None:
         sets[name] = snap.synthetic
         emit({"check": "mtt_c10_ipc1", "set": name, "distill": True, "status": snap.status, "steps": snap.step,
               "of_steps": steps, "distill_seconds": round(snap.elapsed, 1),
-              "s_per_step": round(snap.elapsed / max(1, snap.step), 4), "final": snap.stats, "config": meth.config(),
+              "s_per_step": round(snap.elapsed / max(1, snap.step), 4), "final": snap.stats,
+              "config": {**meth.config(), **({"experts_dir": f"<work>/{Path(d).name}"} if (d := meth.config().get("experts_dir")) else {})},
               "learned_lr": snap.synthetic.extra_meta.get("learned_lr"), "elapsed_s": budget.elapsed(), **common})
     paper = protocol("paper", **tiny({}, {"epochs": 3}))
     mset, rnd = sets["mtt"], random_subset(dataset, 1)
@@ -319,7 +325,12 @@ def whole(args) -> None:
     momentum 0.9, DSA, lr x0.1 at half, final epoch): a one-epoch probe, then the epochs that fit."""
     budget = Budget(args.seconds)
     dataset = load_dataset("cifar10")
-    probe = evaluate(dataset.x_train, dataset.y_train, dataset, protocol("paper", epochs=1, num_models=1), device=DEVICE)
+    # Two one-epoch probes: the first pays cuDNN's autotuning (7.7 s against about 1 s an epoch after it on an
+    # H200, whose first call therefore sized 13 epochs into 135 s), the second is the epoch to size from.
+    probe = None
+    for _ in range(2):
+        probe = evaluate(dataset.x_train, dataset.y_train, dataset, protocol("paper", epochs=1, num_models=1),
+                         device=DEVICE)
     epochs = min(max(1, int(budget.left(reserve=5) / (1.15 * probe.seconds))), tiny(10**6, 2))
     stop, timer = budget.stop()
     result = evaluate(dataset.x_train, dataset.y_train, dataset, protocol("paper", epochs=epochs, num_models=1),

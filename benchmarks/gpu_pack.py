@@ -152,6 +152,9 @@ def write_stamp(out: Path) -> dict:
     return stamp
 
 
+CHANGED = "+changed-after-stamp"
+
+
 def stamped_version(pack_dir: Path = PACK_DIR) -> str:
     """The version to record on a machine without git: the stamp's, if the code is still what was
     stamped; with '+changed' when it is not; 'unknown' without a stamp."""
@@ -160,7 +163,7 @@ def stamped_version(pack_dir: Path = PACK_DIR) -> str:
     except (OSError, ValueError):
         return "unknown"
     same = code_digest(stamp["files"]) == stamp["code_sha256"]
-    return stamp["code_version"] + ("" if same else "+changed-after-stamp")
+    return stamp["code_version"] + ("" if same else CHANGED)
 
 
 def pack(source: Path, out: Path, per_class: int | None, test_per_class: int | None) -> dict:

@@ -80,7 +80,7 @@ def test_every_method_runs_on_cuda(name, digits):
     snap = run_to_end(digits, tiny_method(name, 2), method_name=name, ipc=2, steps=3, seed=0,
                       device=torch.device("cuda"))
     assert snap.status == "done", snap.message
-    assert snap.step == 3
+    assert snap.step == (3 if METHODS.get(name).learns_images else 1)  # a coreset is chosen in one step
     for stats in snap.history:
         assert all(math.isfinite(v) for v in stats.values()), stats
     assert torch.isfinite(snap.synthetic.images).all()
