@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 from dd_core import memory
-from dd_core.distill import Snapshot
+from dd_core.distill import SETTING_UP, Snapshot
 from dd_core.methods import METHODS, make_method
 from dd_core.methods.base import PRESETS
 from dd_core.synthetic import INITS
@@ -131,7 +131,7 @@ def _run(session: Session, req: Request, job: jobs.Job) -> Iterator[Tick]:
                 if time.perf_counter() - last_save >= SAVE_SECONDS:
                     saved, last_save = save_current(session, record), time.perf_counter()
                 phase = "warming" if snap.step == 0 else "distilling"
-                text = ("Warming up: the first step builds the networks…" if snap.step == 0 else
+                text = (setup_text(snap.message) if snap.step == 0 else
                         f"Distilling with **{req.method}** on **{dataset.name}**, IPC {req.ipc}…")
                 if snap.message in ("paused", "stepped"):
                     phase, text = "paused", run_control.paused_text(snap)
@@ -153,6 +153,14 @@ def _run(session: Session, req: Request, job: jobs.Job) -> Iterator[Tick]:
         record.message = run_control.done_text(snap, learns)
     write_exports(session, record)
     yield Tick(snap.status, record.message, snap, save_current(session, record), record, selection_of(method))
+
+
+def setup_text(message: str) -> str:
+    """The status line before step 1: what a long set-up reports (a teacher's training, with about how long
+    is left), else the plain warming-up line."""
+    if message.startswith(SETTING_UP):
+        return f"Warming up, {message[len(SETTING_UP):]}…"
+    return "Warming up: the first step builds the networks…"
 
 
 def selection_of(method) -> dict | None:

@@ -15,6 +15,7 @@ from typing import Iterator
 
 import torch
 
+from . import progress
 from .data import Dataset
 from .device import autocast, configure as configure_device, default_device
 from .interrupt import Interrupted
@@ -125,6 +126,36 @@ def _finite(stats: dict[str, float], images: torch.Tensor) -> bool:
     return all(math.isfinite(v) for v in stats.values()) and bool(torch.isfinite(images).all())
 
 
+SETTING_UP = "setting up: "  # the message of a snapshot yielded while a long set-up reports its progress
+
+
+def _set_up(method: Method, dataset: Dataset, syn: SyntheticSet, *, seed: int, device, every: float) -> Iterator[str]:
+    """Run `method.setup` in a thread of its own; while it runs, yield every `every` seconds what it reports
+    through `progress` (a teacher's training: steps done and about how long is left), if anything. Its
+    exception (`Interrupted` by the run's stop, or any error) is raised here, in the caller's thread.
+    The thread inherits the caller's grad mode; the global RNG it draws from is the process's, as before."""
+    report, box = progress.Progress(), {}
+    grad = torch.is_grad_enabled()
+
+    def work():
+        try:
+            with progress.reporting(report), torch.set_grad_enabled(grad):
+                method.setup(dataset, syn, seed=seed, device=device)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = err
+
+    thread = threading.Thread(target=work, name="dd-setup", daemon=True)
+    thread.start()
+    while True:
+        thread.join(every)
+        if not thread.is_alive():
+            break
+        if report.active:
+            yield report.text()
+    if "error" in box:
+        raise box["error"]
+
+
 def distill(dataset: Dataset, method: Method, *, method_name: str, ipc: int, steps: int, seed: int = 0,
             init: str = "real", initial: SyntheticSet | None = None, snapshot_every: int = 10,
             snapshot_seconds: float | None = None, stop: threading.Event | None = None,
@@ -157,7 +188,8 @@ def distill(dataset: Dataset, method: Method, *, method_name: str, ipc: int, ste
 
     try:
         if resume is None:
-            method.setup(dataset, syn, seed=seed, device=device)
+            for text in _set_up(method, dataset, syn, seed=seed, device=device, every=snapshot_seconds or 1.0):
+                yield snapshot(0, "running", SETTING_UP + text)
     except Interrupted:  # e.g. a long feature-network training: keep the initial images
         yield snapshot(0, "stopped", "stopped while setting up, before step 1; kept the initial images")
         return

@@ -6,6 +6,7 @@ their test accuracy."""
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from . import progress
 from .augment import dsa_for
 from .cache import cache_path, load_or_build, lock_for
 from .data import Dataset
@@ -68,7 +70,10 @@ def _key(dataset: Dataset, arch: str, epochs: int, seed: int) -> str:
     return f"{dataset.name.replace(':', '_').replace('/', '_')}-{arch}-e{epochs}-s{seed}-{digest}"
 
 
-def train_on_real(dataset: Dataset, arch: str, epochs: int, seed: int, device, batch_size: int = 128,
+BATCH = 128  # the feature network's batch
+
+
+def train_on_real(dataset: Dataset, arch: str, epochs: int, seed: int, device, batch_size: int = BATCH,
                   stop: threading.Event | None = None) -> torch.nn.Module:
     """Plain supervised training: SGD lr 0.01 (x0.1 at half), momentum 0.9, wd 5e-4, batch 128.
     Raises `Interrupted` between batches once `stop` is set."""
@@ -77,6 +82,7 @@ def train_on_real(dataset: Dataset, arch: str, epochs: int, seed: int, device, b
     g = torch.Generator().manual_seed(seed)
     n = len(dataset.x_train)
     net.train()
+    report = progress.current()
     for epoch in range(epochs):
         if epoch == epochs // 2 and epochs > 1:
             for group in opt.param_groups:
@@ -84,6 +90,8 @@ def train_on_real(dataset: Dataset, arch: str, epochs: int, seed: int, device, b
         perm = torch.randperm(n, generator=g)
         for i in range(0, n, batch_size):
             check(stop)
+            if report is not None:
+                report.advance()
             idx = perm[i:i + batch_size]
             loss = F.cross_entropy(net(dataset.x_train[idx].to(device)), dataset.y_train[idx].to(device))
             opt.zero_grad(set_to_none=True)
@@ -127,7 +135,15 @@ def get_teacher(dataset: Dataset, *, arch: str | None = None, epochs: int | None
         meta = {"key": key, "arch": arch, "epochs": str(epochs), "seed": str(seed)}
 
         def build() -> tuple[torch.nn.Module, float]:
-            net = train_on_real(dataset, arch, epochs, seed, device, stop=stop)
+            report = progress.current()  # a run's set-up (herding, k-center, ...): its watcher sees the steps
+            if report is not None:
+                report.begin(f"training the feature network on {dataset.name} ({arch}, {epochs} epochs; once, "
+                             "cached afterwards)", epochs * math.ceil(len(dataset.x_train) / BATCH))
+            try:
+                net = train_on_real(dataset, arch, epochs, seed, device, stop=stop)
+            finally:
+                if report is not None:
+                    report.end()
             return net, test_accuracy(net, dataset, device)
 
         (net, accuracy), _ = load_or_build(path,

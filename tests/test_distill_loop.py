@@ -142,3 +142,74 @@ def test_a_stop_gets_through_a_paused_gate(digits):
     threading.Timer(0.2, stop.set).start()
     last = list(run)[-1]
     assert (last.status, last.step) == ("stopped", 0)
+
+
+# -- a long set-up says how far it is ----------------------------------------------------------------
+
+def test_progress_text_gives_the_steps_done_and_an_estimate_from_the_pace_so_far():
+    from dd_core.progress import Progress
+
+    now = [100.0]
+    p = Progress(clock=lambda: now[0])
+    assert p.text() == "" and not p.active
+    p.begin("training the X teacher", 400)
+    assert p.text() == "training the X teacher: 0 of 400 steps (0 %), 0 s so far"  # no pace yet, no estimate
+    now[0] += 60.0
+    p.advance(100)
+    assert p.text() == "training the X teacher: 100 of 400 steps (25 %), 60 s so far, about 3 min left"
+    now[0] += 3 * 3600
+    p.advance(200)
+    assert p.text().endswith("(75 %), 3.0 h so far, about 60 min left")
+    p.end()
+    assert p.text() == "" and not p.active
+
+
+def test_a_teacher_trained_in_the_set_up_reports_its_steps_before_step_1(digits, tmp_path, monkeypatch):
+    """RDED's teacher trains before the first step (on CIFAR-10 on a CPU, for an hour and more): the loop
+    yields step-0 snapshots that say which teacher, how many of its steps are done and about how long is left."""
+    from dd_core import teachers
+    from dd_core.distill import SETTING_UP
+
+    from components.distill_run import setup_text
+
+    monkeypatch.setenv("DD_CACHE_DIR", str(tmp_path))  # no cached teacher: it must train now
+    monkeypatch.setattr(teachers, "_memory", {})
+    method = make_method("rded", dataset="digits", ipc=1, teacher="convnet_bn_quick", candidates=8)
+    snaps = list(distill(digits, method, method_name="rded", ipc=1, steps=2, snapshot_seconds=0.02, device=CPU))
+    setting_up = [s for s in snaps if s.message.startswith(SETTING_UP)]
+    assert setting_up, [s.message for s in snaps]
+    first = setting_up[0]
+    assert first.step == 0 and first.status == "running"
+    assert "training the convnet_bn_quick teacher on digits" in first.message and " steps (" in first.message
+    assert any("left" in s.message for s in setting_up), "no estimate of the time left was given"
+    assert snaps[-1].status == "done"
+    assert setup_text(first.message).startswith("Warming up, training the convnet_bn_quick teacher")
+    assert setup_text("initialised") == "Warming up: the first step builds the networks…"
+    # The second run finds the teacher cached: nothing to report, straight to "initialised"
+    again = list(distill(digits, make_method("rded", dataset="digits", ipc=1, teacher="convnet_bn_quick", candidates=8),
+                         method_name="rded", ipc=1, steps=1, snapshot_seconds=0.02, device=CPU))
+    assert not [s for s in again if s.message.startswith(SETTING_UP)]
+
+
+def test_an_error_in_the_set_up_reaches_the_caller(digits, monkeypatch):
+    method = make_method("dm", dataset="digits", ipc=1)
+
+    def broken(*args, **kwargs):
+        raise ValueError("no such layer")
+
+    monkeypatch.setattr(method, "setup", broken)
+    with pytest.raises(ValueError, match="no such layer"):
+        run_to_end(digits, method, method_name="dm", ipc=1, steps=2, device=CPU)
+
+
+def test_the_set_up_runs_under_the_callers_grad_mode(digits, monkeypatch):
+    method = make_method("dm", dataset="digits", ipc=1)
+    seen, setup = [], method.setup
+
+    def watched(*args, **kwargs):
+        seen.append(torch.is_grad_enabled())
+        return setup(*args, **kwargs)
+
+    monkeypatch.setattr(method, "setup", watched)
+    run_to_end(digits, method, method_name="dm", ipc=1, steps=1, device=CPU)
+    assert seen == [True]
