@@ -12,7 +12,8 @@
 #   c. issue 15: SRe2L IPC 10, soft protocol, against the random subset with the same labels;
 #   d. the whole training set on ConvNet-3 for the epochs that fit (published 84.8);
 #   e. issue 18, if time is left: DQ beside random, herding and k-center, IPC 10, 1, 50, dc protocol;
-#   more (named only: a second call): issue 15's CDA at IPC 10, RDED, SRe2L and CDA at IPC 50, over the observer.
+#   more (named only: a call of its own): issue 15's rows over the observer, RDED at IPC 50 and 10 first
+#      (GPU_CIFAR_RUNS='rded:50 sre2l:10' to choose; benchmarks/gpu_cifar.py's MORE_RUNS is the default).
 # Each step runs under `timeout` at min(its cap, what is left of the total); it is told 15 s less,
 # and ends itself inside that. Sizing: benchmarks/gpu_cifar.py's docstring.
 #   bash scripts/gpu_cifar.sh                        # all steps (on the GPU machine)
@@ -59,7 +60,7 @@ step() {  # step NAME CAP: run `benchmarks.gpu_cifar NAME` under min(CAP, time l
   fi
   local t0=$SECONDS
   timeout -k 5 "$limit" "$PY" -m benchmarks.gpu_cifar "$name" --seconds $((limit - 15)) --device "$DEVICE" $TINY \
-    --work "$WORK" --out "$LOG" $THREADS 2> "$ERRS/gpu_cifar_$name.err"
+    --work "$WORK" --out "$LOG" $THREADS ${GPU_CIFAR_RUNS:+--runs "$GPU_CIFAR_RUNS"} 2> "$ERRS/gpu_cifar_$name.err"
   local rc=$?
   if [ $rc -ne 0 ]; then
     note "$name" "failed" "exit $rc after $((SECONDS - t0)) s of $limit: $(tail -c 600 "$ERRS/gpu_cifar_$name.err" | tr '\n' ' ')"

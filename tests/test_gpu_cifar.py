@@ -64,3 +64,13 @@ def test_rounds_out_of_time_stop_without_counting_a_network(digits):
     accs = rounds("check", [("random", rnd.images, rnd.labels, digits, protocol("fast", epochs=3))], 2, Budget(0),
                   {}, emit=lambda row: rows.append(row) or row, device=torch.device("cpu"))
     assert accs["random"] == [] and rows[-1]["networks"] == 0 and rows[-1]["accuracy_mean"] is None
+
+
+def test_more_takes_method_ipc_pairs_and_names_what_it_takes():
+    from benchmarks.gpu_cifar import MORE_RUNS, parse_runs
+
+    assert parse_runs("rded:50 sre2l:10") == [("rded", 50), ("sre2l", 10)]
+    assert parse_runs(MORE_RUNS)[0] == ("rded", 50)  # what the first GPU session left unmeasured comes first
+    for bad in ("rded", "rded:0", "nosuch:10", "rded:ten"):
+        with pytest.raises(SystemExit, match="METHOD:IPC pairs"):
+            parse_runs(bad)
