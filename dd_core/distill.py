@@ -146,12 +146,17 @@ def _set_up(method: Method, dataset: Dataset, syn: SyntheticSet, *, seed: int, d
 
     thread = threading.Thread(target=work, name="dd-setup", daemon=True)
     thread.start()
-    while True:
-        thread.join(every)
-        if not thread.is_alive():
-            break
-        if report.active:
-            yield report.text()
+    try:
+        while True:
+            thread.join(every)
+            if not thread.is_alive():
+                break
+            if report.active:
+                yield report.text()
+    finally:
+        # A run closed while setting up still waits for its set-up, as when the set-up ran in the caller's
+        # thread: the job keeps its compute slot until the work ends (the run's stop is what ends it early).
+        thread.join()
     if "error" in box:
         raise box["error"]
 

@@ -63,7 +63,8 @@ def test_a_stop_while_a_feature_network_trains_ends_the_setup_and_caches_nothing
     t0 = time.perf_counter()
     snaps = list(distill(digits, method, method_name="herding", ipc=2, steps=1, stop=stop_after(1.0), device=CPU))
     assert time.perf_counter() - t0 < 60
-    (last,) = snaps  # no "initialised" snapshot: the setup never finished
+    *before, last = snaps  # no "initialised" snapshot: the setup never finished
+    assert all(s.step == 0 and s.message.startswith("setting up: training the feature network") for s in before)
     assert last.status == "stopped" and "setting up" in last.message and last.step == 0
     assert last.synthetic.images.shape == (20, 1, 8, 8) and torch.isfinite(last.synthetic.images).all()
     assert not list((cache_dir() / "teachers").glob("*-mlp-e1000000-*")), "a half-trained network was cached"
@@ -213,3 +214,24 @@ def test_the_set_up_runs_under_the_callers_grad_mode(digits, monkeypatch):
     monkeypatch.setattr(method, "setup", watched)
     run_to_end(digits, method, method_name="dm", ipc=1, steps=1, device=CPU)
     assert seen == [True]
+
+
+def test_a_run_closed_while_setting_up_returns_once_its_set_up_has_ended(digits, tmp_path, monkeypatch):
+    """Closing the run (a tab gone) does not leave a teacher training in the background after the job has
+    handed back its compute slot: close() returns when the set-up thread has ended."""
+    import threading as th
+
+    from dd_core import teachers
+    from dd_core.distill import SETTING_UP
+
+    monkeypatch.setenv("DD_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(teachers, "_memory", {})
+    run = distill(digits, make_method("rded", dataset="digits", ipc=1, teacher="convnet_bn_quick", candidates=8),
+                  method_name="rded", ipc=1, steps=2, snapshot_seconds=0.02, device=CPU)
+    for snap in run:
+        if snap.message.startswith(SETTING_UP):
+            break
+    else:
+        pytest.fail("the teacher's training reported nothing")
+    run.close()
+    assert not [t for t in th.enumerate() if t.name == "dd-setup" and t.is_alive()]
