@@ -240,6 +240,14 @@ def parse_runs(text: str) -> list[tuple[str, int]]:
     return runs
 
 
+def portable(method) -> dict:
+    """The method's config with its experts folder named inside the step's work folder, not the machine's path."""
+    config = dict(method.config())
+    if config.get("experts_dir"):
+        config["experts_dir"] = f"<work>/{Path(config['experts_dir']).name}"
+    return config
+
+
 def experts_within(dataset, recipe, folder: Path, budget: Budget, until: float, most: int) -> dict:
     """Experts of `recipe`, one after another, while the next (judged by the slowest so far) fits
     before `until` seconds of the step; then the index of those done (python -m dd_core experts has no
@@ -303,8 +311,7 @@ def mtt(args) -> None:
         sets[name] = snap.synthetic
         emit({"check": "mtt_c10_ipc1", "set": name, "distill": True, "status": snap.status, "steps": snap.step,
               "of_steps": steps, "distill_seconds": round(snap.elapsed, 1),
-              "s_per_step": round(snap.elapsed / max(1, snap.step), 4), "final": snap.stats,
-              "config": {**meth.config(), **({"experts_dir": f"<work>/{Path(d).name}"} if (d := meth.config().get("experts_dir")) else {})},
+              "s_per_step": round(snap.elapsed / max(1, snap.step), 4), "final": snap.stats, "config": portable(meth),
               "learned_lr": snap.synthetic.extra_meta.get("learned_lr"), "elapsed_s": budget.elapsed(), **common})
     paper = protocol("paper", **tiny({}, {"epochs": 3}))
     mset, rnd = sets["mtt"], random_subset(dataset, 1)

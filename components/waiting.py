@@ -2,9 +2,9 @@
 how long it has taken against an estimate, so a person never stares at an indeterminate bar."""
 from __future__ import annotations
 
-import threading
-import time
 from typing import Callable, Iterator, TypeVar
+
+from dd_core import progress
 
 T = TypeVar("T")
 # Measured here on 2 cores (issue 19): MNIST's feature network took about 80 s to train the first
@@ -30,21 +30,4 @@ def progress_text(what: str, elapsed: float, estimate: float | None) -> str:
 def with_clock(work: Callable[[], T], every: float = 1.0) -> Iterator[float | tuple[str, T]]:
     """Yield the seconds elapsed every `every` seconds while `work()` runs in a thread, then
     ("done", result); an exception inside `work` is raised here."""
-    box: dict = {}
-
-    def target():
-        try:
-            box["result"] = work()
-        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
-            box["error"] = err
-
-    thread = threading.Thread(target=target, daemon=True)
-    t0 = time.perf_counter()
-    thread.start()
-    while thread.is_alive():
-        thread.join(every)
-        if thread.is_alive():
-            yield time.perf_counter() - t0
-    if "error" in box:
-        raise box["error"]
-    yield "done", box["result"]
+    return progress.in_thread(work, every)

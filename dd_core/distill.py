@@ -133,32 +133,18 @@ def _set_up(method: Method, dataset: Dataset, syn: SyntheticSet, *, seed: int, d
     """Run `method.setup` in a thread of its own; while it runs, yield every `every` seconds what it reports
     through `progress` (a teacher's training: steps done and about how long is left), if anything. Its
     exception (`Interrupted` by the run's stop, or any error) is raised here, in the caller's thread.
-    The thread inherits the caller's grad mode; the global RNG it draws from is the process's, as before."""
-    report, box = progress.Progress(), {}
-    grad = torch.is_grad_enabled()
+    The thread keeps the caller's grad mode; the global RNG it draws from is the process's, as before.
+    A run closed while setting up still waits for its set-up, as when the set-up ran in the caller's thread:
+    the job keeps its compute slot until the work ends (the run's stop is what ends it early)."""
+    report, grad = progress.Progress(), torch.is_grad_enabled()
 
     def work():
-        try:
-            with progress.reporting(report), torch.set_grad_enabled(grad):
-                method.setup(dataset, syn, seed=seed, device=device)
-        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
-            box["error"] = err
+        with progress.reporting(report), torch.set_grad_enabled(grad):
+            method.setup(dataset, syn, seed=seed, device=device)
 
-    thread = threading.Thread(target=work, name="dd-setup", daemon=True)
-    thread.start()
-    try:
-        while True:
-            thread.join(every)
-            if not thread.is_alive():
-                break
-            if report.active:
-                yield report.text()
-    finally:
-        # A run closed while setting up still waits for its set-up, as when the set-up ran in the caller's
-        # thread: the job keeps its compute slot until the work ends (the run's stop is what ends it early).
-        thread.join()
-    if "error" in box:
-        raise box["error"]
+    for tick in progress.in_thread(work, every, wait_on_close=True, name="dd-setup"):
+        if not isinstance(tick, tuple) and report.active:
+            yield report.text()
 
 
 def distill(dataset: Dataset, method: Method, *, method_name: str, ipc: int, steps: int, seed: int = 0,

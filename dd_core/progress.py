@@ -10,7 +10,9 @@ import contextlib
 import contextvars
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
+
+T = TypeVar("T")
 
 _current: contextvars.ContextVar["Progress | None"] = contextvars.ContextVar("dd_progress", default=None)
 
@@ -76,3 +78,55 @@ def reporting(progress: Progress) -> Iterator[Progress]:
         yield progress
     finally:
         _current.reset(token)
+
+
+@contextlib.contextmanager
+def task(what: str, total: int, unit: str = "steps") -> Iterator[None]:
+    """Report one piece of work (`advance()` inside it counts its units) to the current progress, if a
+    watcher opened one; nothing otherwise."""
+    report = current()
+    if report is None:
+        yield
+        return
+    report.begin(what, total, unit)
+    try:
+        yield
+    finally:
+        report.end()
+
+
+def advance(n: int = 1) -> None:
+    """One more unit of the current task done (a training step); nothing when nobody watches."""
+    report = current()
+    if report is not None:
+        report.advance(n)
+
+
+def in_thread(work: Callable[[], T], every: float, *, wait_on_close: bool = False,
+              name: str = "dd-work") -> Iterator[float | tuple[str, T]]:
+    """Run `work()` in a thread of its own under the caller's context (so `current()` reaches it); yield the
+    seconds elapsed every `every` seconds while it runs, then ("done", result). Its exception is raised here,
+    in the caller's thread. `wait_on_close`: a consumer that stops early still waits for the work to end."""
+    box: dict = {}
+    context = contextvars.copy_context()
+
+    def target():
+        try:
+            box["result"] = context.run(work)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = err
+
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    t0 = time.perf_counter()
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(every)
+            if thread.is_alive():
+                yield time.perf_counter() - t0
+    finally:
+        if wait_on_close:
+            thread.join()
+    if "error" in box:
+        raise box["error"]
+    yield "done", box["result"]

@@ -82,7 +82,6 @@ def train_on_real(dataset: Dataset, arch: str, epochs: int, seed: int, device, b
     g = torch.Generator().manual_seed(seed)
     n = len(dataset.x_train)
     net.train()
-    report = progress.current()
     for epoch in range(epochs):
         if epoch == epochs // 2 and epochs > 1:
             for group in opt.param_groups:
@@ -90,8 +89,7 @@ def train_on_real(dataset: Dataset, arch: str, epochs: int, seed: int, device, b
         perm = torch.randperm(n, generator=g)
         for i in range(0, n, batch_size):
             check(stop)
-            if report is not None:
-                report.advance()
+            progress.advance()
             idx = perm[i:i + batch_size]
             loss = F.cross_entropy(net(dataset.x_train[idx].to(device)), dataset.y_train[idx].to(device))
             opt.zero_grad(set_to_none=True)
@@ -135,15 +133,10 @@ def get_teacher(dataset: Dataset, *, arch: str | None = None, epochs: int | None
         meta = {"key": key, "arch": arch, "epochs": str(epochs), "seed": str(seed)}
 
         def build() -> tuple[torch.nn.Module, float]:
-            report = progress.current()  # a run's set-up (herding, k-center, ...): its watcher sees the steps
-            if report is not None:
-                report.begin(f"training the feature network on {dataset.name} ({arch}, {epochs} epochs; once, "
-                             "cached afterwards)", epochs * math.ceil(len(dataset.x_train) / BATCH))
-            try:
+            # a run's set-up (herding, k-center, ...): its watcher sees the steps go by
+            with progress.task(f"training the feature network on {dataset.name} ({arch}, {epochs} epochs; once, "
+                               "cached afterwards)", epochs * math.ceil(len(dataset.x_train) / BATCH)):
                 net = train_on_real(dataset, arch, epochs, seed, device, stop=stop)
-            finally:
-                if report is not None:
-                    report.end()
             return net, test_accuracy(net, dataset, device)
 
         (net, accuracy), _ = load_or_build(path,

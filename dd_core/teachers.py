@@ -131,13 +131,11 @@ def train_teacher(dataset: Dataset, recipe: TeacherRecipe, *, seed: int, device,
     layout = torch.channels_last if torch.device(device).type == "cpu" else torch.contiguous_format
     net.to(memory_format=layout)
     net.train()
-    report = progress.current()  # a watcher's progress (the run's set-up), told of every step
     for _ in range(recipe.epochs):
         perm = torch.randperm(n, generator=g)
         for i in range(0, n, recipe.batch_size):
             check(stop)
-            if report is not None:
-                report.advance()
+            progress.advance()  # a watcher's progress (the run's set-up), told of every step
             idx = perm[i:i + recipe.batch_size]
             x = _shift_flip(dataset.x_train[idx], recipe.shift, flips, g).to(device).contiguous(memory_format=layout)
             loss = F.cross_entropy(net(x), dataset.y_train[idx].to(device))
@@ -189,16 +187,10 @@ def get_bn_teacher(dataset: Dataset, recipe: str = "convnet_bn", *, seed: int = 
     def build() -> Teacher:
         if on_train:
             on_train(f"training the {recipe} teacher ({spec.describe()}) on {dataset.name}; it is cached afterwards")
-        report = progress.current()
-        if report is not None:  # the run's watcher sees the steps go by, with an estimate of what is left
-            report.begin(f"training the {recipe} teacher on {dataset.name} ({spec.arch}, {spec.epochs} epochs; "
-                         "once, cached afterwards)", spec.epochs * math.ceil(len(dataset.x_train) / spec.batch_size))
         t0 = time.perf_counter()
-        try:
+        with progress.task(f"training the {recipe} teacher on {dataset.name} ({spec.arch}, {spec.epochs} epochs; "
+                           "once, cached afterwards)", spec.epochs * math.ceil(len(dataset.x_train) / spec.batch_size)):
             net = train_teacher(dataset, spec, seed=seed, device=device, stop=stop)
-        finally:
-            if report is not None:
-                report.end()
         return Teacher(net, spec.arch, spec.epochs, test_accuracy(net, dataset, device), time.perf_counter() - t0)
 
     teacher, _ = load_or_build(path, load=lambda p: _load(p, dataset, meta, device), build=build,
